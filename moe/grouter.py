@@ -1,0 +1,220 @@
+"""The Grouter: a small, separate, frozen network that fixes MoE routing from token ids alone.
+
+MOE.md, "Grouter": token embedding -> N transformer blocks -> linear score layer `[E, d]`; routing is
+the top-k of its logits and the gates are the softmax over those k logits times `scaling_factor`
+(2.5 in the published setup). It never reads the model's hidden states, so the routing of a whole
+micro-batch is known before the forward pass and one plan drives every MoE layer. Attention is causal
+by default: a bidirectional Grouter would let a token's routing depend on later tokens, which leaks the
+future in causal language modelling; `causal=False` is there for other objectives.
+
+Files are plain dicts `{"format", "version", "config", "state_dict"}` written by `torch.save` and read
+back with `weights_only=True` (no pickled classes), see `save_grouter` / `load_grouter`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FILE_FORMAT = "mxa2a.grouter"
+FILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GrouterConfig:
+    """Shape of a Grouter. `num_experts` (E) and `top_k` (k) fix what it routes to; the rest is its size."""
+
+    vocab_size: int
+    num_experts: int
+    top_k: int
+    d_model: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    max_seq_len: int = 2048
+    mlp_ratio: int = 4
+    causal: bool = True
+    scaling_factor: float = 2.5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "num_experts", "top_k", "d_model", "n_heads", "max_seq_len", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GrouterConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool) or self.n_layers < 0:
+            raise ValueError(f"GrouterConfig.n_layers must be an int >= 0, got {self.n_layers!r}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"GrouterConfig.top_k must be <= num_experts ({self.num_experts}), got {self.top_k}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"GrouterConfig.d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"GrouterConfig.causal must be a bool, got {type(self.causal).__name__}")
+        if not isinstance(self.scaling_factor, (int, float)) or not self.scaling_factor > 0:
+            raise ValueError(f"GrouterConfig.scaling_factor must be a number > 0, got {self.scaling_factor!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GrouterConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"GrouterConfig: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+def topk_gates(logits: torch.Tensor, top_k: int, scaling_factor: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing of `logits [..., E]`: returns `(ids int64 [..., k], gates float32 [..., k])`.
+
+    `ids` are the k largest logits' experts in descending logit order; `gates` are the softmax over
+    those k logits (in fp32) times `scaling_factor`, so each row of gates sums to `scaling_factor`.
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TypeError(f"logits must be a floating-point tensor [..., E], got {got}")
+    if logits.dim() < 1:
+        raise ValueError("logits must have shape [..., E], got a 0-d tensor")
+    num_experts = logits.shape[-1]
+    if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k must be an int in [1, E={num_experts}], got {top_k!r}")
+    values, ids = torch.topk(logits.float(), top_k, dim=-1, sorted=True)
+    gates = torch.softmax(values, dim=-1) * scaling_factor
+    return ids, gates
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, cfg: GrouterConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.causal = cfg.causal
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        q, k, v = (t.view(b, s, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, h, S, d/h)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.proj(y.transpose(1, 2).reshape(b, s, d))  # (B, S, d)
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GrouterConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = _SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False),
+            nn.GELU(),
+            nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Grouter(nn.Module):
+    """Token ids -> expert logits. `features` is everything up to the score layer; `score` is `[E, d]`.
+
+    `forward(ids)` takes `ids [S]` or `[B, S]` (any integer dtype, values in `[0, vocab_size)`,
+    `S <= max_seq_len`) and returns fp32 logits `[S, E]` / `[B, S, E]`; it is differentiable, for
+    training. `route(ids)` is the frozen use: no autograd, returns `(ids int64 [..., k], gates fp32
+    [..., k])`. `route` and `forward` check the id range, which reads `ids.min()/max()` on the host
+    (one device->host sync per call; the Grouter runs offline or ahead of the step, not inside a layer).
+    """
+
+    def __init__(self, config: GrouterConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GrouterConfig):
+            raise TypeError(f"config must be a GrouterConfig, got {type(config).__name__}")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.score = nn.Linear(config.d_model, config.num_experts, bias=False)  # weight [E, d]
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"ids must be a torch.Tensor of token ids [S] or [B, S], got {type(ids).__name__}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"ids must be an integer tensor of token ids, got dtype {ids.dtype}")
+        if ids.dim() not in (1, 2):
+            raise ValueError(f"ids must have shape [S] or [B, S], got {tuple(ids.shape)}")
+        if ids.shape[-1] > self.config.max_seq_len:
+            raise ValueError(f"ids: sequence length {ids.shape[-1]} exceeds max_seq_len={self.config.max_seq_len}")
+        if ids.numel() > 0:
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"ids must lie in [0, vocab_size={self.config.vocab_size}), got values in [{lo}, {hi}]")
+        return ids.long()
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states before the score layer: `[S, d]` or `[B, S, d]` in the module's dtype."""
+        ids = self._check_ids(ids)
+        squeeze = ids.dim() == 1
+        if squeeze:
+            ids = ids.unsqueeze(0)
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.tok_emb(ids) + self.pos_emb(pos)  # (B, S, d)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        return x.squeeze(0) if squeeze else x
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(ids)).float()
+
+    @torch.no_grad()
+    def route(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen routing: `(expert ids int64 [..., k], gates fp32 [..., k])`, gates summing to `scaling_factor`."""
+        return topk_gates(self(ids), self.config.top_k, self.config.scaling_factor)
+
+    def freeze(self) -> "Grouter":
+        """Eval mode and no gradients: the Grouter is frozen while the target model trains."""
+        self.eval()
+        self.requires_grad_(False)
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_grouter(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Grouter":
+        return load_grouter(path, map_location)
+
+
+def save_grouter(grouter: Grouter, path: str | os.PathLike) -> None:
+    """Write `{"format", "version", "config": dict, "state_dict": {name: tensor}}` with `torch.save`."""
+    if not isinstance(grouter, Grouter):
+        raise TypeError(f"grouter must be a Grouter, got {type(grouter).__name__}")
+    state = {k: v.detach().cpu() for k, v in grouter.state_dict().items()}
+    torch.save({"format": FILE_FORMAT, "version": FILE_VERSION, "config": grouter.config.to_dict(),
+                "state_dict": state}, path)
+
+
+def load_grouter(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Grouter:
+    """Rebuild a Grouter saved by `save_grouter` (read with `weights_only=True`), in eval mode."""
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FILE_FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a Grouter file (expected a dict with format={FILE_FORMAT!r})")
+    if blob.get("version") != FILE_VERSION:
+        raise ValueError(f"{os.fspath(path)!r}: unsupported Grouter file version {blob.get('version')!r}, "
+                         f"expected {FILE_VERSION}")
+    grouter = Grouter(GrouterConfig.from_dict(blob["config"]))
+    grouter.load_state_dict(blob["state_dict"])
+    return grouter.to(map_location).eval()
