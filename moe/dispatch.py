@@ -1,0 +1,256 @@
+"""Expert-parallel dispatch: the only module of `moe/` that knows about ranks.
+
+`ExpertParallelDispatcher` moves the (token, slot) rows of a batch to the ranks that own their
+experts and brings the expert outputs back (`shared/spec/MOE.md`, "Expert parallel"). Experts are
+split evenly over the EP group: rank `r` owns global experts `[r * E_local, (r + 1) * E_local)`.
+One step is three calls, so that a precomputed (static) plan can replace the first:
+
+1. `plan(topk_ids) -> DispatchLayout`: the permutation of (token, slot) rows by destination expert,
+   the send/receive splits per rank and the rows per local expert. This is the ONLY step that talks
+   to the host: it exchanges per-expert counts with one small `all_to_all_single` (dynamic path, one
+   per layer) and reads them back (one device->host sync).
+2. `dispatch(x, layout) -> x_local [N_local, H]`: gather rows in send order, all-to-all through
+   `mxa2a.comm` with `wire` (gradients go back with `grad_wire`), regroup the received rows by local
+   expert. No host sync.
+3. `combine(y_local, layout, gates) -> y [T, H]`: undo the regrouping, all-to-all back with `wire`,
+   unpermute, and take the gate-weighted sum over the k slots of each token. No host sync.
+
+A static plan (e.g. from pre-dispatched Grouter routing) only has to build a `DispatchLayout` with its
+splits already on the host and its index tensors on the device; `dispatch` and `combine` then make no
+device->host synchronization. A token routed to two experts on one rank is sent once per expert:
+rows are (token, slot) pairs, which keeps the layout a plain permutation of `T * k` rows.
+
+With EP size 1 there is no communication; `emulate_wire=True` then applies the wire codec's
+quantize-dequantize where the all-to-all would be (forward: `wire`, backward: `grad_wire`), which gives
+a one-process twin of any EP run with a lossy wire that agrees with it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..quant.formats import FP8_TILE, MXFP4_BLOCK
+
+WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")
+_WIRE_BLOCK = {"mxfp4": MXFP4_BLOCK, "fp8": FP8_TILE}
+
+
+def check_wire(wire: Any, hidden: int, name: str = "wire") -> None:
+    """Raise ValueError unless `wire` is a known wire name (or a codec object) usable for rows of
+    `hidden` elements: MXFP4 needs a multiple of 32, FP8 a multiple of 128."""
+    if isinstance(wire, str):
+        if wire not in WIRE_NAMES:
+            raise ValueError(f"{name} must be one of {WIRE_NAMES} or a codec object, got {wire!r}")
+        block = _WIRE_BLOCK.get(wire)
+    else:
+        block = getattr(wire, "block", None)
+    if block is not None and hidden % block != 0:
+        raise ValueError(f"{name}={wire!r} encodes rows in blocks of {block} elements, so the hidden "
+                         f"size must be a multiple of {block}; got hidden={hidden}")
+
+
+def wire_roundtrip(x: torch.Tensor, wire: str, scale_mode: str = "rceil") -> torch.Tensor:
+    """What `x [N, H]` looks like after crossing the wire: `dequantize(quantize(x))` in x's dtype
+    (identity for "raw", a bf16 cast for "bf16"). Not differentiable; see `_WireLoopback`."""
+    if wire == "raw":
+        return x
+    if wire == "bf16":
+        return x.to(torch.bfloat16).to(x.dtype)
+    from ..quant import dequantize_fp8, dequantize_mxfp4, quantize_fp8, quantize_mxfp4
+    if wire == "mxfp4":
+        return dequantize_mxfp4(quantize_mxfp4(x, scale_mode=scale_mode), dtype=x.dtype)
+    if wire == "fp8":
+        return dequantize_fp8(quantize_fp8(x), dtype=x.dtype)
+    raise ValueError(f"emulate_wire supports the wire names {WIRE_NAMES}, got {wire!r}")
+
+
+class _WireLoopback(torch.autograd.Function):
+    """EP-size-1 stand-in for a compressed all-to-all: forward rounds through `wire`, backward
+    rounds the gradient through `grad_wire` (straight-through otherwise, as in `comm/`)."""
+
+    @staticmethod
+    def forward(ctx, x, wire, grad_wire, scale_mode):
+        ctx.grad_wire, ctx.scale_mode = grad_wire, scale_mode
+        out = wire_roundtrip(x, wire, scale_mode)
+        return out.clone() if out is x else out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return wire_roundtrip(grad.contiguous(), ctx.grad_wire, ctx.scale_mode), None, None, None
+
+
+class _RawAllToAll(torch.autograd.Function):
+    """Differentiable `dist.all_to_all_single` for the "raw" wire (used until `mxa2a.comm` lands)."""
+
+    @staticmethod
+    def forward(ctx, x, output_split_sizes, input_split_sizes, group):
+        ctx.splits, ctx.group = (output_split_sizes, input_split_sizes), group
+        out = x.new_empty((sum(output_split_sizes), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), list(output_split_sizes), list(input_split_sizes),
+                               group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out_splits, in_splits = ctx.splits
+        g = grad.new_empty((sum(in_splits), *grad.shape[1:]))
+        dist.all_to_all_single(g, grad.contiguous(), list(in_splits), list(out_splits), group=ctx.group)
+        return g, None, None, None
+
+
+def all_to_all_autograd(x, output_split_sizes, input_split_sizes, group=None, *, wire="mxfp4",
+                        grad_wire="raw", scale_mode="rceil"):
+    if wire != "raw" or grad_wire != "raw":
+        raise NotImplementedError("compressed wires need mxa2a.comm")
+    return _RawAllToAll.apply(x, output_split_sizes, input_split_sizes, group)
+
+
+@dataclass(frozen=True)
+class DispatchLayout:
+    """Where each (token, slot) row of one micro-batch goes, for one EP rank.
+
+    Index tensors live on the device; split sizes and per-expert counts are host tuples.
+    - `num_tokens` T and `top_k` k: the batch has `T * k` (token, slot) rows, row `i` = token `i // k`,
+      slot `i % k`.
+    - `permutation`: int64 `[T * k]`, the row index of each row sent, in send order (by destination
+      rank, then by local expert there); `inverse_permutation` its inverse.
+    - `send_splits` / `recv_splits`: rows sent to / received from each rank (`[ep_size]` each).
+    - `regroup`: int64 `[N_local]`, for each row handed to the experts (grouped by local expert) its
+      index in the receive buffer (grouped by source rank); `inverse_regroup` its inverse. None when
+      the receive order already is the expert order (EP size 1).
+    - `tokens_per_local_expert`: rows per local expert (host), and `expert_offsets`, their int32
+      cumulative sums on the device (the `offs` of a grouped GEMM).
+    """
+
+    num_tokens: int
+    top_k: int
+    permutation: torch.Tensor
+    inverse_permutation: torch.Tensor
+    send_splits: tuple[int, ...]
+    recv_splits: tuple[int, ...]
+    regroup: torch.Tensor | None
+    inverse_regroup: torch.Tensor | None
+    tokens_per_local_expert: tuple[int, ...]
+    expert_offsets: torch.Tensor
+
+    @property
+    def num_local_rows(self) -> int:
+        return sum(self.recv_splits)
+
+
+def _inverse(perm: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inv
+
+
+class ExpertParallelDispatcher:
+    """Routes (token, slot) rows between the ranks of `group` (None: EP size 1, no communication).
+
+    `num_experts` E must be divisible by the group size; rank `r` owns experts
+    `[r * E_local, (r + 1) * E_local)`. `wire` / `grad_wire` / `scale_mode` are passed to
+    `mxa2a.comm.all_to_all_autograd` for both all-to-alls of a step (dispatch and combine); each
+    moves `N` rows of `H` elements, i.e. `N * row_bytes(wire, H)` bytes per direction.
+    """
+
+    def __init__(self, num_experts: int, hidden: int, group: Any = None, *, wire: Any = "raw",
+                 grad_wire: Any = "raw", scale_mode: str = "rceil", emulate_wire: bool = False) -> None:
+        self.group = group
+        self.ep_size = dist.get_world_size(group) if group is not None else 1
+        self.ep_rank = dist.get_rank(group) if group is not None else 0
+        if num_experts % self.ep_size != 0:
+            raise ValueError(f"num_experts ({num_experts}) must be divisible by the EP group size "
+                             f"({self.ep_size})")
+        check_wire(wire, hidden, "wire")
+        check_wire(grad_wire, hidden, "grad_wire")
+        if emulate_wire and self.ep_size != 1:
+            raise ValueError("emulate_wire is for EP size 1 only (with EP > 1 the wire is real)")
+        self.num_experts, self.hidden = num_experts, hidden
+        self.num_local = num_experts // self.ep_size
+        self.wire, self.grad_wire, self.scale_mode = wire, grad_wire, scale_mode
+        self.emulate_wire = emulate_wire
+
+    @property
+    def local_experts(self) -> range:
+        """Global ids of the experts this rank owns."""
+        return range(self.ep_rank * self.num_local, (self.ep_rank + 1) * self.num_local)
+
+    # -- 1. plan: the only step that syncs --------------------------------------------------------
+    def plan(self, topk_ids: torch.Tensor) -> DispatchLayout:
+        """topk_ids int `[T, k]` (global expert ids) -> DispatchLayout. Dynamic path: one
+        `all_to_all_single` of `E` int64 counts (EP > 1) and ONE device->host sync."""
+        if topk_ids.dim() != 2:
+            raise ValueError(f"topk_ids must be [T, k], got shape {tuple(topk_ids.shape)}")
+        num_tokens, top_k = topk_ids.shape
+        flat = topk_ids.reshape(-1)
+        # Sorting by global expert id sorts by destination rank too (experts are contiguous per rank).
+        permutation = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.num_experts)  # (E,) rows to each global expert
+        if self.ep_size == 1:
+            per_expert = tuple(counts.tolist())  # the one sync
+            return DispatchLayout(num_tokens, top_k, permutation, _inverse(permutation),
+                                  (flat.numel(),), (flat.numel(),), None, None, per_expert,
+                                  counts.cumsum(0).to(torch.int32))
+        recv_counts = torch.empty_like(counts)  # (ep * E_local,): from rank s, rows for my experts
+        dist.all_to_all_single(recv_counts, counts, group=self.group)
+        host = torch.cat([counts, recv_counts]).tolist()  # the one sync
+        send_host, recv_host = host[: self.num_experts], host[self.num_experts:]
+        n_loc = self.num_local
+        send_splits = tuple(sum(send_host[r * n_loc:(r + 1) * n_loc]) for r in range(self.ep_size))
+        recv_splits = tuple(sum(recv_host[r * n_loc:(r + 1) * n_loc]) for r in range(self.ep_size))
+        per_expert = tuple(sum(recv_host[r * n_loc + e] for r in range(self.ep_size))
+                           for e in range(n_loc))
+        # Received rows come grouped by source rank, then local expert; regroup to expert-major.
+        local_expert_of_row = torch.arange(n_loc, device=flat.device).repeat(self.ep_size)
+        local_expert_of_row = local_expert_of_row.repeat_interleave(recv_counts,
+                                                                    output_size=sum(recv_splits))
+        regroup = torch.argsort(local_expert_of_row, stable=True)
+        offsets = recv_counts.view(self.ep_size, n_loc).sum(0).cumsum(0).to(torch.int32)
+        return DispatchLayout(num_tokens, top_k, permutation, _inverse(permutation), send_splits,
+                              recv_splits, regroup, _inverse(regroup), per_expert, offsets)
+
+    # -- 2. dispatch ------------------------------------------------------------------------------
+    def dispatch(self, x: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
+        """x `[T, H]` -> rows for this rank's experts `[N_local, H]`, grouped by local expert
+        (`layout.tokens_per_local_expert`). Differentiable; no host sync."""
+        if x.dim() != 2 or x.shape[0] != layout.num_tokens or x.shape[1] != self.hidden:
+            raise ValueError(f"x must be [T={layout.num_tokens}, H={self.hidden}], got {tuple(x.shape)}")
+        rows = x.index_select(0, layout.permutation // layout.top_k)  # (T*k, H) in send order
+        rows = self._exchange(rows, layout.recv_splits, layout.send_splits)
+        if layout.regroup is not None:
+            rows = rows.index_select(0, layout.regroup)
+        return rows
+
+    # -- 3. combine -------------------------------------------------------------------------------
+    def combine(self, y_local: torch.Tensor, layout: DispatchLayout, gates: torch.Tensor
+                ) -> torch.Tensor:
+        """Expert outputs `[N_local, H]` (expert order) and gates fp32 `[T, k]` ->
+        `y [T, H] = sum_slots gate * expert_output` in y_local's dtype. Differentiable; no host sync."""
+        y_slots = self.return_rows(y_local, layout)  # (T, k, H)
+        return (y_slots.float() * gates.unsqueeze(-1)).sum(1).to(y_local.dtype)
+
+    def return_rows(self, rows: torch.Tensor, layout: DispatchLayout, *, wire: Any = None,
+                    grad_wire: Any = None) -> torch.Tensor:
+        """Send per-row results `[N_local, D]` (expert order) back to their tokens: `[T, k, D]`
+        (slot order). `wire` / `grad_wire` default to the dispatcher's (D must suit them)."""
+        if layout.inverse_regroup is not None:
+            rows = rows.index_select(0, layout.inverse_regroup)
+        rows = self._exchange(rows, layout.send_splits, layout.recv_splits, wire=wire,
+                              grad_wire=grad_wire)
+        rows = rows.index_select(0, layout.inverse_permutation)
+        return rows.view(layout.num_tokens, layout.top_k, *rows.shape[1:])
+
+    def _exchange(self, rows: torch.Tensor, output_splits, input_splits, *, wire: Any = None,
+                  grad_wire: Any = None) -> torch.Tensor:
+        wire = self.wire if wire is None else wire
+        grad_wire = self.grad_wire if grad_wire is None else grad_wire
+        if self.ep_size == 1:
+            if self.emulate_wire:
+                return _WireLoopback.apply(rows, wire, grad_wire, self.scale_mode)
+            return rows
+        return all_to_all_autograd(rows, list(output_splits), list(input_splits), self.group,
+                                   wire=wire, grad_wire=grad_wire, scale_mode=self.scale_mode)
