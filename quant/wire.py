@@ -1,0 +1,254 @@
+"""Wire codecs: how a row of values becomes the bytes that cross the link, and back.
+
+`comm/` only moves bytes. It asks a codec for `row_bytes(row_elems, dtype)`, lets it `encode` input rows
+into a packed buffer `uint8 [N, row_bytes]`, exchanges that buffer with one `all_to_all_single`, and lets
+the codec `decode` the received rows into the output. Every encoded row is self-contained:
+
+| wire      | one row of H elements on the wire        | bytes per element | vs bf16 |
+| --------- | ---------------------------------------- | ----------------- | ------- |
+| `"raw"`   | the input's own bytes                    | itemsize          | 1x      |
+| `"bf16"`  | H bf16 values                            | 2                 | 1x      |
+| `"fp8"`   | `[H E4M3 bytes | H/128 UE8M0 scale bytes]` | 129/128           | 1.98x   |
+| `"mxfp4"` | `[H/2 E2M1 bytes | H/32 E8M0 scale bytes]` | 17/32             | 3.76x   |
+
+The quantizing codecs write their output through the `out=` argument of the `mxa2a.quant` codecs, as two
+strided views of the packed buffer (`buf[:, :data_bytes]` and `buf[:, data_bytes:]`): one kernel launch,
+no intermediate tensor. Decoding reads the same views in place.
+
+FP8 tensors (`FP8Tensor`, data + 1x128 tile scales) may be encoded and decoded directly: on the MXFP4 wire
+through `fp8_to_mxfp4` / `mxfp4_to_fp8` (never through bf16), on the FP8 wire as a plain byte copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from .formats import (E4M3_DTYPE, FLOAT_INPUT_DTYPES, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor,
+                      check_scale_mode)
+
+Rows = Union[torch.Tensor, FP8Tensor]  # a 2-D block of rows: [N, H] values, or FP8 data [N, H] + scales
+
+
+def _codecs():
+    # Imported when first used: the package `mxa2a.quant` imports this module in its __init__.
+    from .. import quant
+    return quant
+
+
+def _check_float(what: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_INPUT_DTYPES:
+        raise TypeError(f"{what} must be float32, bfloat16 or float16 for this wire format, got {t.dtype}")
+
+
+def _check_block(what: str, shape: torch.Size | tuple, block: int, wire: str) -> None:
+    if len(shape) < 2 or shape[-1] % block != 0:
+        raise ValueError(f"wire {wire!r} encodes the last dimension in blocks of {block}: {what} must have "
+                         f"shape [N, ..., H] with H a multiple of {block}, got {tuple(shape)}")
+
+
+class WireCodec:
+    """Base of the wire codecs. Subclasses are frozen dataclasses; their fields are the format's settings.
+
+    `wire_id` identifies the format in the header that ranks compare before exchanging (see `comm/`).
+    """
+
+    name: str = ""
+    wire_id: int = 0
+    block: int = 1  # the last dimension must be a multiple of this
+
+    def row_bytes(self, row_elems: int, dtype: torch.dtype) -> int:
+        """Bytes of one encoded row of `row_elems` values whose source dtype is `dtype`."""
+        raise NotImplementedError
+
+    def check_input(self, x: Rows) -> None:
+        """Raise TypeError/ValueError if `x` ([N, *rest] values or an FP8Tensor) cannot be sent."""
+        raise NotImplementedError
+
+    def check_output(self, out: Rows) -> None:
+        """Raise TypeError/ValueError if `out` cannot receive this wire format."""
+        raise NotImplementedError
+
+    def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
+        """Encode `x` (2-D `[N, H]` values or FP8Tensor, rows strided, last dim contiguous) into
+        `out_rows` (`uint8 [N, row_bytes]`, may be a row slice of a larger buffer)."""
+        raise NotImplementedError
+
+    def decode(self, rows: torch.Tensor, out: Rows) -> None:
+        """Decode `rows` (`uint8 [N, row_bytes]`) into `out` (2-D `[N, H]` values or FP8Tensor)."""
+        raise NotImplementedError
+
+    @property
+    def scale_mode_id(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class RawWire(WireCodec):
+    """The input's own bytes, unchanged (the baseline: identical to `dist.all_to_all_single`).
+    Any dtype; the output must have the input's dtype."""
+
+    name = "raw"
+    wire_id = 1
+
+    def row_bytes(self, row_elems: int, dtype: torch.dtype) -> int:
+        return row_elems * dtype.itemsize
+
+    def check_input(self, x: Rows) -> None:
+        if isinstance(x, FP8Tensor):
+            raise TypeError("an FP8Tensor input needs wire 'fp8' or 'mxfp4', not 'raw'")
+
+    def check_output(self, out: Rows) -> None:
+        if isinstance(out, FP8Tensor):
+            raise TypeError("an FP8Tensor output needs wire 'fp8' or 'mxfp4', not 'raw'")
+
+    def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
+        out_rows.copy_(x.view(torch.uint8))
+
+    def decode(self, rows: torch.Tensor, out: Rows) -> None:
+        out.view(torch.uint8).copy_(rows)
+
+
+@dataclass(frozen=True)
+class BF16Wire(WireCodec):
+    """Values cast to bfloat16 on the wire (round to nearest even); decoded by a cast to the output dtype."""
+
+    name = "bf16"
+    wire_id = 2
+
+    def row_bytes(self, row_elems: int, dtype: torch.dtype) -> int:
+        return row_elems * 2
+
+    def check_input(self, x: Rows) -> None:
+        if isinstance(x, FP8Tensor):
+            raise TypeError("an FP8Tensor input needs wire 'fp8' or 'mxfp4' (FP8 is never widened to bf16)")
+        _check_float("input", x)
+
+    def check_output(self, out: Rows) -> None:
+        if isinstance(out, FP8Tensor):
+            raise TypeError("an FP8Tensor output needs wire 'fp8' or 'mxfp4', not 'bf16'")
+        _check_float("output", out)
+
+    def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
+        out_rows.view(torch.bfloat16).copy_(x)
+
+    def decode(self, rows: torch.Tensor, out: Rows) -> None:
+        out.copy_(rows.view(torch.bfloat16))
+
+
+@dataclass(frozen=True)
+class FP8Wire(WireCodec):
+    """E4M3 with one UE8M0 power-of-two scale per 1x128 tile: row = `[H data | H/128 scales]` bytes."""
+
+    name = "fp8"
+    wire_id = 3
+    block = FP8_TILE
+
+    def row_bytes(self, row_elems: int, dtype: torch.dtype) -> int:
+        return row_elems + row_elems // FP8_TILE
+
+    def check_input(self, x: Rows) -> None:
+        if not isinstance(x, FP8Tensor):
+            _check_float("input", x)
+        _check_block("input", x.shape, FP8_TILE, self.name)
+
+    def check_output(self, out: Rows) -> None:
+        if not isinstance(out, FP8Tensor):
+            _check_float("output", out)
+        _check_block("output", out.shape, FP8_TILE, self.name)
+
+    @staticmethod
+    def _view(rows: torch.Tensor) -> FP8Tensor:
+        h = rows.shape[1] * FP8_TILE // (FP8_TILE + 1)
+        return FP8Tensor(rows[:, :h].view(E4M3_DTYPE), rows[:, h:])
+
+    def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
+        dst = self._view(out_rows)
+        if isinstance(x, FP8Tensor):
+            dst.data.copy_(x.data)
+            dst.scales.copy_(x.scales)
+        else:
+            _codecs().quantize_fp8(x, out=dst)
+
+    def decode(self, rows: torch.Tensor, out: Rows) -> None:
+        src = self._view(rows)
+        if isinstance(out, FP8Tensor):
+            out.data.copy_(src.data)
+            out.scales.copy_(src.scales)
+        else:
+            _codecs().dequantize_fp8(src, out.dtype, out=out)
+
+
+@dataclass(frozen=True)
+class MXFP4Wire(WireCodec):
+    """MXFP4 (E2M1 + E8M0 per 32): row = `[H/2 data | H/32 scales]` bytes. `scale_mode` is "rceil"
+    (never saturates; the default for communication) or "floor" (the OCP rule)."""
+
+    scale_mode: str = "rceil"
+    name = "mxfp4"
+    wire_id = 4
+    block = MXFP4_BLOCK
+
+    def __post_init__(self) -> None:
+        check_scale_mode(self.scale_mode)
+
+    @property
+    def scale_mode_id(self) -> int:
+        return 1 + ("floor", "rceil").index(self.scale_mode)
+
+    def row_bytes(self, row_elems: int, dtype: torch.dtype) -> int:
+        return row_elems // 2 + row_elems // MXFP4_BLOCK
+
+    def check_input(self, x: Rows) -> None:
+        if isinstance(x, FP8Tensor):
+            _check_block("input", x.shape, FP8_TILE, self.name)
+        else:
+            _check_float("input", x)
+            _check_block("input", x.shape, MXFP4_BLOCK, self.name)
+
+    def check_output(self, out: Rows) -> None:
+        if isinstance(out, FP8Tensor):
+            _check_block("output", out.shape, FP8_TILE, self.name)
+        else:
+            _check_float("output", out)
+            _check_block("output", out.shape, MXFP4_BLOCK, self.name)
+
+    def _view(self, rows: torch.Tensor) -> MXFP4Tensor:
+        h2 = rows.shape[1] * 16 // 17  # H/2 of H/2 + H/32 = 17H/32
+        return MXFP4Tensor(rows[:, :h2], rows[:, h2:], self.scale_mode)
+
+    def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
+        dst = self._view(out_rows)
+        if isinstance(x, FP8Tensor):
+            _codecs().fp8_to_mxfp4(x, scale_mode=self.scale_mode, out=dst)
+        else:
+            _codecs().quantize_mxfp4(x, scale_mode=self.scale_mode, out=dst)
+
+    def decode(self, rows: torch.Tensor, out: Rows) -> None:
+        src = self._view(rows)
+        if isinstance(out, FP8Tensor):
+            _codecs().mxfp4_to_fp8(src, out=out)
+        else:
+            _codecs().dequantize_mxfp4(src, out.dtype, out=out)
+
+
+WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")
+
+
+def get_codec(wire: str | WireCodec, scale_mode: str = "rceil") -> WireCodec:
+    """Resolve a wire name ("raw", "bf16", "fp8", "mxfp4") or pass a codec object through unchanged.
+    `scale_mode` applies to the name "mxfp4"; a codec object keeps its own settings."""
+    if isinstance(wire, WireCodec):
+        return wire
+    check_scale_mode(scale_mode)
+    if wire == "raw":
+        return RawWire()
+    if wire == "bf16":
+        return BF16Wire()
+    if wire == "fp8":
+        return FP8Wire()
+    if wire == "mxfp4":
+        return MXFP4Wire(scale_mode)
+    raise ValueError(f"wire must be one of {WIRE_NAMES} or a mxa2a.quant.wire.WireCodec, got {wire!r}")
