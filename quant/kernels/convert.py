@@ -1,0 +1,166 @@
+"""Direct FP8 (E4M3, 1x128 tiles) <-> MXFP4 (E2M1, 1x32 blocks) conversion kernels.
+
+Each kernel reads the quantized input once and writes the quantized output once; no BF16/FP32 tensor
+touches global memory. Values move as integer (significand, exponent) pairs (`minifloat.py`), and the
+results equal the two-step path through exact fp32 values (`reference_conversions.py`) bit for bit,
+including its corner cases: a value of 2^128 or more overflows fp32 in that path, so its block / tile
+becomes NaN here as well; fp32-subnormal maxima get the minimum scale.
+
+Both kernels take a row stride for every operand, so inputs and outputs may be strided 2-D views such as
+the halves of a packed wire row `uint8 [N, K/2 + K/32]`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
+from .minifloat import e2m1_code, e2m1_parts, e4m3_code, e4m3_parts
+from ..checks import rows_in, rows_out
+
+
+@triton.jit
+def _fp8_to_mxfp4_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
+                         stride_q, stride_qs, stride_x, stride_xs,
+                         RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    NT: tl.constexpr = BLOCK_K // 128  # FP8 tiles per program row
+    NB: tl.constexpr = BLOCK_K // 32   # MXFP4 blocks per program row
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = row_ok[:, None] & (cols < K)[None, :]
+    code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :], mask=mask, other=0).to(tl.int32)
+    tiles = pid_k * NT + tl.arange(0, NT)
+    tmask = row_ok[:, None] & (tiles < K // 128)[None, :]
+    tbyte = tl.load(qs_ptr + r64[:, None] * stride_qs + tiles[None, :], mask=tmask, other=0).to(tl.int32)
+    bbyte = tl.reshape(tl.broadcast_to(tbyte[:, :, None], (BLOCK_M, NT, 4)), (BLOCK_M, NB))
+
+    mag = tl.reshape(code & 0x7F, (BLOCK_M, NB, 32))
+    sign = tl.reshape((code >> 4) & 8, (BLOCK_M, NB, 32))
+    is_nan = mag == 0x7F
+    full, ev = e4m3_parts(mag)
+    # Order key of |q| (exponent, 4-bit significand); 0 for zero and NaN codes.
+    key = tl.where((full == 0) | is_nan, 0, ((ev + 10) << 4) | (full >> 20))
+    kmax = tl.max(key, axis=2)
+    any_nan = tl.max(is_nan.to(tl.int32), axis=2) > 0
+
+    k = bbyte - 127
+    f = (kmax >> 4) - 10 + k  # floor(log2 amax) of the dequantized block
+    e = f - 2
+    if RCEIL:
+        e += ((kmax & 15) > 12).to(tl.int32)  # significand of amax above 1.5
+    e = tl.where(kmax == 0, -127, tl.maximum(e, -127))
+    # 2^128 and above is Inf in fp32: the two-step path marks the block NaN.
+    nan_blk = any_nan | (bbyte == 255) | ((kmax > 0) & (f >= 128))
+
+    c = e2m1_code(full, ev + (k - e)[:, :, None])
+    c = tl.where(nan_blk[:, :, None], 0, c | sign)
+
+    pairs = tl.reshape(c, (BLOCK_M, BLOCK_K // 2, 2))
+    lo, hi = tl.split(pairs)
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    pcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    pmask = row_ok[:, None] & (pcols < K // 2)[None, :]
+    tl.store(x_ptr + r64[:, None] * stride_x + pcols[None, :], packed, mask=pmask)
+    sbyte = tl.where(nan_blk, 255, e + 127).to(tl.uint8)
+    bcols = pid_k * NB + tl.arange(0, NB)
+    bmask = row_ok[:, None] & (bcols < K // 32)[None, :]
+    tl.store(xs_ptr + r64[:, None] * stride_xs + bcols[None, :], sbyte, mask=bmask)
+
+
+@triton.jit
+def _mxfp4_to_fp8_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
+                         stride_x, stride_xs, stride_q, stride_qs,
+                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    NT: tl.constexpr = BLOCK_K // 128
+    NB: tl.constexpr = BLOCK_K // 32
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+
+    pcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    pmask = row_ok[:, None] & (pcols < K // 2)[None, :]
+    packed = tl.load(x_ptr + r64[:, None] * stride_x + pcols[None, :], mask=pmask, other=0).to(tl.int32)
+    code = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_M, NT, 128))
+    bcols = pid_k * NB + tl.arange(0, NB)
+    bmask = row_ok[:, None] & (bcols < K // 32)[None, :]
+    bbyte = tl.load(xs_ptr + r64[:, None] * stride_xs + bcols[None, :], mask=bmask, other=0).to(tl.int32)
+    bbyte = tl.reshape(tl.broadcast_to(bbyte[:, :, None], (BLOCK_M, NB, 32)), (BLOCK_M, NT, 128))
+
+    full, ev = e2m1_parts(code & 7)
+    F = ev + bbyte - 127  # exponent of each dequantized value
+    nz = full != 0
+    over = nz & (F >= 128)  # Inf in fp32
+    bad = (bbyte == 255) | over
+    nan_tile = tl.max(bad.to(tl.int32), axis=2) > 0
+    fmax = tl.max(tl.where(nz, F, -1000), axis=2)
+    # ceil(log2(amax / 448)) = F - 8, since the significand of amax is 1 or 1.5 (< 1.75).
+    k = tl.maximum(fmax - 8, -127)
+
+    c = e4m3_code(full, F - k[:, :, None])
+    c = tl.where(nan_tile[:, :, None], 0, c | ((code & 8) << 4))
+
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = row_ok[:, None] & (cols < K)[None, :]
+    tl.store(q_ptr + r64[:, None] * stride_q + cols[None, :],
+             tl.reshape(c, (BLOCK_M, BLOCK_K)).to(tl.uint8), mask=mask)
+    sbyte = tl.where(nan_tile, 255, k + 127).to(tl.uint8)
+    tiles = pid_k * NT + tl.arange(0, NT)
+    tmask = row_ok[:, None] & (tiles < K // 128)[None, :]
+    tl.store(qs_ptr + r64[:, None] * stride_qs + tiles[None, :], sbyte, mask=tmask)
+
+
+_BLOCK_M = 16
+_BLOCK_K = 256
+
+
+def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
+                        out: MXFP4Tensor | None = None) -> MXFP4Tensor:
+    """FP8 `[..., K]` -> MXFP4 `[..., K]` in one Triton pass; contract and argument checks in
+    `mxa2a.quant.conversions.fp8_to_mxfp4`. `t` and `out` may hold strided row views (contiguous last
+    dimension); `out` is written in place. Asynchronous on the current CUDA stream (no host sync)."""
+    q = rows_in(t.data.view(torch.uint8))
+    qs = rows_in(t.scales)
+    M, K = q.shape
+    lead = tuple(t.shape[:-1])
+    if out is None:
+        out = MXFP4Tensor(torch.empty(*lead, K // 2, dtype=torch.uint8, device=t.device),
+                          torch.empty(*lead, K // MXFP4_BLOCK, dtype=torch.uint8, device=t.device),
+                          scale_mode)
+    x = rows_out(out.data, "fp8_to_mxfp4", "out.data")
+    xs = rows_out(out.scales, "fp8_to_mxfp4", "out.scales")
+    if M == 0 or K == 0:
+        return MXFP4Tensor(out.data, out.scales, scale_mode)
+    grid = (triton.cdiv(M, _BLOCK_M), triton.cdiv(K, _BLOCK_K))
+    _fp8_to_mxfp4_kernel[grid](q, qs, x, xs, M, K, q.stride(0), qs.stride(0), x.stride(0), xs.stride(0),
+                               RCEIL=scale_mode == "rceil", BLOCK_M=_BLOCK_M, BLOCK_K=_BLOCK_K)
+    return MXFP4Tensor(out.data, out.scales, scale_mode)
+
+
+def mxfp4_to_fp8_triton(t: MXFP4Tensor, *, out: FP8Tensor | None = None) -> FP8Tensor:
+    """MXFP4 `[..., K]` -> FP8 `[..., K]` (K a multiple of 128) in one Triton pass; contract and
+    argument checks in `mxa2a.quant.conversions.mxfp4_to_fp8`. `t` and `out` may hold strided row
+    views (contiguous last dimension); `out` is written in place. Asynchronous (no host sync)."""
+    x = rows_in(t.data)
+    xs = rows_in(t.scales)
+    M, K = x.shape[0], x.shape[1] * 2
+    lead = tuple(t.shape[:-1])
+    if out is None:
+        out = FP8Tensor(torch.empty(*lead, K, dtype=E4M3_DTYPE, device=t.device),
+                        torch.empty(*lead, K // FP8_TILE, dtype=torch.uint8, device=t.device))
+    q = rows_out(out.data.view(torch.uint8), "mxfp4_to_fp8", "out.data")
+    qs = rows_out(out.scales, "mxfp4_to_fp8", "out.scales")
+    if M == 0 or K == 0:
+        return out
+    grid = (triton.cdiv(M, _BLOCK_M), triton.cdiv(K, _BLOCK_K))
+    _mxfp4_to_fp8_kernel[grid](x, xs, q, qs, M, K, x.stride(0), xs.stride(0), q.stride(0), qs.stride(0),
+                               BLOCK_M=_BLOCK_M, BLOCK_K=_BLOCK_K)
+    return out

@@ -1,0 +1,201 @@
+"""Row-wise -> column-wise conversions of quantized activations (for the weight-gradient GEMM).
+
+Backward needs `X^T` quantized along the token dimension. These kernels read the row-wise quantized
+`[M, K]` input once, move each value to the scale of its column-wise tile by exponent arithmetic on
+bit patterns (`minifloat.py`), and write the quantized `[K, M]` output once; no BF16/FP32 tensor ever
+touches global memory. Results equal the references in `reference_conversions.py` bit for bit:
+
+- `fp8_rowwise_to_colwise`: for each 128x128 tile the column-wise scale is the largest of the 128 row
+  scales; values are shifted down to it and rounded to E4M3 (subnormals rounded, NaN kept as NaN).
+- `mxfp4_rowwise_to_colwise`: `quantize_mxfp4(dequantize_mxfp4(x).T)` on 32x32 tiles.
+- `mxfp4_rowwise_to_fp8_colwise`: `quantize_fp8(dequantize_mxfp4(x).T)` on 32x128 -> 128x32 tiles.
+
+The input may be a strided 2-D view (any row stride, contiguous last dimension); outputs are new
+contiguous tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
+from .minifloat import e2m1_code, e2m1_parts, e4m3_code, e4m3_parts
+from ..checks import rows_in
+
+
+@triton.jit
+def _fp8_rowwise_to_colwise_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
+                                   stride_q, stride_qs, stride_o, stride_os,
+                                   BLOCK_K: tl.constexpr):
+    # One program: input rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K), inside one tile.
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * 128 + tl.arange(0, 128)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    col_ok = cols < K
+    code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :],
+                   mask=row_ok[:, None] & col_ok[None, :], other=0).to(tl.int32)
+    tile = (pid_k * BLOCK_K) // 128
+    rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=row_ok, other=0).to(tl.int32)
+    kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
+
+    mag = code & 0x7F
+    full, ev = e4m3_parts(mag)
+    c = e4m3_code(full, ev + (rbyte - kt)[:, None]) | (code & 0x80)
+    col_nan = (tl.max((mag == 0x7F).to(tl.int32), axis=0) > 0) | (kt == 255)
+    c = tl.where(col_nan[None, :], 0, c)
+
+    c_t = tl.trans(c.to(tl.uint8))  # [BLOCK_K, 128]: output rows are input columns
+    c64 = cols.to(tl.int64)
+    tl.store(o_ptr + c64[:, None] * stride_o + rows[None, :], c_t,
+             mask=col_ok[:, None] & row_ok[None, :])
+    tl.store(os_ptr + c64 * stride_os + pid_m, tl.where(col_nan, 255, kt).to(tl.uint8), mask=col_ok)
+
+
+@triton.jit
+def _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Codes and block-scale bytes of input rows [BLOCK_M*pid_m, +BLOCK_M) x columns
+    [BLOCK_K*pid_k, +BLOCK_K), both as [BLOCK_K, BLOCK_M] (transposed) int32."""
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+    pcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(x_ptr + r64[:, None] * stride_x + pcols[None, :],
+                     mask=row_ok[:, None] & (pcols < K // 2)[None, :], other=0)
+    code = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_M, BLOCK_K))
+    code_t = tl.trans(code).to(tl.int32)
+    # The scale bytes are loaded straight into the transposed layout (few bytes, no shuffle needed).
+    NB: tl.constexpr = BLOCK_K // 32
+    bcols = pid_k * NB + tl.arange(0, NB)
+    sbyte = tl.load(xs_ptr + r64[None, :] * stride_xs + bcols[:, None],
+                    mask=(bcols < K // 32)[:, None] & row_ok[None, :], other=0).to(tl.int32)
+    sbyte_t = tl.reshape(tl.broadcast_to(sbyte[:, None, :], (NB, 32, BLOCK_M)), (BLOCK_K, BLOCK_M))
+    return code_t, sbyte_t
+
+
+@triton.jit
+def _mxfp4_rowwise_to_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                     stride_x, stride_xs, stride_o, stride_os,
+                                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    NM: tl.constexpr = BLOCK_M // 32  # output blocks per output row and program
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    code, sbyte = _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                                         BLOCK_M, BLOCK_K)
+    code = tl.reshape(code, (BLOCK_K, NM, 32))
+    sbyte = tl.reshape(sbyte, (BLOCK_K, NM, 32))
+    full, ev = e2m1_parts(code & 7)
+    F = ev + sbyte - 127  # exponent of each decoded value
+    nz = full != 0
+    bad = (sbyte == 255) | (nz & (F >= 128))  # NaN block, or Inf in fp32
+    nan_blk = tl.max(bad.to(tl.int32), axis=2) > 0
+    fmax = tl.max(tl.where(nz, F, -1000), axis=2)
+    # The significand of amax is 1 or 1.5, never above 1.5: floor and rceil both give f - 2.
+    e = tl.maximum(fmax - 2, -127)
+    c = e2m1_code(full, F - e[:, :, None]) | (code & 8)
+    c = tl.where(nan_blk[:, :, None], 0, c)
+
+    lo, hi = tl.split(tl.reshape(c, (BLOCK_K, BLOCK_M // 2, 2)))
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    c64 = cols.to(tl.int64)
+    col_ok = cols < K
+    ocols = pid_m * (BLOCK_M // 2) + tl.arange(0, BLOCK_M // 2)
+    tl.store(o_ptr + c64[:, None] * stride_o + ocols[None, :], packed,
+             mask=col_ok[:, None] & (ocols < M // 2)[None, :])
+    oblk = pid_m * NM + tl.arange(0, NM)
+    tl.store(os_ptr + c64[:, None] * stride_os + oblk[None, :],
+             tl.where(nan_blk, 255, e + 127).to(tl.uint8),
+             mask=col_ok[:, None] & (oblk < M // 32)[None, :])
+
+
+@triton.jit
+def _mxfp4_rowwise_to_fp8_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                         stride_x, stride_xs, stride_o, stride_os,
+                                         BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    code, sbyte = _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                                         128, BLOCK_K)
+    full, ev = e2m1_parts(code & 7)
+    F = ev + sbyte - 127
+    nz = full != 0
+    bad = (sbyte == 255) | (nz & (F >= 128))
+    nan_tile = tl.max(bad.to(tl.int32), axis=1) > 0
+    fmax = tl.max(tl.where(nz, F, -1000), axis=1)
+    # ceil(log2(amax / 448)) = F - 8, since the significand of amax is 1 or 1.5 (< 1.75).
+    k = tl.maximum(fmax - 8, -127)
+    c = e4m3_code(full, F - k[:, None]) | ((code & 8) << 4)
+    c = tl.where(nan_tile[:, None], 0, c)
+
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    c64 = cols.to(tl.int64)
+    col_ok = cols < K
+    orows = pid_m * 128 + tl.arange(0, 128)
+    tl.store(o_ptr + c64[:, None] * stride_o + orows[None, :], c.to(tl.uint8),
+             mask=col_ok[:, None] & (orows < M)[None, :])
+    tl.store(os_ptr + c64 * stride_os + pid_m, tl.where(nan_tile, 255, k + 127).to(tl.uint8), mask=col_ok)
+
+
+_FP8_BLOCK_K = 64
+_MX_BLOCK_M = 64
+_MX_BLOCK_K = 64
+
+
+def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
+    """FP8 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
+    (contract and argument checks: `mxa2a.quant.conversions.fp8_rowwise_to_colwise`). Asynchronous on the
+    current CUDA stream (no host sync)."""
+    q = rows_in(t.data.view(torch.uint8))
+    qs = rows_in(t.scales)
+    M, K = q.shape
+    out = FP8Tensor(torch.empty(K, M, dtype=E4M3_DTYPE, device=t.device),
+                    torch.empty(K, M // FP8_TILE, dtype=torch.uint8, device=t.device))
+    if M == 0 or K == 0:
+        return out
+    o = out.data.view(torch.uint8)
+    grid = (M // FP8_TILE, triton.cdiv(K, _FP8_BLOCK_K))
+    _fp8_rowwise_to_colwise_kernel[grid](q, qs, o, out.scales, M, K, q.stride(0), qs.stride(0),
+                                         o.stride(0), out.scales.stride(0), BLOCK_K=_FP8_BLOCK_K)
+    return out
+
+
+def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
+    """MXFP4 row-wise `[M, K]` -> MXFP4 blocks of the transposed `[K, M]` matrix, one Triton pass
+    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_colwise`). Asynchronous on the
+    current CUDA stream (no host sync)."""
+    x = rows_in(t.data)
+    xs = rows_in(t.scales)
+    M, K = x.shape[0], x.shape[1] * 2
+    out = MXFP4Tensor(torch.empty(K, M // 2, dtype=torch.uint8, device=t.device),
+                      torch.empty(K, M // MXFP4_BLOCK, dtype=torch.uint8, device=t.device), t.scale_mode)
+    if M == 0 or K == 0:
+        return out
+    grid = (triton.cdiv(M, _MX_BLOCK_M), triton.cdiv(K, _MX_BLOCK_K))
+    _mxfp4_rowwise_to_colwise_kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0),
+                                           out.data.stride(0), out.scales.stride(0),
+                                           BLOCK_M=_MX_BLOCK_M, BLOCK_K=_MX_BLOCK_K)
+    return out
+
+
+def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
+    """MXFP4 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
+    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_fp8_colwise`). Asynchronous on the
+    current CUDA stream (no host sync)."""
+    x = rows_in(t.data)
+    xs = rows_in(t.scales)
+    M, K = x.shape[0], x.shape[1] * 2
+    out = FP8Tensor(torch.empty(K, M, dtype=E4M3_DTYPE, device=t.device),
+                    torch.empty(K, M // FP8_TILE, dtype=torch.uint8, device=t.device))
+    if M == 0 or K == 0:
+        return out
+    o = out.data.view(torch.uint8)
+    grid = (M // FP8_TILE, triton.cdiv(K, _MX_BLOCK_K))
+    _mxfp4_rowwise_to_fp8_colwise_kernel[grid](x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0),
+                                               o.stride(0), out.scales.stride(0), BLOCK_K=_MX_BLOCK_K)
+    return out
