@@ -11,13 +11,15 @@ One step is three calls, so that a precomputed (static) plan can replace the fir
    per layer) and reads them back (one device->host sync).
 2. `dispatch(x, layout) -> x_local [N_local, H]`: gather rows in send order, all-to-all through
    `mxa2a.comm` with `wire` (gradients go back with `grad_wire`), regroup the received rows by local
-   expert. No host sync.
+   expert. No host sync in this module (the all-to-all's own cost and syncs: see `mxa2a.comm`,
+   whose cross-rank header check currently reads a small all-gather on the host).
 3. `combine(y_local, layout, gates) -> y [T, H]`: undo the regrouping, all-to-all back with `wire`,
-   unpermute, and take the gate-weighted sum over the k slots of each token. No host sync.
+   unpermute, and take the gate-weighted sum over the k slots of each token. No host sync in this
+   module (as for 2).
 
 A static plan (e.g. from pre-dispatched Grouter routing) only has to build a `DispatchLayout` with its
 splits already on the host and its index tensors on the device; `dispatch` and `combine` then make no
-device->host synchronization. A token routed to two experts on one rank is sent once per expert:
+device->host synchronization of their own. A token routed to two experts on one rank is sent once per expert:
 rows are (token, slot) pairs, which keeps the layout a plain permutation of `T * k` rows.
 
 With EP size 1 there is no communication; `emulate_wire=True` then applies the wire codec's
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..comm import all_to_all_autograd
 from ..quant.formats import FP8_TILE, MXFP4_BLOCK
 
 WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")
@@ -81,32 +84,6 @@ class _WireLoopback(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return wire_roundtrip(grad.contiguous(), ctx.grad_wire, ctx.scale_mode), None, None, None
-
-
-class _RawAllToAll(torch.autograd.Function):
-    """Differentiable `dist.all_to_all_single` for the "raw" wire (used until `mxa2a.comm` lands)."""
-
-    @staticmethod
-    def forward(ctx, x, output_split_sizes, input_split_sizes, group):
-        ctx.splits, ctx.group = (output_split_sizes, input_split_sizes), group
-        out = x.new_empty((sum(output_split_sizes), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), list(output_split_sizes), list(input_split_sizes),
-                               group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        out_splits, in_splits = ctx.splits
-        g = grad.new_empty((sum(in_splits), *grad.shape[1:]))
-        dist.all_to_all_single(g, grad.contiguous(), list(in_splits), list(out_splits), group=ctx.group)
-        return g, None, None, None
-
-
-def all_to_all_autograd(x, output_split_sizes, input_split_sizes, group=None, *, wire="mxfp4",
-                        grad_wire="raw", scale_mode="rceil"):
-    if wire != "raw" or grad_wire != "raw":
-        raise NotImplementedError("compressed wires need mxa2a.comm")
-    return _RawAllToAll.apply(x, output_split_sizes, input_split_sizes, group)
 
 
 @dataclass(frozen=True)
@@ -216,7 +193,7 @@ class ExpertParallelDispatcher:
     # -- 2. dispatch ------------------------------------------------------------------------------
     def dispatch(self, x: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
         """x `[T, H]` -> rows for this rank's experts `[N_local, H]`, grouped by local expert
-        (`layout.tokens_per_local_expert`). Differentiable; no host sync."""
+        (`layout.tokens_per_local_expert`). Differentiable; no host sync here (see `mxa2a.comm`)."""
         if x.dim() != 2 or x.shape[0] != layout.num_tokens or x.shape[1] != self.hidden:
             raise ValueError(f"x must be [T={layout.num_tokens}, H={self.hidden}], got {tuple(x.shape)}")
         rows = x.index_select(0, layout.permutation // layout.top_k)  # (T*k, H) in send order
@@ -229,7 +206,8 @@ class ExpertParallelDispatcher:
     def combine(self, y_local: torch.Tensor, layout: DispatchLayout, gates: torch.Tensor
                 ) -> torch.Tensor:
         """Expert outputs `[N_local, H]` (expert order) and gates fp32 `[T, k]` ->
-        `y [T, H] = sum_slots gate * expert_output` in y_local's dtype. Differentiable; no host sync."""
+        `y [T, H] = sum_slots gate * expert_output` in y_local's dtype. Differentiable; no host sync
+        here (see `mxa2a.comm`)."""
         y_slots = self.return_rows(y_local, layout)  # (T, k, H)
         return (y_slots.float() * gates.unsqueeze(-1)).sum(1).to(y_local.dtype)
 
