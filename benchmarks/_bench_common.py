@@ -327,18 +327,12 @@ class Progress:
             sys.stderr.flush()
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
-
-
 def write_json(path: str, payload: dict[str, Any]) -> None:
     """Write `payload` as indented JSON (non-finite floats as strings, so any JSON reader accepts it)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(_finite(payload), f, indent=2, default=_json_default)
+        json.dump(_finite(payload), f, indent=2, default=str)
         f.write("\n")
 
 
