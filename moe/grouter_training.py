@@ -36,7 +36,7 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) 
     """`mean_t KL(softmax(teacher[t]) || softmax(student[t]))` over all leading dims, no temperature.
 
     Both `[..., E]` of the same shape; computed in fp32. Gradients flow into `student_logits` only
-    (the teacher is detached). Zero exactly when the two distributions agree.
+    (the teacher is detached). Zero when the two distributions agree.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"teacher logits must have the student's shape {tuple(student_logits.shape)} "
@@ -45,6 +45,13 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) 
     log_q = torch.log_softmax(student_logits.float().reshape(-1, e), dim=-1)
     log_p = torch.log_softmax(teacher_logits.detach().float().reshape(-1, e), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def _like(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Teacher logits `[B*S, E]` viewed as the student's `[B, S, E]`; other shapes are left to fail."""
+    if teacher.shape != student.shape and teacher.numel() == student.numel():
+        return teacher.reshape(student.shape)  # equal numel and T, so equal E
+    return teacher
 
 
 def _batch_stream(batches: Iterable[torch.Tensor], steps: int, name: str) -> Iterator[torch.Tensor]:
@@ -71,6 +78,31 @@ def _check_steps_lr(steps: int, lr: float) -> None:
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
 
 
+def model_router_teacher(model: torch.nn.Module, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A `teacher_logits_fn` reading the router logits `[B*S, E]` of MoE layer `layer` of `model`.
+
+    `model(ids)` must return an object with `records`, one `RoutingRecord` per MoE layer (as
+    `MoEModel` does); the whole model runs in eval mode under `torch.no_grad`, and the record's raw
+    `logits` are returned, so distillation matches their full softmax over all E (in sigmoid mode too).
+    """
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        raise TypeError(f"layer must be an int (the MoE layer index), got {type(layer).__name__}")
+
+    @torch.no_grad()
+    def teacher_logits(ids: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            records = model(ids).records
+        finally:
+            model.train(was_training)
+        if not -len(records) <= layer < len(records):
+            raise ValueError(f"layer must index one of the model's {len(records)} MoE layers, got {layer}")
+        return records[layer].logits
+
+    return teacher_logits
+
+
 def distill_grouter(grouter: Grouter, teacher_logits_fn: Callable[[torch.Tensor], torch.Tensor],
                     batches: Iterable[torch.Tensor], steps: int, lr: float, *, weight_decay: float = 0.0,
                     grad_clip: float | None = 1.0, log_every: int = 50, log: Log = print) -> list[float]:
@@ -78,12 +110,12 @@ def distill_grouter(grouter: Grouter, teacher_logits_fn: Callable[[torch.Tensor]
 
     Arguments:
         teacher_logits_fn: token ids `[B, S]` -> router logits `[B, S, E]` (or `[B*S, E]`) of the trained
-            MoE at the chosen layer, e.g. an MoE model run up to layer l. Called under `torch.no_grad`.
+            MoE at the chosen layer, e.g. `model_router_teacher(model, l)`. Called under `torch.no_grad`.
         batches: token-id tensors `[B, S]`; cycled if `steps` exceeds their number.
         steps, lr: AdamW steps and learning rate.
         log_every: print `step, KL, tokens/s` every this many steps through `log` (0: silent).
-    Returns the per-step KL values (before each update). Leaves the Grouter in train mode; call
-    `grouter.freeze()` before using it to route.
+    Returns the per-step KL values (before each update). Turns gradients on for every Grouter parameter
+    and leaves it in train mode; call `grouter.freeze()` before using it to route.
     """
     if not isinstance(grouter, Grouter):
         raise TypeError(f"grouter must be a Grouter, got {type(grouter).__name__}")
@@ -101,9 +133,7 @@ def distill_grouter(grouter: Grouter, teacher_logits_fn: Callable[[torch.Tensor]
         with torch.no_grad():
             teacher = teacher_logits_fn(ids)
         student = grouter(ids)
-        if teacher.shape != student.shape:
-            teacher = teacher.reshape(student.shape) if teacher.numel() == student.numel() else teacher
-        loss = distillation_kl(student, teacher)
+        loss = distillation_kl(student, _like(teacher, student))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -126,9 +156,8 @@ def evaluate_kl(grouter: Grouter, teacher_logits_fn: Callable[[torch.Tensor], to
     for ids in batches:
         ids = ids.to(device)
         student = grouter(ids)
-        teacher = teacher_logits_fn(ids).reshape(student.shape)
         n = student.numel() // student.shape[-1]
-        total += distillation_kl(student, teacher).item() * n
+        total += distillation_kl(student, _like(teacher_logits_fn(ids), student)).item() * n
         count += n
     if count == 0:
         raise ValueError("batches held no tokens")

@@ -62,6 +62,23 @@ def test_distillation_lowers_the_kl_to_the_teacher(seed):
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is only read
 
 
+def test_distillation_from_an_moe_model_layer(seed):
+    from mxa2a.moe.layer import MoELayerConfig
+    from mxa2a.moe.model import MoEModel, MoEModelConfig
+
+    model = MoEModel(MoEModelConfig(MoELayerConfig(hidden=32, d_expert=16, num_experts=8, top_k=2),
+                                    vocab_size=V, seq_len=16, n_layers=2, n_heads=2))
+    teacher = gt.model_router_teacher(model, layer=1)
+    ids = torch.randint(0, V, (2, 16))
+    assert torch.equal(teacher(ids), model.eval()(ids).records[1].logits)
+    grouter = small_grouter()
+    before = gt.evaluate_kl(grouter, teacher, [ids])
+    gt.distill_grouter(grouter, teacher, [ids], steps=5, lr=3e-3, log_every=0)
+    assert gt.evaluate_kl(grouter, teacher, [ids]) < before
+    with pytest.raises(ValueError, match="MoE layers"):
+        gt.model_router_teacher(model, layer=2)(ids)
+
+
 def test_distillation_rejects_a_one_shot_iterator_that_runs_out(seed):
     grouter, teacher = small_grouter(), StandInRouter(8)
     with pytest.raises(ValueError, match="ran out after 2 of 5"):
