@@ -180,6 +180,9 @@ def _check_topk_ids(topk_ids: torch.Tensor, num_experts: int, name: str = "topk_
     return ids
 
 
+_AFFINITY_CHUNK = 1 << 16
+
+
 def coactivation_affinity(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     """`A = R^T R` with a zero diagonal: `A[a, b]` counts the tokens routed to both a and b (a != b).
 
@@ -194,8 +197,11 @@ def coactivation_affinity(topk_ids: torch.Tensor, num_experts: int) -> torch.Ten
         s = ids.sort(dim=1).values
         if bool((s[:, 1:] == s[:, :-1]).any()):
             raise ValueError("topk_ids: each token's k experts must be distinct (a one-hot top-k map)")
-    pairs = (ids[:, :, None] * num_experts + ids[:, None, :]).reshape(-1)
-    a = torch.bincount(pairs, minlength=num_experts * num_experts).view(num_experts, num_experts)
+    a = torch.zeros(num_experts * num_experts, dtype=torch.int64, device=ids.device)
+    for chunk in ids.split(_AFFINITY_CHUNK):  # bounds the [chunk, k, k] pair index in memory
+        pairs = (chunk[:, :, None] * num_experts + chunk[:, None, :]).reshape(-1)
+        a += torch.bincount(pairs, minlength=num_experts * num_experts)
+    a = a.view(num_experts, num_experts)
     a.fill_diagonal_(0)
     return a
 

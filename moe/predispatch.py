@@ -95,7 +95,10 @@ def predispatch(grouter: Grouter, tokens: np.ndarray, out_dir: str | os.PathLike
     """Route every sequence of `tokens [N, S]` with `grouter` and store tokens, expert ids and gates.
 
     Runs `grouter.route` on consecutive slices of `batch_size` sequences on the Grouter's device
-    (one device->host copy per slice). `out_dir` is created; an existing header there is an error.
+    (one device->host copy per slice). The stored plan is bit-identical to `grouter.route` of the same
+    slices; routing other batch shapes may differ by float reassociation (a near-tie can flip), which is
+    why training takes the stored plan as the truth. `out_dir` is created; an existing header there
+    is an error.
     Returns the stored data opened read-only (`open_predispatched(out_dir)`).
     """
     if not isinstance(grouter, Grouter):

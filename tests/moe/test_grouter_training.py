@@ -107,6 +107,14 @@ def test_coactivation_affinity_is_rtr_with_zero_diagonal(seed):
     expected = r.T @ r
     expected.fill_diagonal_(0)
     assert torch.equal(gt.coactivation_affinity(ids, e), expected)
+    assert torch.equal(gt.coactivation_affinity(ids.view(5, 10, k).to(torch.int16), e), expected)  # any int, any [..., k]
+
+
+def test_coactivation_affinity_sums_over_chunks(seed, monkeypatch):
+    ids = torch.stack([torch.randperm(6)[:2] for _ in range(40)])
+    whole = gt.coactivation_affinity(ids, 6)
+    monkeypatch.setattr(gt, "_AFFINITY_CHUNK", 7)
+    assert torch.equal(gt.coactivation_affinity(ids, 6), whole)
 
 
 def test_group_sizes_put_the_remainder_in_the_first_groups():
