@@ -285,10 +285,10 @@ def fold_grouter(grouter: Grouter, groups: Sequence[Sequence[int]], target_top_k
     if not isinstance(k, int) or not 1 <= k <= num_target:
         raise ValueError(f"target_top_k must be an int in [1, E_T={num_target}], got {k!r}")
     weight = grouter.score.weight.detach()
-    m = folding_matrix(groups, cfg.num_experts).to(device=weight.device, dtype=weight.dtype)
+    m = folding_matrix(groups, cfg.num_experts).to(weight.device)
     folded = Grouter(replace(cfg, num_experts=num_target, top_k=k)).to(device=weight.device, dtype=weight.dtype)
     state = {name: t.detach().clone() for name, t in grouter.state_dict().items()}
-    state["score.weight"] = m @ weight  # [E_T, E_S] @ [E_S, d] -> [E_T, d]
+    state["score.weight"] = (m @ weight.float()).to(weight.dtype)  # [E_T, E_S] @ [E_S, d] -> [E_T, d], summed in fp32
     folded.load_state_dict(state)
     return folded.train(grouter.training)
 
