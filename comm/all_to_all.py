@@ -1,6 +1,6 @@
 """Compressed all-to-all with the signatures of `torch.distributed.all_to_all_single` / `all_to_all`.
 
-One call = one header exchange (a check that every rank agrees on the format, see `_exchange_header`),
+One call = one header exchange (skipped with `check=False`: a check that every rank agrees on the format),
 one encode kernel into a packed buffer `uint8 [N, row_bytes]`, ONE `dist.all_to_all_single` of that
 buffer with the caller's row splits, and one decode kernel into the output. With `chunks=c > 1` the rows
 of every split are cut into `c` row ranges and exchanged in `c` collectives, so that on a GPU encoding
@@ -179,7 +179,11 @@ def _check_headers(op: str, headers: list[list[int]], world: int) -> None:
 
 def _agree(op: str, group, world: int, device_hint: torch.device | None, plan_fields: list[int] | None,
            in_splits: list[int] | None, out_splits: list[int] | None, local_error: BaseException | None,
-           chunks: int) -> None:
+           chunks: int, check: bool) -> None:
+    if not check:
+        if local_error is not None:
+            raise local_error
+        return
     if local_error is not None or plan_fields is None:
         fields = [_HEADER_MAGIC, 1] + [0] * (len(_HEADER_FIELDS) - 2) + [0] * (2 * world)
     else:
@@ -305,6 +309,9 @@ class _Exchange:
                 work = dist.all_to_all_single(recv, send, r_counts, s_counts, group=self.group,
                                               async_op=True)
             if cuda:
+                # Freed after dec has waited for the transfer, so the allocator cannot hand them to
+                # another stream while NCCL still reads or writes them.
+                send.record_stream(dec)
                 recv.record_stream(dec)
             return work, send, recv, r_ranges
 
@@ -370,7 +377,7 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
                       output_split_sizes: list[int] | None = None, input_split_sizes: list[int] | None = None,
                       group: dist.ProcessGroup | None = None, async_op: bool = False, *,
                       wire: str | WireCodec = "mxfp4", scale_mode: str = "rceil",
-                      chunks: int | None = None) -> AllToAllWork | None:
+                      chunks: int | None = None, check: bool = True) -> AllToAllWork | None:
     """Drop-in for `torch.distributed.all_to_all_single` that sends `input` encoded with `wire`.
 
     Arguments:
@@ -389,14 +396,20 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
         chunks: None or 1 = one collective; c > 1 cuts every split into c row ranges and pipelines
             encode / transfer / decode over c collectives (on GPU on two side streams; on CPU the
             exchange is the same, only less overlapped). Same on every rank.
+        check: True (default) = exchange and compare the header below before sending anything. False
+            skips it (no extra collective, no host sync); then, as with torch.distributed, every rank
+            must pass the same wire / scale_mode / chunks / row shape and matching splits, or the
+            exchange may hang until the process-group timeout or decode garbage, and a bad argument
+            raises only on its own rank. Same on every rank.
 
     Bytes on the wire: `row_bytes` per row, sent rows = N: mxfp4 17/32 byte per element (3.76x fewer than
     bf16), fp8 129/128, bf16 2, raw the input's itemsize. Plus a header: one `all_gather` of `8 + 2W` int64
     per rank, which checks that every rank uses the same wire format, scale_mode, chunks, row shape and
     matching splits, and raises the same exception on every rank otherwise (nothing is sent then).
 
-    Host syncs: the header check reads its result on the host every call (on an NCCL-only group it is a
-    device sync; on a group with a CPU backend, e.g. "cpu:gloo,cuda:nccl", it only waits for the network).
+    Host syncs: the header check (`check=True`) reads its result on the host every call (on an NCCL-only
+    group it is a device sync; on a group with a CPU backend, e.g. "cpu:gloo,cuda:nccl", it only waits
+    for the network). Nothing else syncs: splits are host lists, as in torch.distributed.
     With `chunks > 1` on a CPU and `async_op=True`, decoding happens in `wait()`.
     """
     op = "all_to_all_single"
@@ -420,7 +433,8 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
         fields = _plan_fields(codec, row_elems, row_bytes, _dtype(input))
     except (TypeError, ValueError) as e:
         local_error = e
-    _agree(op, group, world, hint, fields, in_splits, out_splits, local_error, c if local_error is None else 0)
+    _agree(op, group, world, hint, fields, in_splits, out_splits, local_error,
+           c if local_error is None else 0, check)
     ex = _Exchange(codec, [_as_2d(input)], [_as_2d(output)], in_splits, out_splits, row_bytes, input.device,
                    group, c)
     return ex.run(async_op)
@@ -429,7 +443,7 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
 def all_to_all(output_tensor_list: list[torch.Tensor | FP8Tensor],
                input_tensor_list: list[torch.Tensor | FP8Tensor], group: dist.ProcessGroup | None = None,
                async_op: bool = False, *, wire: str | WireCodec = "mxfp4", scale_mode: str = "rceil",
-               chunks: int | None = None) -> AllToAllWork | None:
+               chunks: int | None = None, check: bool = True) -> AllToAllWork | None:
     """Drop-in for `torch.distributed.all_to_all`: `input_tensor_list[j]` goes to rank j, and
     `output_tensor_list[i]` receives what rank i sent, all encoded with `wire`.
 
@@ -472,7 +486,8 @@ def all_to_all(output_tensor_list: list[torch.Tensor | FP8Tensor],
         fields = _plan_fields(codec, row_elems, row_bytes, _dtype(first))
     except (TypeError, ValueError) as e:
         local_error = e
-    _agree(op, group, world, hint, fields, in_splits, out_splits, local_error, c if local_error is None else 0)
+    _agree(op, group, world, hint, fields, in_splits, out_splits, local_error,
+           c if local_error is None else 0, check)
     ex = _Exchange(codec, [_as_2d(t) for t in input_tensor_list], [_as_2d(t) for t in output_tensor_list],
                    in_splits, out_splits, row_bytes, hint, group, c)
     return ex.run(async_op)
