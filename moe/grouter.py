@@ -47,13 +47,16 @@ class GrouterConfig:
         if not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool) or self.n_layers < 0:
             raise ValueError(f"GrouterConfig.n_layers must be an int >= 0, got {self.n_layers!r}")
         if self.top_k > self.num_experts:
-            raise ValueError(f"GrouterConfig.top_k must be <= num_experts ({self.num_experts}), got {self.top_k}")
+            raise ValueError(f"GrouterConfig.top_k must be <= num_experts ({self.num_experts}), "
+                             f"got {self.top_k}")
         if self.d_model % self.n_heads != 0:
-            raise ValueError(f"GrouterConfig.d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+            raise ValueError(f"GrouterConfig.d_model ({self.d_model}) must be a multiple of "
+                             f"n_heads ({self.n_heads})")
         if not isinstance(self.causal, bool):
             raise TypeError(f"GrouterConfig.causal must be a bool, got {type(self.causal).__name__}")
         if not isinstance(self.scaling_factor, (int, float)) or not self.scaling_factor > 0:
-            raise ValueError(f"GrouterConfig.scaling_factor must be a number > 0, got {self.scaling_factor!r}")
+            raise ValueError(f"GrouterConfig.scaling_factor must be a number > 0, "
+                             f"got {self.scaling_factor!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,11 +66,13 @@ class GrouterConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"GrouterConfig: unknown keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+            raise ValueError(f"GrouterConfig: unknown keys {sorted(unknown)}; "
+                             f"expected a subset of {sorted(known)}")
         return cls(**d)
 
 
-def topk_gates(logits: torch.Tensor, top_k: int, scaling_factor: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_gates(logits: torch.Tensor, top_k: int,
+               scaling_factor: float = 2.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k routing of `logits [..., E]`: returns `(ids int64 [..., k], gates float32 [..., k])`.
 
     `ids` are the k largest logits' experts in descending logit order; `gates` are the softmax over
@@ -97,7 +102,8 @@ class _SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
-        q, k, v = (t.view(b, s, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, h, S, d/h)
+        q, k, v = (t.view(b, s, self.n_heads, d // self.n_heads).transpose(1, 2)
+                   for t in (q, k, v))  # (B, h, S, d/h)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(y.transpose(1, 2).reshape(b, s, d))  # (B, S, d)
 
@@ -150,17 +156,20 @@ class Grouter(nn.Module):
 
     def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(ids, torch.Tensor):
-            raise TypeError(f"ids must be a torch.Tensor of token ids [S] or [B, S], got {type(ids).__name__}")
+            raise TypeError(f"ids must be a torch.Tensor of token ids [S] or [B, S], "
+                            f"got {type(ids).__name__}")
         if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
             raise TypeError(f"ids must be an integer tensor of token ids, got dtype {ids.dtype}")
         if ids.dim() not in (1, 2):
             raise ValueError(f"ids must have shape [S] or [B, S], got {tuple(ids.shape)}")
         if ids.shape[-1] > self.config.max_seq_len:
-            raise ValueError(f"ids: sequence length {ids.shape[-1]} exceeds max_seq_len={self.config.max_seq_len}")
+            raise ValueError(f"ids: sequence length {ids.shape[-1]} exceeds "
+                             f"max_seq_len={self.config.max_seq_len}")
         if ids.numel() > 0:
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"ids must lie in [0, vocab_size={self.config.vocab_size}), got values in [{lo}, {hi}]")
+                raise ValueError(f"ids must lie in [0, vocab_size={self.config.vocab_size}), "
+                                 f"got values in [{lo}, {hi}]")
         return ids.long()
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
@@ -181,7 +190,8 @@ class Grouter(nn.Module):
 
     @torch.no_grad()
     def route(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen routing: `(expert ids int64 [..., k], gates fp32 [..., k])`, gates summing to `scaling_factor`."""
+        """Frozen routing: `(expert ids int64 [..., k], gates fp32 [..., k])`, gates summing to
+        `scaling_factor`. No autograd graph is built."""
         return topk_gates(self(ids), self.config.top_k, self.config.scaling_factor)
 
     def freeze(self) -> "Grouter":
@@ -211,7 +221,8 @@ def load_grouter(path: str | os.PathLike, map_location: str | torch.device = "cp
     """Rebuild a Grouter saved by `save_grouter` (read with `weights_only=True`), in eval mode."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FILE_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a Grouter file (expected a dict with format={FILE_FORMAT!r})")
+        raise ValueError(f"{os.fspath(path)!r} is not a Grouter file "
+                         f"(expected a dict with format={FILE_FORMAT!r})")
     if blob.get("version") != FILE_VERSION:
         raise ValueError(f"{os.fspath(path)!r}: unsupported Grouter file version {blob.get('version')!r}, "
                          f"expected {FILE_VERSION}")

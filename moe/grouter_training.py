@@ -168,7 +168,8 @@ def evaluate_kl(grouter: Grouter, teacher_logits_fn: Callable[[torch.Tensor], to
 
 def _check_topk_ids(topk_ids: torch.Tensor, num_experts: int, name: str = "topk_ids") -> torch.Tensor:
     if not isinstance(topk_ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [..., k] of expert ids, got {type(topk_ids).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor [..., k] of expert ids, "
+                        f"got {type(topk_ids).__name__}")
     if topk_ids.dtype.is_floating_point or topk_ids.dtype.is_complex or topk_ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer expert ids, got dtype {topk_ids.dtype}")
     if topk_ids.dim() < 1:
@@ -226,7 +227,8 @@ def fold_groups(affinity: torch.Tensor, num_target: int) -> list[tuple[int, ...]
     `affinity` is a symmetric `[E_S, E_S]` tensor (the diagonal is ignored). Each group is returned in
     the order its members were added; every source expert is in exactly one group.
     """
-    if not isinstance(affinity, torch.Tensor) or affinity.dim() != 2 or affinity.shape[0] != affinity.shape[1]:
+    if not (isinstance(affinity, torch.Tensor) and affinity.dim() == 2
+            and affinity.shape[0] == affinity.shape[1]):
         got = tuple(affinity.shape) if isinstance(affinity, torch.Tensor) else type(affinity).__name__
         raise ValueError(f"affinity must be a square tensor [E_S, E_S], got {got}")
     a = affinity.detach().to("cpu", torch.float64)
@@ -266,11 +268,13 @@ def folding_matrix(groups: Sequence[Sequence[int]], num_source: int) -> torch.Te
     per_source = m.sum(0)
     if not bool((per_source == 1).all()):
         bad = sorted(int(s) for s in (per_source != 1).nonzero().flatten())
-        raise ValueError(f"groups must hold every source expert exactly once; experts {bad} are missing or repeated")
+        raise ValueError(f"groups must hold every source expert exactly once; "
+                         f"experts {bad} are missing or repeated")
     return m
 
 
-def fold_grouter(grouter: Grouter, groups: Sequence[Sequence[int]], target_top_k: int | None = None) -> Grouter:
+def fold_grouter(grouter: Grouter, groups: Sequence[Sequence[int]],
+                 target_top_k: int | None = None) -> Grouter:
     """A new Grouter routing to `len(groups)` experts: same trunk, score weights `W' = M W`.
 
     A folded logit is the sum of its group's source logits. `target_top_k` defaults to the source's
@@ -286,9 +290,10 @@ def fold_grouter(grouter: Grouter, groups: Sequence[Sequence[int]], target_top_k
         raise ValueError(f"target_top_k must be an int in [1, E_T={num_target}], got {k!r}")
     weight = grouter.score.weight.detach()
     m = folding_matrix(groups, cfg.num_experts).to(weight.device)
-    folded = Grouter(replace(cfg, num_experts=num_target, top_k=k)).to(device=weight.device, dtype=weight.dtype)
+    folded = Grouter(replace(cfg, num_experts=num_target, top_k=k))
+    folded = folded.to(device=weight.device, dtype=weight.dtype)
     state = {name: t.detach().clone() for name, t in grouter.state_dict().items()}
-    state["score.weight"] = (m @ weight.float()).to(weight.dtype)  # [E_T, E_S] @ [E_S, d] -> [E_T, d], summed in fp32
+    state["score.weight"] = (m @ weight.float()).to(weight.dtype)  # [E_T, E_S] @ [E_S, d] -> [E_T, d]
     folded.load_state_dict(state)
     return folded.train(grouter.training)
 

@@ -77,7 +77,8 @@ def _check_tokens(tokens: np.ndarray) -> np.ndarray:
     if isinstance(tokens, torch.Tensor):
         tokens = tokens.cpu().numpy()
     if not isinstance(tokens, np.ndarray):
-        raise TypeError(f"tokens must be a numpy array (or memmap) of token ids [N, S], got {type(tokens).__name__}")
+        raise TypeError(f"tokens must be a numpy array (or memmap) of token ids [N, S], "
+                        f"got {type(tokens).__name__}")
     if not np.issubdtype(tokens.dtype, np.integer):
         raise TypeError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
@@ -154,7 +155,8 @@ def open_predispatched(path: str | os.PathLike) -> PredispatchedData:
     path = Path(path)
     header_file = path / HEADER_NAME
     if not header_file.exists():
-        raise FileNotFoundError(f"{header_file} not found: not a pre-dispatched data set (or an interrupted run)")
+        raise FileNotFoundError(f"{header_file} not found: not a pre-dispatched data set "
+                                f"(or an interrupted run)")
     header = json.loads(header_file.read_text())
     if header.get("format") != FILE_FORMAT or header.get("version") != FILE_VERSION:
         raise ValueError(f"{header_file}: expected format {FILE_FORMAT!r} version {FILE_VERSION}, "
@@ -171,7 +173,8 @@ def open_predispatched(path: str | os.PathLike) -> PredispatchedData:
         expected_bytes = int(np.prod(shape)) * dtype.itemsize
         if not file.exists() or file.stat().st_size != expected_bytes:
             size = file.stat().st_size if file.exists() else "missing"
-            raise ValueError(f"{file}: expected {expected_bytes} bytes ({dtype.name} {list(shape)}), got {size}")
+            raise ValueError(f"{file}: expected {expected_bytes} bytes ({dtype.name} {list(shape)}), "
+                             f"got {size}")
         maps[name] = np.memmap(file, dtype=dtype, mode="r", shape=shape)
     return PredispatchedData(path, header, maps["tokens"], maps["expert_ids"], maps["gates"])
 
@@ -187,7 +190,8 @@ class PredispatchLoader:
     def __init__(self, data: PredispatchedData, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False) -> None:
         if not isinstance(data, PredispatchedData):
-            raise TypeError(f"data must be PredispatchedData (see open_predispatched), got {type(data).__name__}")
+            raise TypeError(f"data must be PredispatchedData (see open_predispatched), "
+                            f"got {type(data).__name__}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.data, self.batch_size = data, batch_size

@@ -11,7 +11,8 @@ V = 64
 
 
 def small_grouter(num_experts=8, top_k=2, **overrides) -> Grouter:
-    cfg = dict(vocab_size=V, num_experts=num_experts, top_k=top_k, d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
+    cfg = dict(vocab_size=V, num_experts=num_experts, top_k=top_k, d_model=32, n_layers=1, n_heads=2,
+               max_seq_len=32)
     cfg.update(overrides)
     return Grouter(GrouterConfig(**cfg))
 
@@ -107,7 +108,8 @@ def test_coactivation_affinity_is_rtr_with_zero_diagonal(seed):
     expected = r.T @ r
     expected.fill_diagonal_(0)
     assert torch.equal(gt.coactivation_affinity(ids, e), expected)
-    assert torch.equal(gt.coactivation_affinity(ids.view(5, 10, k).to(torch.int16), e), expected)  # any int, any [..., k]
+    # any integer dtype, any leading shape
+    assert torch.equal(gt.coactivation_affinity(ids.view(5, 10, k).to(torch.int16), e), expected)
 
 
 def test_coactivation_affinity_sums_over_chunks(seed, monkeypatch):
