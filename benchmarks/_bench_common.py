@@ -278,14 +278,14 @@ def _cell(column: Column, value: Any) -> str:
 
 
 class Progress:
-    """`[i/n] label` on stderr: one line rewritten in place on a terminal, a line per step otherwise
-    (tqdm's bar when it is installed). `enabled=False` (ranks other than 0) prints nothing."""
+    """`[i/n] label` on stderr: on a terminal tqdm's bar when it is installed, else one line rewritten
+    in place; a line per step in a log. `enabled=False` (ranks other than 0) prints nothing."""
 
     def __init__(self, total: int, enabled: bool = True, desc: str = "") -> None:
         self.total, self.enabled, self.count, self.desc = total, enabled, 0, desc
         self._bar = None
         self._tty = sys.stderr.isatty()
-        if enabled:
+        if enabled and self._tty:  # a bar in a log file is a mess of carriage returns
             try:
                 from tqdm import tqdm
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-5 all-to-all sweep: sizes 1 MiB..1 GiB per rank, equal and MoE splits, wires raw/fp8/mxfp4,
 # under the three link settings of benchmarks/README.md. Writes <link>.json, <link>.png and <link>.txt
-# (the printed table) into OUTDIR.
+# (the printed table) into OUTDIR, then summary.md over every JSON there (summarize_a2a.py).
 #
 #   benchmarks/run_a2a_suite.sh OUTDIR [nvlink] [hostmem] [sockets]      # default: all three
 #
@@ -44,4 +44,7 @@ for link in "${links[@]}"; do
         --check --breakdown --json "$out/$link.json" --plot "$out/$link.png" ${EXTRA:-} \
         | tee "$out/$link.txt" || status=1
 done
+# One markdown summary of every result in OUTDIR (bandwidth, speedup, targets, breakdown).
+"$py" "$here/summarize_a2a.py" "$out"/*.json --sizes 1M,16M,256M,1G > "$out/summary.md" || status=1
+cat "$out/summary.md"
 exit $status

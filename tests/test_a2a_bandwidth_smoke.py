@@ -167,3 +167,34 @@ def test_nproc_refuses_to_run_under_a_launcher(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--nproc", "2"])
     assert "cannot run under mpi" in capsys.readouterr().err
+
+
+def _load_summarizer():
+    path = ROOT / "benchmarks" / "summarize_a2a.py"
+    spec = importlib.util.spec_from_file_location("summarize_a2a", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_reports_targets_per_link(tmp_path):
+    summarize = _load_summarizer()
+
+    def row(wire, time_us, speedup):
+        return {"splits": "equal", "nominal_bytes": 1 << 30, "bytes": 1 << 30, "rows": 1, "wire": wire,
+                "time_us": time_us, "algbw_GBps": (1 << 30) / time_us / 1e3, "speedup": speedup,
+                "max_rel_err": 0.0}
+
+    files = []
+    for name, env, mx_speedup in (("hostmem", {"NCCL_P2P_DISABLE": "1"}, 3.5),
+                                  ("sockets", {"NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1"}, 2.5)):
+        data = {"machine": {"gpu": "H200", "gpu_count": 2, "env": env},
+                "config": {"device_type": "cuda", "world_size": 2, "splits": ["equal"]},
+                "rows": [row("raw", 1000.0, 1.0), row("mxfp4", 1000.0 / mx_speedup, mx_speedup)]}
+        files.append(str(tmp_path / f"{name}.json"))
+        Path(files[-1]).write_text(json.dumps(data))
+    text = summarize.summarize(files, None)
+    assert "host memory, equal, 1G/rank, 2 ranks: mxfp4 3.50x vs target 3.3x: met" in text
+    assert "sockets, equal, 1G/rank, 2 ranks: mxfp4 2.50x vs target 3.0x: MISSED" in text
+    assert "| host memory | equal | 1G |" in text
