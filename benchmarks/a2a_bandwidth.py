@@ -67,6 +67,7 @@ ERROR_BOUNDS = {"raw": 0.0, "bf16": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2, "mxfp4/
 def error_bound(wire: str, scale_mode: str) -> float:
     return ERROR_BOUNDS["mxfp4/floor" if wire == "mxfp4" and scale_mode == "floor" else wire]
 
+
 # The torch reference codecs that run on CPU are slow, so a CPU run sweeps few, small sizes.
 GPU_DEFAULTS = dict(minbytes=1 << 20, maxbytes=1 << 30, stepfactor=2.0, iters=20, warmup=5)
 CPU_DEFAULTS = dict(minbytes=64 << 10, maxbytes=1 << 20, stepfactor=4.0, iters=3, warmup=1)
