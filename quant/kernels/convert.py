@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
-from .minifloat import e2m1_code, e2m1_parts, e4m3_code, e4m3_parts
+from .minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
 from ..checks import rows_in, rows_out
 
 
@@ -43,23 +43,19 @@ def _fp8_to_mxfp4_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
 
     mag = tl.reshape(code & 0x7F, (BLOCK_M, NB, 32))
     sign = tl.reshape((code >> 4) & 8, (BLOCK_M, NB, 32))
-    is_nan = mag == 0x7F
-    full, ev = e4m3_parts(mag)
-    # Order key of |q| (exponent, 4-bit significand); 0 for zero and NaN codes.
-    key = tl.where((full == 0) | is_nan, 0, ((ev + 10) << 4) | (full >> 20))
-    kmax = tl.max(key, axis=2)
-    any_nan = tl.max(is_nan.to(tl.int32), axis=2) > 0
-
+    # E4M3 codes are ordered like their magnitudes, and NaN (0x7F) is the largest code.
+    mmax = tl.max(mag, axis=2)
+    vmax = e4m3_vcode(mmax)
     k = bbyte - 127
-    f = (kmax >> 4) - 10 + k  # floor(log2 amax) of the dequantized block
+    f = (vmax >> 3) - 7 + k  # floor(log2 amax) of the dequantized block
     e = f - 2
     if RCEIL:
-        e += ((kmax & 15) > 12).to(tl.int32)  # significand of amax above 1.5
-    e = tl.where(kmax == 0, -127, tl.maximum(e, -127))
+        e += ((vmax & 7) > 4).to(tl.int32)  # significand of amax above 1.5
+    e = tl.where(mmax == 0, -127, tl.maximum(e, -127))
     # 2^128 and above is Inf in fp32: the two-step path marks the block NaN.
-    nan_blk = any_nan | (bbyte == 255) | ((kmax > 0) & (f >= 128))
+    nan_blk = (mmax == 0x7F) | (bbyte == 255) | ((mmax > 0) & (f >= 128))
 
-    c = e2m1_code(full, ev + (k - e)[:, :, None])
+    c = e2m1_from_vcode(e4m3_vcode(mag) + ((k - e) << 3)[:, :, None])  # y = q * 2^(k - e)
     c = tl.where(nan_blk[:, :, None], 0, c | sign)
 
     pairs = tl.reshape(c, (BLOCK_M, BLOCK_K // 2, 2))
@@ -95,17 +91,15 @@ def _mxfp4_to_fp8_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     bbyte = tl.load(xs_ptr + r64[:, None] * stride_xs + bcols[None, :], mask=bmask, other=0).to(tl.int32)
     bbyte = tl.reshape(tl.broadcast_to(bbyte[:, :, None], (BLOCK_M, NB, 32)), (BLOCK_M, NT, 128))
 
-    full, ev = e2m1_parts(code & 7)
-    F = ev + bbyte - 127  # exponent of each dequantized value
-    nz = full != 0
-    over = nz & (F >= 128)  # Inf in fp32
-    bad = (bbyte == 255) | over
-    nan_tile = tl.max(bad.to(tl.int32), axis=2) > 0
-    fmax = tl.max(tl.where(nz, F, -1000), axis=2)
+    # w: virtual code of each decoded value, |v| = (8 + (w & 7)) * 2^((w >> 3) - 137); monotone in |v|.
+    w = e2m1_vcode(code & 7) + (bbyte << 3)
+    wmax = tl.max(w, axis=2)
+    fmax = (wmax >> 3) - 134  # exponent of the tile's largest value (wmax < 0: all zero)
+    nan_tile = (tl.max(bbyte, axis=2) == 255) | ((wmax >= 0) & (fmax >= 128))  # NaN block, or Inf in fp32
     # ceil(log2(amax / 448)) = F - 8, since the significand of amax is 1 or 1.5 (< 1.75).
-    k = tl.maximum(fmax - 8, -127)
+    k = tl.where(wmax >= 0, tl.maximum(fmax - 8, -127), -127)
 
-    c = e4m3_code(full, F - k[:, :, None])
+    c = e4m3_from_vcode(w - ((k + 127) << 3)[:, :, None])  # v * 2^-k
     c = tl.where(nan_tile[:, :, None], 0, c | ((code & 8) << 4))
 
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

@@ -1,10 +1,12 @@
-"""E4M3 and E2M1 codes as integer (significand, exponent) pairs, for the conversion kernels.
+"""E4M3 / E2M1 rounding by integer arithmetic on "virtual E4M3 codes", for the conversion kernels.
 
-The conversion kernels never build a float tensor: they split each code into an integer significand
-`full` (24 bits, `2^23 <= full < 2^24`, or 0 for zero) and an unbiased exponent `ev`, so that
-`|value| = full * 2^(ev - 23)`, move exponents by integer adds, and round back to a code with an
-integer round-to-nearest-even shift. All of it is int32 arithmetic on bit patterns (no log2/exp2, no
-float rounding modes), so the results are the same on every GPU and in the Triton interpreter.
+A virtual code `z` is the E4M3 code extended to every exponent: `|value| = (8 + (z & 7)) * 2^((z >> 3) - 10)`
+(arithmetic shift), so E4M3 normals keep their own code (1.0 is 56 = 0x38) and every E4M3 subnormal and
+E2M1 magnitude has one too (2^-9 is -16). Multiplying by 2^d is `z + 8 * d`, and rounding back to a
+code is a few integer operations. The kernels therefore never build a float tensor: no log2/exp2, no
+float rounding modes, no dependence on how a GPU treats fp32 subnormals, and the same bits in the
+Triton interpreter. Zero is the virtual code -8192, far below anything that rounds to a nonzero code
+for every shift the kernels apply (|d| < 512).
 """
 
 from __future__ import annotations
@@ -14,51 +16,38 @@ import triton.language as tl
 
 
 @triton.jit
-def e4m3_parts(mag):
-    """E4M3 magnitude code (0..0x7E, int32) -> (full, ev). Subnormals (E = 0) are normalized."""
-    e = (mag >> 3) & 15
-    m = mag & 7
-    lg = (m >= 2).to(tl.int32) + (m >= 4).to(tl.int32)  # floor(log2 m) for m = 1..7
-    full = tl.where(e > 0, (m + 8) << 20, m << (23 - lg))
-    ev = tl.where(e > 0, e - 7, lg - 9)
-    return full, ev
+def e4m3_vcode(mag):
+    """E4M3 magnitude code (0..0x7E, int32) -> virtual code. Subnormals m * 2^-9 are normalized:
+    m = 4..7 -> 2m - 8, m = 2, 3 -> 4m - 16, m = 1 -> -16."""
+    sh = 3 - (mag >= 2).to(tl.int32) - (mag >= 4).to(tl.int32)  # 3 - floor(log2 m)
+    sub = tl.where(mag == 0, -8192, (mag << sh) - (sh << 3))
+    return tl.where(mag >= 8, mag, sub)
 
 
 @triton.jit
-def e2m1_parts(mag):
-    """E2M1 magnitude code (0..7, int32) -> (full, ev): 0.5 = 2^-1, 1, 1.5, 2, 3, 4, 6."""
-    e = (mag >> 1) & 3
-    m = mag & 1
-    full = tl.where(e > 0, (m + 2) << 22, m << 23)
-    ev = tl.where(e > 0, e - 1, -1)
-    return full, ev
+def e2m1_vcode(c7):
+    """E2M1 magnitude code (0..7, int32) -> virtual code: 0.5 -> 48, c >= 2 -> 4c + 48 (1.0 -> 56)."""
+    return tl.where(c7 >= 2, (c7 << 2) + 48, tl.where(c7 == 1, 48, -8192))
 
 
 @triton.jit
-def rne_shift(full, n):
-    """`full / 2^n` rounded to the nearest integer, ties to even (1 <= n <= 25, full < 2^24)."""
-    q = full >> n
-    rem = full - (q << n)
-    half = 1 << (n - 1)
-    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-    return q + up.to(tl.int32)
-
-
-@triton.jit
-def e4m3_code(full, ev):
+def e4m3_from_vcode(z):
     """RNE to the E4M3 magnitude code (subnormals rounded, never flushed). Callers guarantee
-    `|value| <= 448`, so there is no saturation. Rounding up across a binade carries into the
-    exponent field by itself (code = binade * 8 + quanta)."""
-    n = tl.minimum(tl.maximum(14 - ev, 20), 25)  # quantum is 2^max(ev-3, -9); 25 leaves 0
-    r = rne_shift(full, n)
-    code = (tl.maximum(ev, -6) + 6) * 8 + r
-    return tl.where(full == 0, 0, code)
+    `|value| <= 448` (z <= 126), so nothing saturates. Below 2^-6 the value is `(8 + (z & 7)) / 2^n`
+    units of 2^-9 with `n = 1 - (z >> 3)`; a round-up to 8 units lands on code 8 = 2^-6 by itself."""
+    n = tl.minimum(1 - (z >> 3), 5)  # n >= 5 leaves less than half a unit: 0
+    s = 8 + (z & 7)
+    sub = (s + (1 << (n - 1)) - 1 + ((s >> n) & 1)) >> n
+    return tl.where(z >= 8, z, sub)
 
 
 @triton.jit
-def e2m1_code(full, ev):
-    """RNE to the E2M1 magnitude code, magnitudes above 6 saturating to code 7 (6.0)."""
-    n = tl.minimum(tl.where(ev >= 0, 22, 22 - ev), 25)  # quantum is 2^max(ev-1, -1)
-    r = rne_shift(full, n)
-    code = tl.minimum(2 * tl.maximum(tl.minimum(ev, 8), 0) + r, 7)
-    return tl.where(full == 0, 0, code)
+def e2m1_from_vcode(z):
+    """RNE to the E2M1 magnitude code, magnitudes above 6 saturating to code 7 (6.0).
+    From 1.0 up (z >= 56) drop two of the three mantissa bits of `z - 48` (rebias 7 -> 1) with ties
+    to even; below 1.0 the code is 0, 1 (0.5) or 2 (1.0): thresholds 0.25 (z = 40, ties to 0) and
+    0.75 (z = 52, ties to 1.0)."""
+    zz = z - 48
+    hi = tl.minimum((zz + 1 + ((zz >> 2) & 1)) >> 2, 7)
+    lo = (z > 40).to(tl.int32) + (z >= 52).to(tl.int32)
+    return tl.where(z >= 56, hi, lo)

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
-from .minifloat import e2m1_code, e2m1_parts, e4m3_code, e4m3_parts
+from .minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
 from ..checks import rows_in
 
 
@@ -44,9 +44,8 @@ def _fp8_rowwise_to_colwise_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
     kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
 
     mag = code & 0x7F
-    full, ev = e4m3_parts(mag)
-    c = e4m3_code(full, ev + (rbyte - kt)[:, None]) | (code & 0x80)
-    col_nan = (tl.max((mag == 0x7F).to(tl.int32), axis=0) > 0) | (kt == 255)
+    c = e4m3_from_vcode(e4m3_vcode(mag) + ((rbyte - kt) << 3)[:, None]) | (code & 0x80)  # q * 2^(k - kt)
+    col_nan = (tl.max(mag, axis=0) == 0x7F) | (kt == 255)  # 0x7F (NaN) is the largest code
     c = tl.where(col_nan[None, :], 0, c)
 
     c_t = tl.trans(c.to(tl.uint8))  # [BLOCK_K, 128]: output rows are input columns
@@ -89,15 +88,14 @@ def _mxfp4_rowwise_to_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                                          BLOCK_M, BLOCK_K)
     code = tl.reshape(code, (BLOCK_K, NM, 32))
     sbyte = tl.reshape(sbyte, (BLOCK_K, NM, 32))
-    full, ev = e2m1_parts(code & 7)
-    F = ev + sbyte - 127  # exponent of each decoded value
-    nz = full != 0
-    bad = (sbyte == 255) | (nz & (F >= 128))  # NaN block, or Inf in fp32
-    nan_blk = tl.max(bad.to(tl.int32), axis=2) > 0
-    fmax = tl.max(tl.where(nz, F, -1000), axis=2)
+    # w: virtual code of each decoded value, |v| = (8 + (w & 7)) * 2^((w >> 3) - 137); monotone in |v|.
+    w = e2m1_vcode(code & 7) + (sbyte << 3)
+    wmax = tl.max(w, axis=2)
+    fmax = (wmax >> 3) - 134  # floor(log2 amax); wmax < 0: all zero
+    nan_blk = (tl.max(sbyte, axis=2) == 255) | ((wmax >= 0) & (fmax >= 128))  # NaN block, or Inf in fp32
     # The significand of amax is 1 or 1.5, never above 1.5: floor and rceil both give f - 2.
-    e = tl.maximum(fmax - 2, -127)
-    c = e2m1_code(full, F - e[:, :, None]) | (code & 8)
+    e = tl.where(wmax >= 0, tl.maximum(fmax - 2, -127), -127)
+    c = e2m1_from_vcode(w - ((e + 127) << 3)[:, :, None]) | (code & 8)  # v * 2^-e
     c = tl.where(nan_blk[:, :, None], 0, c)
 
     lo, hi = tl.split(tl.reshape(c, (BLOCK_K, BLOCK_M // 2, 2)))
@@ -122,15 +120,13 @@ def _mxfp4_rowwise_to_fp8_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     pid_k = tl.program_id(1)
     code, sbyte = _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
                                          128, BLOCK_K)
-    full, ev = e2m1_parts(code & 7)
-    F = ev + sbyte - 127
-    nz = full != 0
-    bad = (sbyte == 255) | (nz & (F >= 128))
-    nan_tile = tl.max(bad.to(tl.int32), axis=1) > 0
-    fmax = tl.max(tl.where(nz, F, -1000), axis=1)
+    w = e2m1_vcode(code & 7) + (sbyte << 3)  # as in the kernel above
+    wmax = tl.max(w, axis=1)
+    fmax = (wmax >> 3) - 134
+    nan_tile = (tl.max(sbyte, axis=1) == 255) | ((wmax >= 0) & (fmax >= 128))
     # ceil(log2(amax / 448)) = F - 8, since the significand of amax is 1 or 1.5 (< 1.75).
-    k = tl.maximum(fmax - 8, -127)
-    c = e4m3_code(full, F - k[:, None]) | ((code & 8) << 4)
+    k = tl.where(wmax >= 0, tl.maximum(fmax - 8, -127), -127)
+    c = e4m3_from_vcode(w - ((k + 127) << 3)[:, None]) | ((code & 8) << 4)  # v * 2^-k
     c = tl.where(nan_tile[:, None], 0, c)
 
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

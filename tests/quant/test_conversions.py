@@ -4,12 +4,15 @@ window; strided wire-row views; bad input."""
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conversion_data import (SCALE_RANGES, assert_same_bits, assert_same_values, decoded, fp8_from_bytes,
                              random_fp8, random_mxfp4)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import fp8_to_mxfp4, mxfp4_to_fp8
 from mxa2a.quant.formats import E4M3_DTYPE, FP8Tensor, MXFP4Tensor
+from mxa2a.quant.kernels.minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
 
 
 def both_fp8_to_mxfp4(t: FP8Tensor, scale_mode: str) -> MXFP4Tensor:
@@ -34,6 +37,38 @@ def test_reference_is_the_two_step_path(seed):
     x = random_mxfp4(4, 256, "all")
     assert_same_bits(mxfp4_to_fp8(x, backend="torch"),
                      reference.quantize_fp8(reference.dequantize_mxfp4(x, torch.float32)))
+
+
+# --- the integer rounding helpers, exhaustively ------------------------------------------------------
+
+@triton.jit
+def _helpers_kernel(z_ptr, out_ptr, N, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    m = i < N
+    z = tl.load(z_ptr + i, mask=m, other=0)
+    tl.store(out_ptr + 0 * N + i, e4m3_from_vcode(z), mask=m)
+    tl.store(out_ptr + 1 * N + i, e2m1_from_vcode(z), mask=m)
+    tl.store(out_ptr + 2 * N + i, e4m3_vcode(z & 0x7F), mask=m)
+    tl.store(out_ptr + 3 * N + i, e2m1_vcode(z & 7), mask=m)
+
+
+def test_minifloat_helpers_round_every_virtual_code_like_the_reference():
+    z = torch.arange(-300, 127, dtype=torch.int32)
+    out = torch.empty(4, z.numel(), dtype=torch.int32)
+    _helpers_kernel[(1,)](z, out, z.numel(), BLOCK=512)
+    value = (8 + (z & 7)).double() * torch.exp2(((z >> 3) - 10).double())  # what a virtual code means
+    assert torch.equal(out[0].long(), reference.e4m3_rne(value).view(torch.uint8).long())
+    assert torch.equal(out[1].long(), reference.round_to_e2m1_codes(value).long())
+    mags = z & 0x7F
+    e4m3 = mags.to(torch.uint8).view(E4M3_DTYPE).double()
+    vz = out[2].long()
+    back = (8 + (vz & 7)).double() * torch.exp2(((vz >> 3) - 10).double())
+    live = (mags != 0) & (mags != 0x7F)
+    assert torch.equal(back[live], e4m3[live]) and (vz[mags == 0] < -8000).all()
+    vz = out[3].long()
+    back = (8 + (vz & 7)).double() * torch.exp2(((vz >> 3) - 10).double())
+    e2m1 = reference.e2m1_codes_to_values(z & 7)
+    assert torch.equal(back[(z & 7) != 0], e2m1[(z & 7) != 0]) and (vz[(z & 7) == 0] < -8000).all()
 
 
 # --- kernel == reference on random bytes --------------------------------------------------------------
