@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import math
 import zlib
 from typing import Callable, Sequence
@@ -236,8 +237,8 @@ class _Exchange:
         self.codec, self.in_parts, self.out_parts = codec, in_parts, out_parts
         self.in_splits, self.out_splits = in_splits, out_splits
         self.row_bytes, self.device, self.group, self.chunks = row_bytes, device, group, chunks
-        self.in_off = [0] + list(_accumulate(in_splits))
-        self.out_off = [0] + list(_accumulate(out_splits))
+        self.in_off = [0] + list(itertools.accumulate(in_splits))
+        self.out_off = [0] + list(itertools.accumulate(out_splits))
 
     # --- one collective over everything ---------------------------------------------------------
     def _zero_copy(self, parts: list[Rows]) -> torch.Tensor | None:
@@ -259,7 +260,7 @@ class _Exchange:
         work = dist.all_to_all_single(recv, send, self.out_splits, self.in_splits, group=self.group,
                                       async_op=async_op)
 
-        def finish() -> None:
+        def finish(_send: torch.Tensor = send) -> None:  # holds the send buffer until the transfer is over
             if work is not None:
                 work.wait()
             if recv_direct is None:
@@ -356,13 +357,6 @@ class _Exchange:
         if self.chunks == 1:
             return self.run_single(async_op)
         return self.run_chunked(async_op)
-
-
-def _accumulate(xs):
-    total = 0
-    for x in xs:
-        total += x
-        yield total
 
 
 def _plan_fields(codec: WireCodec, row_elems: int, row_bytes: int, dtype: torch.dtype) -> list[int]:
