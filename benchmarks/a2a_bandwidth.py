@@ -14,7 +14,9 @@ What one row means (one row per splits mode, size and wire):
 - time: one whole call (encode + transfer + decode) timed by CUDA events (perf_counter after a barrier
   on CPU), median over `-n` iterations after `-w` warm-up calls; the slowest rank's median.
 - algbw = size / time, busbw = algbw * (n-1)/n (GB/s = 1e9 B/s, as nccl-tests).
-- speedup = time of the raw (bf16) row / time of this row, same size and splits, same run.
+- speedup = time of the baseline row / time of this row, same size and splits, same run. The baseline
+  is `nccl` (plain `torch.distributed.all_to_all_single` of the bf16 input, no mxa2a) when measured,
+  else `raw` (mxa2a moving the bf16 bytes unchanged, with its per-call format check), else `bf16`.
 - max_rel_err (`--check`): for each received row, max_j |out - exact| / max_j |exact| (exact = the
   plain `torch.distributed` exchange of the same bf16 input); the largest over rows and ranks. The
   output is filled with NaN before the checked call, so a row that is lost reads as `inf`; so do NaN
@@ -56,12 +58,15 @@ if not torch.cuda.is_available():
 
 import _bench_common as bc  # noqa: E402
 
-WIRES = ("raw", "bf16", "fp8", "mxfp4")
-BASELINE_WIRES = ("raw", "bf16")  # on bf16 data both move the bf16 bytes as they are
+# "nccl" is plain `torch.distributed.all_to_all_single` on the bf16 input, no mxa2a at all: the baseline
+# that speedups refer to when it is measured. "raw" and "bf16" are mxa2a calls that move the same bytes
+# (plus mxa2a's per-call format check), so raw vs nccl shows what the wrapper itself costs.
+WIRES = ("nccl", "raw", "bf16", "fp8", "mxfp4")
+BASELINE_WIRES = ("nccl", "raw", "bf16")  # in order of preference as the speedup baseline
 SPLIT_MODES = ("equal", "moe")
 # Largest relative error per row that each wire may show (see the module docstring). MXFP4 with
 # `floor` scales saturates block maxima above 6 * 2^e (up to 8 * 2^e), hence its larger bound.
-ERROR_BOUNDS = {"raw": 0.0, "bf16": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2, "mxfp4/floor": 0.25}
+ERROR_BOUNDS = {"nccl": 0.0, "raw": 0.0, "bf16": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2, "mxfp4/floor": 0.25}
 
 
 def error_bound(wire: str, scale_mode: str) -> float:
@@ -133,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--stepfactor", type=float, help="size multiplication factor")
     p.add_argument("-n", "--iters", type=int, help="timed iterations per row")
     p.add_argument("-w", "--warmup_iters", type=int, help="untimed warm-up calls per row")
-    p.add_argument("--wire", type=_csv(WIRES, "--wire"), default=["raw", "fp8", "mxfp4"],
-                   help="wire formats, comma separated: raw (= bf16 baseline), bf16, fp8, mxfp4")
+    p.add_argument("--wire", type=_csv(WIRES, "--wire"), default=["nccl", "raw", "fp8", "mxfp4"],
+                   help="comma separated: nccl (plain torch.distributed bf16, the speedup baseline), "
+                        "raw (mxa2a moving the bf16 bytes), bf16, fp8, mxfp4")
     p.add_argument("--hidden", type=int, default=7168, help="row length H (7168, DeepSeek-V3)")
     p.add_argument("--splits", type=_csv(SPLIT_MODES, "--splits"), default=["equal"],
                    help="equal, moe, or both comma separated")
@@ -266,7 +272,7 @@ def wire_bytes_per_row(wire: str, hidden: int) -> int:
     """Payload bytes of one bf16 row on the wire (COMM.md, "Wire layout"), headers not counted."""
     from mxa2a.quant.wire import get_codec
 
-    return get_codec(wire).row_bytes(hidden, torch.bfloat16)
+    return get_codec("raw" if wire == "nccl" else wire).row_bytes(hidden, torch.bfloat16)
 
 
 # --- output ------------------------------------------------------------------------------------------
@@ -290,8 +296,8 @@ def table_columns(breakdown: bool) -> list[bc.Column]:
     return cols
 
 
-def write_plot(path: str, rows: list[dict[str, Any]], title: str) -> str | None:
-    """PNG of algbw (and speedup over raw) vs size per wire; returns a reason when it cannot plot."""
+def write_plot(path: str, rows: list[dict[str, Any]], title: str, baseline: str | None) -> str | None:
+    """PNG of algbw (and speedup over `baseline`) vs size per wire; returns a reason when it cannot plot."""
     try:
         import matplotlib
 
@@ -307,12 +313,12 @@ def write_plot(path: str, rows: list[dict[str, Any]], title: str) -> str | None:
         x = [r["bytes"] for r in sel]
         kw = dict(linestyle=styles[mode], color=colors[wire], marker="o", ms=3, label=f"{wire} ({mode})")
         ax_bw.plot(x, [r["algbw_GBps"] for r in sel], **kw)
-        if wire not in BASELINE_WIRES and any(r["speedup"] is not None for r in sel):
+        if wire != baseline and any(r["speedup"] is not None for r in sel):
             ax_sp.plot(x, [math.nan if r["speedup"] is None else r["speedup"] for r in sel], **kw)
-    ax_sp.axhline(1.0, color="gray", linewidth=1, label="raw bf16 = 1")
+    ax_sp.axhline(1.0, color="gray", linewidth=1, label=f"{baseline} bf16 = 1")
     ticks = sorted({r["nominal_bytes"] for r in rows})
     for ax, ylabel in ((ax_bw, "algbw (GB/s) = logical bf16 bytes / time"),
-                       (ax_sp, "speedup over raw bf16 (same run)")):
+                       (ax_sp, f"speedup over {baseline} bf16 (same run)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks, [bc.format_size(t) for t in ticks], fontsize=8)
         ax.minorticks_off()
@@ -363,17 +369,20 @@ def measure_size(sw: Sweep, mode: str, nominal: int, call_a2a: Callable[..., Any
         ref = torch.empty_like(out)
         dist.all_to_all_single(ref, inp, plan.recv_splits, plan.send_splits)
     chunk_kw = {} if sw.chunks is None else {"chunks": sw.chunks}
-    base_time = None
+    baseline, base_time = next((w for w in sw.wires if w in BASELINE_WIRES), None), None
     for wire in sw.wires:
         progress.step(f"{mode} {bc.format_size(nominal)} {wire}")
 
         def call(wire: str = wire) -> None:
-            call_a2a(out, inp, plan.recv_splits, plan.send_splits, wire=wire, scale_mode=sw.scale_mode,
-                     **chunk_kw)
+            if wire == "nccl":
+                dist.all_to_all_single(out, inp, plan.recv_splits, plan.send_splits)
+            else:
+                call_a2a(out, inp, plan.recv_splits, plan.send_splits, wire=wire, scale_mode=sw.scale_mode,
+                         **chunk_kw)
 
         time_us, _ = sw.timer(call)
         algbw = nbytes / (time_us * 1e-6) / 1e9 if time_us > 0 else math.inf
-        if wire in BASELINE_WIRES and base_time is None:
+        if wire == baseline:
             base_time = time_us
         row: dict[str, Any] = {
             "splits": mode, "nominal_bytes": nominal, "bytes": nbytes, "rows": n_rows, "wire": wire,
@@ -410,7 +419,8 @@ def run(args: argparse.Namespace) -> int:
     warmup = defaults["warmup"] if args.warmup_iters is None else args.warmup_iters
     sw = Sweep(rank=info.rank, world=info.world_size, device=device,
                # the baseline runs first at each size, so every later row has its speedup
-               wires=sorted(args.wire, key=lambda w: w not in BASELINE_WIRES),
+               wires=sorted(args.wire, key=lambda w: BASELINE_WIRES.index(w) if w in BASELINE_WIRES
+                            else len(BASELINE_WIRES)),
                sizes=bc.size_sweep(minbytes, args.maxbytes or max(defaults["maxbytes"], minbytes), stepfactor),
                hidden=args.hidden, scale_mode=args.scale_mode, chunks=args.chunks,
                check=args.check, breakdown=args.breakdown,
@@ -425,6 +435,7 @@ def run(args: argparse.Namespace) -> int:
     config = {"world_size": sw.world, "backend": dist.get_backend(), "device_type": device.type,
               "launcher": "--nproc" if os.environ.get(bc.SPAWNED_ENV) == "1" else bc.launcher(),
               "hidden": sw.hidden, "dtype": "bfloat16", "splits": args.splits, "wires": sw.wires,
+              "speedup_baseline": next((w for w in sw.wires if w in BASELINE_WIRES), None),
               "sizes": sw.sizes, "stepfactor": stepfactor, "iters": iters, "warmup": warmup,
               "chunks": sw.chunks, "scale_mode": sw.scale_mode, "check": sw.check,
               "breakdown": sw.breakdown, "moe": asdict(sw.moe),
@@ -436,7 +447,8 @@ def run(args: argparse.Namespace) -> int:
               f"backend {config['backend']}, NCCL {machine['nccl']}, torch {machine['torch']}")
         print(f"# link: {machine['link']}; env {machine['env'] or '{}'}")
         print(f"# hidden {sw.hidden} bf16, iters {iters}, warmup {warmup}, chunks {sw.chunks}, "
-              f"check {sw.check}; time = slowest rank's median; GB/s = 1e9 B/s")
+              f"check {sw.check}; time = slowest rank's median; GB/s = 1e9 B/s; "
+              f"speedup over {config['speedup_baseline']}")
         print(bc.format_header(columns), flush=True)
 
     progress = bc.Progress(len(args.splits) * len(sw.sizes) * len(sw.wires), enabled=lead, desc="a2a")
@@ -466,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             title = (f"mxa2a all-to-all, {sw.world} ranks, {machine['gpu'] or 'CPU/gloo'}, "
                      f"hidden {args.hidden}, link: {machine['link']}")
-            reason = write_plot(args.plot, rows, title)
+            reason = write_plot(args.plot, rows, title, config["speedup_baseline"])
             print(f"# plot skipped: {reason}" if reason else f"# wrote {args.plot}", flush=True)
     dist.barrier()
     dist.destroy_process_group()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The issue-5 all-to-all sweep: sizes 1 MiB..1 GiB per rank, equal and MoE splits, wires raw/fp8/mxfp4,
+# The issue-5 all-to-all sweep: sizes 1 MiB..1 GiB per rank, equal and MoE splits, wires raw/fp8/mxfp4
+# (plus nccl, plain torch.distributed bf16, the speedup baseline),
 # under the three link settings of benchmarks/README.md. Writes <link>.json, <link>.png and <link>.txt
 # (the printed table) into OUTDIR, then summary.md over every JSON there (summarize_a2a.py).
 #
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 out=$1
@@ -40,7 +41,7 @@ for link in "${links[@]}"; do
     echo "=== $link: ${env_set[*]:-default NCCL settings}" >&2
     # shellcheck disable=SC2086
     env ${env_set[@]+"${env_set[@]}"} "$py" "$here/a2a_bandwidth.py" --nproc "${NPROC:-auto}" \
-        -b 1M -e 1G -f 2 -n "$iters" -w "$warmup" --wire raw,fp8,mxfp4 --splits equal,moe \
+        -b 1M -e 1G -f 2 -n "$iters" -w "$warmup" --wire nccl,raw,fp8,mxfp4 --splits equal,moe \
         --check --breakdown --json "$out/$link.json" --plot "$out/$link.png" ${EXTRA:-} \
         | tee "$out/$link.txt" || status=1
 done

@@ -36,7 +36,7 @@ bc = bench.bc
 def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
     out_json, out_png = tmp_path / "a2a.json", tmp_path / "a2a.png"
     hidden, sizes = 256, [2048, 4096, 8192]
-    wires, modes = ["mxfp4", "fp8", "raw"], ["equal", "moe"]  # the baseline runs first anyway
+    wires, modes = ["mxfp4", "fp8", "raw", "nccl"], ["equal", "moe"]  # the baseline runs first anyway
     cmd = [sys.executable, str(SCRIPT), "--nproc", "2", "-b", "2K", "-e", "8K", "-f", "2", "-n", "2",
            "-w", "1", "--hidden", str(hidden), "--wire", ",".join(wires), "--splits", ",".join(modes),
            "--topk", "4", "--experts", "16", "--check", "--breakdown",
@@ -52,11 +52,12 @@ def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
     assert sorted(keys) == sorted(itertools.product(modes, sizes, wires))
     assert data["config"]["world_size"] == 2 and data["config"]["hidden"] == hidden
     assert data["config"]["splits"] == modes and data["check_failures"] == []
+    assert data["config"]["speedup_baseline"] == "nccl"
     for key in ("hostname", "date_utc", "command", "torch", "triton", "gpu_count", "nccl", "env", "hosts"):
         assert key in data["machine"], key
 
-    wire_bytes = {"raw": 2 * hidden, "fp8": hidden + hidden // 128, "mxfp4": hidden // 2 + hidden // 32}
-    bounds = {"raw": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2 * (1 + 1e-6)}
+    wire_bytes = {"nccl": 2 * hidden, "raw": 2 * hidden, "fp8": hidden + hidden // 128, "mxfp4": hidden // 2 + hidden // 32}
+    bounds = {"nccl": 0.0, "raw": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2 * (1 + 1e-6)}
     for r in rows:
         assert r["rows"] == r["nominal_bytes"] // (2 * hidden)
         assert r["bytes"] == r["rows"] * 2 * hidden
@@ -66,21 +67,20 @@ def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / r["time_us"] / 1e3)
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] / 2)
         assert r["recv_imbalance"] >= 1.0
-        if r["wire"] == "raw":
-            assert r["max_rel_err"] == 0.0, r
-            assert r["speedup"] == 1.0
+        base = next(b for b in rows if b["wire"] == "nccl" and b["splits"] == r["splits"]
+                    and b["nominal_bytes"] == r["nominal_bytes"])
+        assert r["speedup"] == pytest.approx(base["time_us"] / r["time_us"])
+        if r["wire"] in ("raw", "nccl"):
+            assert r["max_rel_err"] == 0.0, r  # the bf16 bytes, moved unchanged
             assert r["encode_us"] == 0.0 and r["decode_us"] == 0.0
         else:
             assert 0.0 < r["max_rel_err"] <= bounds[r["wire"]], r  # lossy, but within the format's bound
-            base = next(b for b in rows if b["wire"] == "raw" and b["splits"] == r["splits"]
-                        and b["nominal_bytes"] == r["nominal_bytes"])
-            assert r["speedup"] == pytest.approx(base["time_us"] / r["time_us"])
             assert r["encode_us"] > 0 and r["decode_us"] > 0
         assert r["transfer_us"] > 0
 
     table = [line for line in proc.stdout.splitlines() if line and not line.startswith("#")]
     assert len(table) == len(rows)
-    assert "[18/18]" in proc.stderr  # the progress counter
+    assert "[24/24]" in proc.stderr  # the progress counter
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -190,11 +190,13 @@ def test_summary_reports_targets_per_link(tmp_path):
     for name, env, mx_speedup in (("hostmem", {"NCCL_P2P_DISABLE": "1"}, 3.5),
                                   ("sockets", {"NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1"}, 2.5)):
         data = {"machine": {"gpu": "H200", "gpu_count": 2, "env": env},
-                "config": {"device_type": "cuda", "world_size": 2, "splits": ["equal"]},
-                "rows": [row("raw", 1000.0, 1.0), row("mxfp4", 1000.0 / mx_speedup, mx_speedup)]}
+                "config": {"device_type": "cuda", "world_size": 2, "splits": ["equal"],
+                           "speedup_baseline": "nccl"},
+                "rows": [row("nccl", 1000.0, 1.0), row("raw", 1100.0, 1000.0 / 1100.0),
+                         row("mxfp4", 1000.0 / mx_speedup, mx_speedup)]}
         files.append(str(tmp_path / f"{name}.json"))
         Path(files[-1]).write_text(json.dumps(data))
     text = summarize.summarize(files, None)
-    assert "host memory, equal, 1G/rank, 2 ranks: mxfp4 3.50x vs target 3.3x: met" in text
-    assert "sockets, equal, 1G/rank, 2 ranks: mxfp4 2.50x vs target 3.0x: MISSED" in text
+    assert "host memory, equal, 1G/rank, 2 ranks: mxfp4 3.50x over nccl vs target 3.3x: met" in text
+    assert "sockets, equal, 1G/rank, 2 ranks: mxfp4 2.50x over nccl vs target 3.0x: MISSED" in text
     assert "| host memory | equal | 1G |" in text
