@@ -35,7 +35,7 @@ def e4m3_from_vcode(z):
     """RNE to the E4M3 magnitude code (subnormals rounded, never flushed). Callers guarantee
     `|value| <= 448` (z <= 126), so nothing saturates. Below 2^-6 the value is `(8 + (z & 7)) / 2^n`
     units of 2^-9 with `n = 1 - (z >> 3)`; a round-up to 8 units lands on code 8 = 2^-6 by itself."""
-    n = tl.minimum(1 - (z >> 3), 5)  # n >= 5 leaves less than half a unit: 0
+    n = tl.minimum(tl.maximum(1 - (z >> 3), 1), 5)  # n >= 5 leaves less than half a unit: 0
     s = 8 + (z & 7)
     sub = (s + (1 << (n - 1)) - 1 + ((s >> n) & 1)) >> n
     return tl.where(z >= 8, z, sub)
