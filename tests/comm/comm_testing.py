@@ -3,8 +3,13 @@ of each wire format, and a bitwise comparison. Imported by the test modules and 
 
 from __future__ import annotations
 
+import datetime
+import os
+import traceback
+
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from mxa2a.quant import reference as R
 
@@ -22,7 +27,7 @@ def split_matrix(pattern: str, world: int, seed: int) -> list[list[int]] | None:
         g = torch.Generator().manual_seed(seed)
         s = torch.randint(0, 4, (world, world), generator=g)
         s[0, :] = 0
-        s[:, 1] = 0
+        s[:, min(1, world - 1)] = 0
         return s.tolist()
     if pattern == "ones":
         return [[1] * world for _ in range(world)]
@@ -56,7 +61,7 @@ def qdq(x: torch.Tensor, wire: str, dtype: torch.dtype, scale_mode: str = "rceil
 
 def reference_exchange(x_sent: torch.Tensor, out_rows: int, out_splits, in_splits, group=None) -> torch.Tensor:
     """torch.distributed's own all_to_all_single of the already quantize-dequantized rows."""
-    ref = torch.empty((out_rows, *x_sent.shape[1:]), dtype=x_sent.dtype)
+    ref = torch.empty((out_rows, *x_sent.shape[1:]), dtype=x_sent.dtype, device=x_sent.device)
     dist.all_to_all_single(ref, x_sent.contiguous(), out_splits, in_splits, group=group)
     return ref
 
@@ -64,7 +69,48 @@ def reference_exchange(x_sent: torch.Tensor, out_rows: int, out_splits, in_split
 def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
     assert got.dtype == want.dtype and got.shape == want.shape, \
         f"{what}: got {got.dtype} {tuple(got.shape)}, want {want.dtype} {tuple(want.shape)}"
+    got, want = got.cpu(), want.cpu()
     g, w = got.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)
     if not torch.equal(g, w):
         diff = (got.float() - want.float()).abs()
         raise AssertionError(f"{what}: {int((g != w).sum())} bytes differ, max abs diff {diff.max().item()}")
+
+
+def _nccl_entry(rank: int, world: int, port: int, body, args: tuple, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        torch.cuda.set_device(rank)
+        dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+        body(rank, world, *args)
+        results.put((rank, None))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_nccl(body, world: int, *args, timeout_s: float = 300.0) -> None:
+    """Like dist_testing.run_distributed, but one GPU per rank and an NCCL process group."""
+    from dist_testing import free_port
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_nccl_entry, args=(r, world, port, body, args, results), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    errors = {}
+    try:
+        for _ in range(world):
+            rank, err = results.get(timeout=timeout_s)
+            if err is not None:
+                errors[rank] = err
+    except Exception:  # queue.Empty: a rank hung
+        errors[-1] = f"a rank did not finish in {timeout_s:.0f} s"
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    if errors:
+        raise AssertionError("\n".join(f"--- rank {r} ---\n{e}" for r, e in sorted(errors.items())))

@@ -1,14 +1,16 @@
 """all_to_all_single on 2 and 4 gloo ranks: every wire format, fp32/bf16/fp16, equal and uneven splits,
 ranks that send or receive nothing, one row, a large row, sync/async, one or several chunks. The result
 must equal, bit for bit, torch.distributed's all_to_all_single of the quantize-dequantized input (the
-plain input for "raw")."""
+plain input for "raw"). The same cases run on 1 and 2 GPUs over NCCL (Triton codecs, side streams for
+chunks) when GPUs are present."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
-from comm_testing import WIRES, assert_same_bits, my_splits, qdq, reference_exchange, split_matrix
+from comm_testing import WIRES, assert_same_bits, my_splits, qdq, reference_exchange, run_nccl, split_matrix
 from dist_testing import run_distributed
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
@@ -16,7 +18,7 @@ REST = {"equal": (256,), "uneven": (2, 128), "zeros": (128,), "ones": (384,), "e
 MODES = ((None, False), (None, True), (3, False), (2, True))  # (chunks, async_op)
 
 
-def _case_body(rank: int, world: int, seed: int, cases: list[tuple]) -> None:
+def _case_body(rank: int, world: int, seed: int, cases: list[tuple], device: str = "cpu") -> None:
     from mxa2a.comm import all_to_all_single
 
     for i, (pattern, wire, din, dout, rest, chunks, async_op, scale_mode) in enumerate(cases):
@@ -25,8 +27,8 @@ def _case_body(rank: int, world: int, seed: int, cases: list[tuple]) -> None:
         s = split_matrix(pattern, world, seed + i)
         n_in, n_out, ins, outs = my_splits(s, rank, world, equal_rows=3)
         g = torch.Generator().manual_seed(seed * 7919 + i * 31 + rank)
-        x = (torch.randn((n_in, *rest), generator=g) * 4.0 ** (rank - 1)).to(din)
-        out = torch.full((n_out, *rest), float("nan"), dtype=dout)
+        x = (torch.randn((n_in, *rest), generator=g) * 4.0 ** (rank - 1)).to(din).to(device)
+        out = torch.full((n_out, *rest), float("nan"), dtype=dout, device=device)
         check = i % 5 != 4  # every fifth call without the header check
         handle = all_to_all_single(out, x, outs, ins, wire=wire, chunks=chunks, async_op=async_op,
                                    scale_mode=scale_mode, check=check)
@@ -34,7 +36,7 @@ def _case_body(rank: int, world: int, seed: int, cases: list[tuple]) -> None:
             assert handle is not None and handle.wait() and handle.is_completed(), what
         else:
             assert handle is None, what
-        want = reference_exchange(qdq(x, wire, dout, scale_mode), n_out, outs, ins)
+        want = reference_exchange(qdq(x.cpu(), wire, dout, scale_mode).to(device), n_out, outs, ins)
         assert_same_bits(out, want, what)
         if wire == "raw":  # the baseline is the plain input's exchange
             assert_same_bits(out, reference_exchange(x, n_out, outs, ins), what)
@@ -67,3 +69,15 @@ def test_matches_torch_exchange_of_quantized_input_4_ranks(seed):
              for p, w, (c, a) in itertools.product(("equal", "uneven", "zeros"), WIRES, ((None, False), (3, True)))]
     cases += [("ones", w, F32, F32, (4096,), None, False, "rceil") for w in WIRES]
     run_distributed(_case_body, 4, seed, cases, timeout_s=150)
+
+
+def _gpu_body(rank: int, world: int, seed: int, cases: list[tuple]) -> None:
+    _case_body(rank, world, seed, cases, device=f"cuda:{rank}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world", [1, 2])
+def test_gpu_nccl_matches_torch_exchange_of_quantized_input(seed, world):
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"needs {world} GPUs")
+    run_nccl(_gpu_body, world, seed, _cases_2_ranks())
