@@ -17,10 +17,11 @@ What one row means (one row per splits mode, size and wire):
 - speedup = time of the baseline row / time of this row, same size and splits, same run. The baseline
   is `nccl` (plain `torch.distributed.all_to_all_single` of the bf16 input, no mxa2a) when measured,
   else `raw` (mxa2a moving the bf16 bytes unchanged, with its per-call format check), else `bf16`.
-- max_rel_err (`--check`): for each received row, max_j |out - exact| / max_j |exact| (exact = the
-  plain `torch.distributed` exchange of the same bf16 input); the largest over rows and ranks. The
-  output is filled with NaN before the checked call, so a row that is lost reads as `inf`; so do NaN
-  or Inf in the output. Raw must give exactly 0. Bounds from FORMATS.md: fp8 (E4M3, power-of-two tile
+- max_rel_err (`--check`, on unless `--no-check`): for each received row,
+  max_j |out - exact| / max_j |exact| (exact = the plain `torch.distributed` exchange of the same bf16
+  input); the largest over rows and ranks. The output is filled with NaN before the checked call, so a
+  row that is lost reads as `inf`; so do NaN or Inf in the output. nccl and raw must give exactly 0,
+  and the script exits 1 when any row breaks its bound. Bounds from FORMATS.md: fp8 (E4M3, power-of-two tile
   scales) <= 2^-4, mxfp4 with rceil scales <= 0.2 (an element of 5 * 2^e rounds to 4 * 2^e), with
   floor scales <= 0.25 (a block maximum just below 8 * 2^e saturates to 6 * 2^e).
 - `--breakdown`: encode, transfer and decode timed separately (each median, slowest rank): the wire
@@ -146,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="equal, moe, or both comma separated")
     p.add_argument("--chunks", type=int, default=None, help="passed to all_to_all_single (default: its own)")
     p.add_argument("--scale-mode", default="rceil", choices=("rceil", "floor"), help="MXFP4 scale rule")
-    p.add_argument("--check", action="store_true", help="measure the error against the exact exchange")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the error against the exact exchange (on by default, as in nccl-tests)")
     p.add_argument("--breakdown", action="store_true", help="also time encode / transfer / decode apart")
     p.add_argument("--json", metavar="PATH", help="write every row and the machine description here")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of algbw and speedup vs size")
