@@ -21,12 +21,12 @@ def _out_rows(splits: list[int] | None, fallback: int) -> int:
 class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, output_split_sizes, input_split_sizes, group, wire, grad_wire,
-                scale_mode):
+                scale_mode, check):
         out = x.new_empty((_out_rows(output_split_sizes, x.shape[0]), *x.shape[1:]))
         all_to_all_single(out, x, output_split_sizes, input_split_sizes, group, wire=wire,
-                          scale_mode=scale_mode)
+                          scale_mode=scale_mode, check=check)
         ctx.splits = (output_split_sizes, input_split_sizes)
-        ctx.group, ctx.grad_wire, ctx.scale_mode = group, grad_wire, scale_mode
+        ctx.group, ctx.grad_wire, ctx.scale_mode, ctx.check = group, grad_wire, scale_mode, check
         ctx.in_rows = x.shape[0]
         return out
 
@@ -36,22 +36,23 @@ class _AllToAll(torch.autograd.Function):
         grad_in = grad_out.new_empty((ctx.in_rows, *grad_out.shape[1:]))
         # The reverse exchange: what came from rank i goes back to rank i.
         all_to_all_single(grad_in, grad_out.contiguous(), input_split_sizes, output_split_sizes, ctx.group,
-                          wire=ctx.grad_wire, scale_mode=ctx.scale_mode)
-        return grad_in, None, None, None, None, None, None
+                          wire=ctx.grad_wire, scale_mode=ctx.scale_mode, check=ctx.check)
+        return grad_in, None, None, None, None, None, None, None
 
 
 def all_to_all_autograd(x: torch.Tensor, output_split_sizes: list[int] | None,
                         input_split_sizes: list[int] | None, group: dist.ProcessGroup | None = None, *,
                         wire: str | WireCodec = "mxfp4", grad_wire: str | WireCodec = "raw",
-                        scale_mode: str = "rceil") -> torch.Tensor:
+                        scale_mode: str = "rceil", check: bool = True) -> torch.Tensor:
     """Differentiable `all_to_all_single`: returns a new tensor `[sum(output_split_sizes), *rest]` of x's
     dtype (x is `[N, *rest]`, float32/bfloat16/float16; None splits = equal split).
 
     Forward: `all_to_all_single(y, x, output_split_sizes, input_split_sizes, group, wire=wire)`.
     Backward: `all_to_all_single(dx, dy, input_split_sizes, output_split_sizes, group, wire=grad_wire)`,
-    the straight-through gradient. Bytes on the wire, header check and host syncs: see `all_to_all_single`
-    (one header + one exchange in forward, the same in backward).
+    the straight-through gradient. Bytes on the wire, header check (`check`) and host syncs: see
+    `all_to_all_single` (one header + one exchange in forward, the same in backward; `check=False` skips
+    both headers and with them the only host syncs).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    return _AllToAll.apply(x, output_split_sizes, input_split_sizes, group, wire, grad_wire, scale_mode)
+    return _AllToAll.apply(x, output_split_sizes, input_split_sizes, group, wire, grad_wire, scale_mode, check)
