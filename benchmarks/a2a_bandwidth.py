@@ -16,7 +16,8 @@ What one row means (one row per splits mode, size and wire):
 - algbw = size / time, busbw = algbw * (n-1)/n (GB/s = 1e9 B/s, as nccl-tests).
 - speedup = time of the baseline row / time of this row, same size and splits, same run. The baseline
   is `nccl` (plain `torch.distributed.all_to_all_single` of the bf16 input, no mxa2a) when measured,
-  else `raw` (mxa2a moving the bf16 bytes unchanged, with its per-call format check), else `bf16`.
+  else `raw` (mxa2a moving the bf16 bytes unchanged, with its per-call format check unless
+  `--no-format-check`), else `bf16`.
 - max_rel_err (`--check`, on unless `--no-check`): for each received row,
   max_j |out - exact| / max_j |exact| (exact = the plain `torch.distributed` exchange of the same bf16
   input); the largest over rows and ranks. The output is filled with NaN before the checked call, so a
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=_csv(SPLIT_MODES, "--splits"), default=["equal"],
                    help="equal, moe, or both comma separated")
     p.add_argument("--chunks", type=int, default=None, help="passed to all_to_all_single (default: its own)")
+    p.add_argument("--format-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="mxa2a's per-call header check that all ranks agree on the format (its default); "
+                        "--no-format-check passes check=False: no header exchange, no host sync")
     p.add_argument("--scale-mode", default="rceil", choices=("rceil", "floor"), help="MXFP4 scale rule")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="measure the error against the exact exchange (on by default, as in nccl-tests)")
@@ -349,6 +353,7 @@ class Sweep:
     wires: list[str]
     scale_mode: str
     chunks: int | None
+    format_check: bool
     check: bool
     breakdown: bool
     moe: MoESplitConfig
@@ -371,6 +376,8 @@ def measure_size(sw: Sweep, mode: str, nominal: int, call_a2a: Callable[..., Any
         ref = torch.empty_like(out)
         dist.all_to_all_single(ref, inp, plan.recv_splits, plan.send_splits)
     chunk_kw = {} if sw.chunks is None else {"chunks": sw.chunks}
+    if not sw.format_check:
+        chunk_kw["check"] = False
     baseline, base_time = next((w for w in sw.wires if w in BASELINE_WIRES), None), None
     for wire in sw.wires:
         progress.step(f"{mode} {bc.format_size(nominal)} {wire}")
@@ -425,6 +432,7 @@ def run(args: argparse.Namespace) -> int:
                             else len(BASELINE_WIRES)),
                sizes=bc.size_sweep(minbytes, args.maxbytes or max(defaults["maxbytes"], minbytes), stepfactor),
                hidden=args.hidden, scale_mode=args.scale_mode, chunks=args.chunks,
+               format_check=args.format_check,
                check=args.check, breakdown=args.breakdown,
                moe=MoESplitConfig(args.experts, args.topk, args.zipf, args.seed), seed=args.seed,
                timer=Timer(device, iters, warmup))
@@ -439,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
               "hidden": sw.hidden, "dtype": "bfloat16", "splits": args.splits, "wires": sw.wires,
               "speedup_baseline": next((w for w in sw.wires if w in BASELINE_WIRES), None),
               "sizes": sw.sizes, "stepfactor": stepfactor, "iters": iters, "warmup": warmup,
-              "chunks": sw.chunks, "scale_mode": sw.scale_mode, "check": sw.check,
+              "chunks": sw.chunks, "format_check": sw.format_check, "scale_mode": sw.scale_mode, "check": sw.check,
               "breakdown": sw.breakdown, "moe": asdict(sw.moe),
               "error_bounds": {w: error_bound(w, sw.scale_mode) for w in sw.wires}}
     columns = table_columns(sw.breakdown)
@@ -449,6 +457,7 @@ def run(args: argparse.Namespace) -> int:
               f"backend {config['backend']}, NCCL {machine['nccl']}, torch {machine['torch']}")
         print(f"# link: {machine['link']}; env {machine['env'] or '{}'}")
         print(f"# hidden {sw.hidden} bf16, iters {iters}, warmup {warmup}, chunks {sw.chunks}, "
+              f"format check {sw.format_check}, "
               f"check {sw.check}; time = slowest rank's median; GB/s = 1e9 B/s; "
               f"speedup over {config['speedup_baseline']}")
         print(bc.format_header(columns), flush=True)
