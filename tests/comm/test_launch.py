@@ -21,6 +21,7 @@ def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in _LAUNCH_VARS and not k.startswith(("OMPI_", "PMIX_", "TORCHELASTIC_"))}
     env["OMP_NUM_THREADS"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU everywhere: this tests the launch, not the GPU path
     return env
 
 
