@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
+from .launch import CONFIGS
 from .minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
 from ..checks import rows_in, rows_out
 
@@ -112,8 +113,6 @@ def _mxfp4_to_fp8_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     tl.store(qs_ptr + r64[:, None] * stride_qs + tiles[None, :], sbyte, mask=tmask)
 
 
-_BLOCK_M = 16
-_BLOCK_K = 256
 
 
 def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
@@ -133,9 +132,11 @@ def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
     xs = rows_out(out.scales, "fp8_to_mxfp4", "out.scales")
     if M == 0 or K == 0:
         return MXFP4Tensor(out.data, out.scales, scale_mode)
-    grid = (triton.cdiv(M, _BLOCK_M), triton.cdiv(K, _BLOCK_K))
+    cfg = CONFIGS["fp8_to_mxfp4"]
+    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
     _fp8_to_mxfp4_kernel[grid](q, qs, x, xs, M, K, q.stride(0), qs.stride(0), x.stride(0), xs.stride(0),
-                               RCEIL=scale_mode == "rceil", BLOCK_M=_BLOCK_M, BLOCK_K=_BLOCK_K)
+                               RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
+                               num_warps=cfg.num_warps)
     return MXFP4Tensor(out.data, out.scales, scale_mode)
 
 
@@ -154,7 +155,8 @@ def mxfp4_to_fp8_triton(t: MXFP4Tensor, *, out: FP8Tensor | None = None) -> FP8T
     qs = rows_out(out.scales, "mxfp4_to_fp8", "out.scales")
     if M == 0 or K == 0:
         return out
-    grid = (triton.cdiv(M, _BLOCK_M), triton.cdiv(K, _BLOCK_K))
+    cfg = CONFIGS["mxfp4_to_fp8"]
+    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
     _mxfp4_to_fp8_kernel[grid](x, xs, q, qs, M, K, x.stride(0), xs.stride(0), q.stride(0), qs.stride(0),
-                               BLOCK_M=_BLOCK_M, BLOCK_K=_BLOCK_K)
+                               BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return out

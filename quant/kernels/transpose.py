@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
+from .launch import CONFIGS
 from .minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
 from ..checks import rows_in
 
@@ -138,9 +139,6 @@ def _mxfp4_rowwise_to_fp8_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     tl.store(os_ptr + c64 * stride_os + pid_m, tl.where(nan_tile, 255, k + 127).to(tl.uint8), mask=col_ok)
 
 
-_FP8_BLOCK_K = 64
-_MX_BLOCK_M = 64
-_MX_BLOCK_K = 64
 
 
 def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
@@ -155,9 +153,11 @@ def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
     if M == 0 or K == 0:
         return out
     o = out.data.view(torch.uint8)
-    grid = (M // FP8_TILE, triton.cdiv(K, _FP8_BLOCK_K))
+    cfg = CONFIGS["fp8_rowwise_to_colwise"]
+    grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
     _fp8_rowwise_to_colwise_kernel[grid](q, qs, o, out.scales, M, K, q.stride(0), qs.stride(0),
-                                         o.stride(0), out.scales.stride(0), BLOCK_K=_FP8_BLOCK_K)
+                                         o.stride(0), out.scales.stride(0), BLOCK_K=cfg.block_k,
+                                         num_warps=cfg.num_warps)
     return out
 
 
@@ -172,10 +172,11 @@ def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
                       torch.empty(K, M // MXFP4_BLOCK, dtype=torch.uint8, device=t.device), t.scale_mode)
     if M == 0 or K == 0:
         return out
-    grid = (triton.cdiv(M, _MX_BLOCK_M), triton.cdiv(K, _MX_BLOCK_K))
+    cfg = CONFIGS["mxfp4_rowwise_to_colwise"]
+    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
     _mxfp4_rowwise_to_colwise_kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0),
                                            out.data.stride(0), out.scales.stride(0),
-                                           BLOCK_M=_MX_BLOCK_M, BLOCK_K=_MX_BLOCK_K)
+                                           BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return out
 
 
@@ -191,7 +192,9 @@ def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
     if M == 0 or K == 0:
         return out
     o = out.data.view(torch.uint8)
-    grid = (M // FP8_TILE, triton.cdiv(K, _MX_BLOCK_K))
+    cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
+    grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
     _mxfp4_rowwise_to_fp8_colwise_kernel[grid](x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0),
-                                               o.stride(0), out.scales.stride(0), BLOCK_K=_MX_BLOCK_K)
+                                               o.stride(0), out.scales.stride(0), BLOCK_K=cfg.block_k,
+                                               num_warps=cfg.num_warps)
     return out

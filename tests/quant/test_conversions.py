@@ -309,3 +309,20 @@ def test_cuda_conversions_match_reference_at_size(seed, scale_range):
                      torch.empty(1000, 56, dtype=torch.uint8, device="cuda"))
     assert_same_bits(mxfp4_to_fp8(got, backend="triton", out=out8), mxfp4_to_fp8(got, backend="torch"),
                      "CUDA from wire rows")
+
+
+# --- launch configurations ----------------------------------------------------------------------------
+
+def test_every_sweep_config_gives_the_same_bits(seed, monkeypatch):
+    from mxa2a.quant import conversions
+    from mxa2a.quant.kernels import launch
+
+    q = random_fp8(128, 256, "all", nan_codes=True)
+    x = random_mxfp4(128, 288, "all")  # 288: partial column blocks for every block_k
+    for name, configs in launch.SWEEP.items():
+        fn = getattr(conversions, name)
+        arg = q if name.startswith("fp8") else x
+        want = fn(arg, backend="torch")
+        for cfg in configs:
+            monkeypatch.setitem(launch.CONFIGS, name, cfg)
+            assert_same_bits(fn(arg, backend="triton"), want, f"{name} {cfg}")

@@ -1,0 +1,50 @@
+"""Launch configurations of the conversion kernels, in one table.
+
+Tile sizes and warps only change speed, never bits (every configuration computes the same function;
+the tests pin the bits). `benchmarks/conversion_throughput.py --sweep` times alternatives on a GPU;
+the defaults here are the starting point to tune, not measured optima.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """`block_m` rows x `block_k` columns of the input per program, `num_warps` warps.
+
+    Constraints: FP8-tile kernels need `block_k` a multiple of 128 (`fp8_to_mxfp4`, `mxfp4_to_fp8`);
+    `fp8_rowwise_to_colwise` needs `block_m == 128` and `block_k` dividing 128;
+    `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32;
+    `mxfp4_rowwise_to_colwise` needs both multiples of 32. All powers of two."""
+
+    block_m: int
+    block_k: int
+    num_warps: int = 4
+
+
+CONFIGS: dict[str, LaunchConfig] = {
+    "fp8_to_mxfp4": LaunchConfig(16, 256, 4),
+    "mxfp4_to_fp8": LaunchConfig(16, 256, 4),
+    "fp8_rowwise_to_colwise": LaunchConfig(128, 64, 4),
+    "mxfp4_rowwise_to_colwise": LaunchConfig(64, 64, 4),
+    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 64, 4),
+}
+
+# Alternatives for the benchmark's --sweep, per kernel (all satisfy the constraints above).
+SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
+    "fp8_to_mxfp4": tuple(LaunchConfig(m, k, w) for m, k, w in
+                          [(8, 256, 4), (16, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 1024, 4),
+                           (32, 128, 4), (64, 128, 8)]),
+    "mxfp4_to_fp8": tuple(LaunchConfig(m, k, w) for m, k, w in
+                          [(8, 256, 4), (16, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 1024, 4),
+                           (32, 128, 4), (64, 128, 8)]),
+    "fp8_rowwise_to_colwise": tuple(LaunchConfig(128, k, w) for k, w in
+                                    [(32, 4), (64, 4), (64, 8), (128, 4), (128, 8)]),
+    "mxfp4_rowwise_to_colwise": tuple(LaunchConfig(m, k, w) for m, k, w in
+                                      [(32, 64, 4), (64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8),
+                                       (32, 128, 4)]),
+    "mxfp4_rowwise_to_fp8_colwise": tuple(LaunchConfig(128, k, w) for k, w in
+                                          [(32, 4), (64, 4), (64, 8), (128, 4), (128, 8)]),
+}
