@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go: the CUDA tests, then the benchmarks, results into OUTDIR.
+#
+#   benchmarks/run_gpu_suite.sh OUTDIR [tests] [codec] [convert] [a2a] [a2a-quick]   # default: all but a2a-quick
+#
+# Works from a checkout without installing: if `import mxa2a` fails, a link to the checkout is put on
+# PYTHONPATH. Each phase's log goes to OUTDIR/<phase>.log; a short table of every phase ends the output.
+set -uo pipefail
+out=${1:?usage: run_gpu_suite.sh OUTDIR [phases...]}
+shift
+phases=("$@")
+[[ ${#phases[@]} -gt 0 ]] || phases=(tests codec convert a2a)
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+py=${PYTHON:-python3}
+mkdir -p "$out"
+if ! "$py" -c "import mxa2a" 2>/dev/null; then
+    shim=$(mktemp -d)
+    ln -s "$root" "$shim/mxa2a"
+    export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    nvidia-smi topo -m 2>/dev/null | head -5
+    "$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'nccl', torch.cuda.nccl.version())"
+} > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+summary=()
+run_phase() {  # name, command...
+    local name=$1; shift
+    local t0=$SECONDS
+    echo "=== $name: $*"
+    "$@" > "$out/$name.log" 2>&1
+    local rc=$?
+    tail -n 40 "$out/$name.log"
+    summary+=("$(printf '%-10s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - t0))")")
+}
+for phase in "${phases[@]}"; do
+    case $phase in
+        tests)     run_phase tests "$py" -m pytest -q -m gpu -x "$root/tests" -p no:cacheprovider ;;
+        codec)     run_phase codec "$py" "$here/codec_throughput.py" --json "$out/codec_throughput.json" ${CODEC_ARGS:-} ;;
+        convert)   run_phase convert "$py" "$here/conversion_throughput.py" --json "$out/conversion_throughput.json" ${CONVERT_ARGS:-} ;;
+        a2a)       run_phase a2a bash "$here/run_a2a_suite.sh" "$out/a2a" ;;
+        a2a-quick) run_phase a2a-quick "$py" "$here/a2a_bandwidth.py" --nproc auto -b 1M -e 1G -f 4 \
+                       --wire nccl,raw,fp8,mxfp4 --splits equal --breakdown --json "$out/a2a_quick.json" ${A2A_ARGS:-} ;;
+        *) echo "unknown phase $phase" >&2; exit 2 ;;
+    esac
+done
+printf '%s\n' "${summary[@]}"
