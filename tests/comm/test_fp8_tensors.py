@@ -6,9 +6,10 @@ equal bit for bit. On the FP8 wire an FP8 tensor travels as its own bytes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
-from comm_testing import assert_same_bits, my_splits, reference_exchange, split_matrix
+from comm_testing import assert_same_bits, my_splits, reference_exchange, run_nccl, split_matrix
 from dist_testing import run_distributed
 
 from mxa2a.quant import reference as R
@@ -17,20 +18,24 @@ F32 = torch.float32
 
 
 def _exchange_fp8(t, n_out: int, outs, ins):
-    data = torch.empty((n_out, *t.data.shape[1:]), dtype=torch.uint8)
-    scales = torch.empty((n_out, *t.scales.shape[1:]), dtype=torch.uint8)
+    data = torch.empty((n_out, *t.data.shape[1:]), dtype=torch.uint8, device=t.data.device)
+    scales = torch.empty((n_out, *t.scales.shape[1:]), dtype=torch.uint8, device=t.data.device)
     dist.all_to_all_single(data, t.data.view(torch.uint8).contiguous(), outs, ins)
     dist.all_to_all_single(scales, t.scales.contiguous(), outs, ins)
     return data, scales
 
 
-def _fp8_body(rank: int, world: int, seed: int) -> None:
+def _fp8_body(rank: int, world: int, seed: int, device: str = "cpu") -> None:
+    """References are computed on the CPU; only the exchanges run on `device`."""
     from mxa2a.comm import all_to_all, all_to_all_single
     from mxa2a.quant.formats import FP8Tensor
 
     def fp8_empty(n, rest):
-        return FP8Tensor(torch.zeros((n, *rest), dtype=torch.float8_e4m3fn),
-                         torch.zeros((n, *rest[:-1], rest[-1] // 128), dtype=torch.uint8))
+        return FP8Tensor(torch.zeros((n, *rest), dtype=torch.float8_e4m3fn, device=device),
+                         torch.zeros((n, *rest[:-1], rest[-1] // 128), dtype=torch.uint8, device=device))
+
+    def dev(t):
+        return FP8Tensor(t.data.to(device), t.scales.to(device)) if isinstance(t, FP8Tensor) else t.to(device)
 
     # (input kind, wire, output kind): "fp8" = FP8Tensor, else a float dtype
     combos = [("fp8", "mxfp4", F32), ("fp8", "mxfp4", torch.bfloat16), ("fp8", "mxfp4", "fp8"),
@@ -44,8 +49,9 @@ def _fp8_body(rank: int, world: int, seed: int) -> None:
             x = torch.randn((n_in, *rest), generator=g) * 2.0 ** (8 * rank - 4)
             q = R.quantize_fp8(x) if kin == "fp8" else None
             src = q if q is not None else x.to(kin)
-            out = fp8_empty(n_out, rest) if kout == "fp8" else torch.empty((n_out, *rest), dtype=kout)
-            all_to_all_single(out, src, outs, ins, wire=wire, chunks=chunks)
+            out = fp8_empty(n_out, rest) if kout == "fp8" else torch.empty((n_out, *rest), dtype=kout,
+                                                                            device=device)
+            all_to_all_single(out, dev(src), outs, ins, wire=wire, chunks=chunks)
 
             # The values on the wire, then what the receiver makes of them (two-step spec paths).
             exact = R.dequantize_fp8(q, F32) if q is not None else src.float()
@@ -58,22 +64,22 @@ def _fp8_body(rank: int, world: int, seed: int) -> None:
                     want_q = q
                 else:
                     want_q = R.quantize_fp8(sent)
-                data, scales = _exchange_fp8(want_q, n_out, outs, ins)
+                data, scales = _exchange_fp8(dev(want_q), n_out, outs, ins)
                 assert_same_bits(out.data.view(torch.uint8), data, what + " (data)")
                 assert_same_bits(out.scales, scales, what + " (scales)")
             else:
-                assert_same_bits(out, reference_exchange(sent.to(kout), n_out, outs, ins), what)
+                assert_same_bits(out, reference_exchange(dev(sent.to(kout)), n_out, outs, ins), what)
 
     # The list variant with FP8 tensors in and out.
     s = split_matrix("uneven", world, seed)
     g = torch.Generator().manual_seed(seed + rank)
     inputs = [R.quantize_fp8(torch.randn(s[rank][j], 128, generator=g)) for j in range(world)]
     outputs = [fp8_empty(s[j][rank], (128,)) for j in range(world)]
-    all_to_all(outputs, inputs, wire="mxfp4")
+    all_to_all(outputs, [dev(t) for t in inputs], wire="mxfp4")
     sent = torch.cat([R.dequantize_mxfp4(R.quantize_mxfp4(R.dequantize_fp8(t, F32), "rceil"), F32)
                       for t in inputs])
     outs = [s[k][rank] for k in range(world)]
-    want = reference_exchange(sent, sum(outs), outs, s[rank]).split(outs)
+    want = reference_exchange(dev(sent), sum(outs), outs, s[rank]).cpu().split(outs)
     for j in range(world):
         want_q = R.quantize_fp8(want[j])
         assert_same_bits(outputs[j].data.view(torch.uint8), want_q.data.view(torch.uint8), f"list from {j}")
@@ -82,3 +88,15 @@ def _fp8_body(rank: int, world: int, seed: int) -> None:
 
 def test_fp8_tensors_in_and_out_equal_the_two_step_path(seed):
     run_distributed(_fp8_body, 2, seed, timeout_s=120)
+
+
+def _fp8_gpu_body(rank: int, world: int, seed: int) -> None:
+    _fp8_body(rank, world, seed, device=f"cuda:{rank}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world", [1, 2])
+def test_gpu_fp8_tensors_in_and_out_equal_the_two_step_path(seed, world):
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"needs {world} GPUs")
+    run_nccl(_fp8_gpu_body, world, seed)
