@@ -1,12 +1,15 @@
 """Triton FP8 encode / decode (E4M3, 1x128 tiles, UE8M0 scales; FORMATS.md "FP8"), bit-exact with
 `quant/reference.py`.
 
-Integer arithmetic on fp32 bit patterns throughout, so no fp32 multiply can flush a subnormal and no
-hardware conversion's rounding has to be trusted: `k = ceil(log2(amax / 448))` comes from the exponent
-field and a significand comparison (> 1.75), and each element is rounded to E4M3 by shifting its
-24-bit significand right (round to nearest, ties to even) to the E4M3 spacing at `|v| * 2^-k`, E4M3
-subnormals included. Decoding assembles fp32 bits of `e4m3 * 2^k` directly. Tiles [BLOCK_M, BLOCK_K]
-over a row-major `[M, K]` view with any row stride per operand.
+`k = ceil(log2(amax / 448))` comes from the fp32 bit pattern of the tile maximum (exponent field and
+one significand comparison: 448 = 1.75 * 2^8). Elements are scaled by the normal fp32 2^-k with one
+exact multiply (|y| <= 448; results below 2^-126 round to 0 whatever their low bits) and rounded to
+E4M3 by hardware round-to-nearest-even: adding C = 1.5 * 2^(g + 20), whose ulp 2^(g - 3) is the E4M3
+spacing at y (g = max(floor(log2 y), -6), so E4M3 subnormals are rounded, never flushed), leaves the
+rounded significand in C's low bits. (Triton's fp8 casts are not used: the interpreter's differ from
+the hardware's.) Decoding drops the E4M3 bits into an fp32 pattern (value * 2^-120, subnormals
+included) and multiplies by 2^120 and the tile scale. fp32 `mul`/`add` are IEEE with subnormals (no
+`.ftz` in Triton's PTX). Tiles [BLOCK_M, BLOCK_K] over a row-major `[M, K]` view with any row stride.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import triton.language as tl
 
 from ..checks import check_float_input, check_out_dtype, rows_in, rows_out
 from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor
-from .mxfp4 import _IN_KIND, _BITS_VIEW, _f32_bits_of, _load_f32_bits, _store_from_f32_bits
+from .mxfp4 import _BITS_VIEW, _IN_KIND, _load_f32_bits, _store_from_f32_bits
 
 
 @triton.jit
@@ -41,24 +44,15 @@ def _fp8_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, 
     k = tl.minimum(tl.maximum(k, -127), 127)
     sbyte = tl.where(bad, 255, k + 127)
 
-    # |v| = sig * 2^(fv - 23) with sig in [2^23, 2^24) (subnormal inputs normalised), so that
-    # y = |v| * 2^-k has floor(log2 y) = fv - k exactly.
-    ev = a >> 23
-    mant = a & 0x7FFFFF
-    # floor(log2 mant) of a subnormal: mant as an exact fp32 via the 2^23 magic number (normal operands).
-    lg = (((mant | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0).to(tl.int32, bitcast=True) >> 23) - 127
-    sig = tl.where(ev == 0, mant << tl.minimum(tl.maximum(23 - lg, 0), 31), mant | 0x800000)
-    fy = tl.where(ev == 0, lg - 149, ev - 127) - k[:, :, None]
-    fq = tl.maximum(fy, -6)  # E4M3 spacing at y is 2^(fq - 3)
-    sh = tl.minimum(fq - fy + 20, 25)  # >= 20; 25 shifts every bit out (rounds to 0)
-    q = sig >> sh
-    rem = sig & ((1 << sh) - 1)
-    half = 1 << (sh - 1)
-    m = q + ((rem > half) | ((rem == half) & ((q & 1) == 1))).to(tl.int32)
-    # E4M3 bits: exponent field fq + 7 (1 in the subnormal range), m in [8, 16] (or [0, 8]); a carry
-    # to 16 moves into the next binade by itself.
-    code = ((fq + 7) << 3) + m - 8
-    code = tl.where(sig == 0, 0, code) | tl.reshape((bits >> 24) & 0x80, [BLOCK_M, NT, 128])
+    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, normal: k in [-127, 120]
+    y = a.to(tl.float32, bitcast=True) * inv[:, :, None]  # |v| * 2^-k, exact
+    g = tl.maximum((y.to(tl.int32, bitcast=True) >> 23) - 127, -6)  # E4M3 binade of y
+    c_bits = g * 8388608 + 0x49C00000  # 1.5 * 2^(g + 20)
+    n = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - c_bits  # RNE(y / 2^(g-3))
+    # E4M3 bits: exponent field g + 7 (1 for subnormals, where n <= 8 is the code itself) and n in
+    # [8, 16]; a carry to 16 moves into the next binade by itself.
+    code = ((g + 7) << 3) + n - 8
+    code = code | tl.reshape((bits >> 24) & 0x80, [BLOCK_M, NT, 128])
     code = tl.where(bad[:, :, None], 0, code)
 
     tl.store(data_ptr + rows[:, None] * stride_d + cols[None, :],
@@ -85,14 +79,14 @@ def _fp8_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride
 
     q = tl.reshape(q, [BLOCK_M, NT, 128])
     b3 = b[:, :, None]
-    ef = (q >> 3) & 15
-    mf = q & 7
-    sig = tl.where(ef == 0, mf, mf + 8)  # value = sig * 2^(max(ef, 1) - 10) * 2^(b - 127)
-    bits = _f32_bits_of(sig, tl.maximum(ef, 1) - 137 + b3) | ((q & 0x80) << 24)
+    # E4M3 bits in an fp32 pattern read as value * 2^-120 (subnormals too); both products are exact.
+    v = (((q & 0x80) << 24) | ((q & 0x7F) << 20)).to(tl.float32, bitcast=True) * 1.329227995784916e36  # 2^120
+    scale = tl.where(b3 == 0, 0x400000, tl.minimum(b3, 254) << 23).to(tl.float32, bitcast=True)  # 2^(b-127)
+    bits = (v * scale).to(tl.int32, bitcast=True)
     is_nan = ((q & 0x7F) == 0x7F) | (b3 == 255)
     _store_from_f32_bits(out_ptr, rows[:, None] * stride_o + cols[None, :], mask,
                          tl.reshape(bits, [BLOCK_M, BLOCK_K]), tl.reshape(is_nan, [BLOCK_M, BLOCK_K]),
-                         OUT_KIND)
+                         OUT_KIND, EXACT_BF16=False)
 
 
 def default_blocks(k: int) -> tuple[int, int, int]:

@@ -1,12 +1,16 @@
 """Triton MXFP4 encode / decode (FORMATS.md "MXFP4"), bit-exact with `quant/reference.py`.
 
-Everything is integer arithmetic on fp32 bit patterns (Hopper has no FP4/E8M0 instructions, and fp32
-multiplies could flush subnormals): the block maximum is an integer max of |bits|, the exponent comes
-from the exponent field, and E2M1 rounding compares |v| with the seven rounding thresholds of the
-block (midpoints 0.25, 0.75, ... 5 times 2^e) written as exact fp32 bit patterns, which are ordered like
-the values they encode. Decoding assembles fp32 bits of `E2M1 * 2^(b-127)` directly, subnormals and
-overflow included. Each program handles a [BLOCK_M, BLOCK_K] tile of a row-major `[M, K]` view whose
-rows may have any stride (slices of a packed wire buffer are read and written in place).
+Hopper has no FP4/E8M0 instructions. The block maximum and the scale come from fp32 bit patterns
+(integer max of |bits|, exponent field, one significand comparison). Elements are scaled by the exact
+power of two 2^-e (a normal fp32 for every e in [-127, 126]) with one fp32 multiply, which is exact:
+|y| < 8, and a result below 2^-126 rounds to code 0 whatever its low bits. Rounding to E2M1 is
+hardware round-to-nearest-even: adding C = 1.5 * 2^(22 + r), whose ulp is the E2M1 spacing of y's
+range r (0: y < 2, 1: [2, 4), 2: [4, 8)), leaves RNE(y / spacing) in C's low significand bits.
+Decoding multiplies the E2M1 value (its bits dropped into an fp32 pattern, times 2^126) by the scale
+2^(b-127). fp32 `mul`/`add` here are IEEE with subnormals (Triton emits `mul.f32`/`add.f32`
+without `.ftz`), which the exact subnormal cases rely on. No log2/exp2, no float <-> int conversion.
+Each program handles a [BLOCK_M, BLOCK_K] tile of a row-major `[M, K]` view whose rows may have any
+stride (slices of a packed wire buffer are read and written in place).
 """
 
 from __future__ import annotations
@@ -36,15 +40,6 @@ def _load_f32_bits(ptr, offs, mask, IN_KIND: tl.constexpr):
 
 
 @triton.jit
-def _threshold(e, P: tl.constexpr, MANT: tl.constexpr):
-    """fp32 bit pattern of (1 + MANT/2^23) * 2^(P + e), exact also when it is subnormal (P + e >= -129)."""
-    q = e + P
-    normal = ((q + 127) << 23) | MANT
-    sub = (MANT | 0x800000) >> tl.minimum(tl.maximum(-126 - q, 0), 31)
-    return tl.where(q >= -126, normal, sub)
-
-
-@triton.jit
 def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
                            IN_KIND: tl.constexpr, RCEIL: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -68,16 +63,16 @@ def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d
     e = tl.minimum(tl.maximum(e, -127), 127)
     sbyte = tl.where(bad, 255, e + 127)
 
-    # RNE to {0, .5, 1, 1.5, 2, 3, 4, 6} with saturation = number of thresholds passed (ties to even
-    # decide > or >=): 0.25 >, 0.75 >=, 1.25 >, 1.75 >=, 2.5 >, 3.5 >=, 5 >.
-    e3 = e[:, :, None]
-    code = (a > _threshold(e3, -2, 0)).to(tl.int32)
-    code += (a >= _threshold(e3, -1, 0x400000)).to(tl.int32)
-    code += (a > _threshold(e3, 0, 0x200000)).to(tl.int32)
-    code += (a >= _threshold(e3, 0, 0x600000)).to(tl.int32)
-    code += (a > _threshold(e3, 1, 0x200000)).to(tl.int32)
-    code += (a >= _threshold(e3, 1, 0x600000)).to(tl.int32)
-    code += (a > _threshold(e3, 2, 0x200000)).to(tl.int32)
+    # y = |v| * 2^-e (exact); then E2M1 RNE with saturation through the magic-number add.
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2^-e
+    y = a.to(tl.float32, bitcast=True) * inv[:, :, None]
+    # range r of y: 0 below 2, 1 in [2, 4), 2 in [4, 8) (y < 8 always: e >= floor(log2 amax) - 2)
+    r = tl.maximum((y.to(tl.int32, bitcast=True) >> 23) - 127, 0)
+    c_bits = r * 8388608 + 0x4AC00000  # 1.5 * 2^(22 + r), ulp 2^(r-1) = the E2M1 spacing
+    # RNE(y / 2^(r-1)) is the low part of y + C; code = that + 2r (0.5-steps below 2, then +2, +4)
+    code = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - (r * 8388606 + 0x4AC00000)
+    if not RCEIL:
+        code = tl.minimum(code, 7)  # floor saturates block maxima above 6; rceil never exceeds 6
     code = tl.where(bad[:, :, None], 0, code | sign)
 
     lo, hi = tl.split(tl.reshape(code, [BLOCK_M, BLOCK_K // 2, 2]))
@@ -91,27 +86,16 @@ def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d
 
 
 @triton.jit
-def _f32_bits_of(s, p):
-    """fp32 bit pattern of the exact value s * 2^p for integers 0 <= s < 2^24, p >= -149 - log2(s):
-    normal, subnormal (never rounded: s * 2^p is a multiple of 2^-149) or +Inf on overflow."""
-    sb = s.to(tl.float32).to(tl.int32, bitcast=True)  # exact: s < 2^24
-    ne = (sb >> 23) + p  # biased exponent of the result
-    normal = sb + p * 8388608
-    sub = s << tl.minimum(tl.maximum(p + 149, 0), 31)
-    r = tl.where(ne >= 1, normal, sub)
-    r = tl.where(ne > 254, 0x7F800000, r)
-    return tl.where(s == 0, 0, r)
-
-
-@triton.jit
-def _store_from_f32_bits(ptr, offs, mask, bits, is_nan, OUT_KIND: tl.constexpr):
-    """Store fp32 bit patterns as fp32/bf16/fp16 (one RNE rounding; canonical NaN where is_nan)."""
+def _store_from_f32_bits(ptr, offs, mask, bits, is_nan, OUT_KIND: tl.constexpr, EXACT_BF16: tl.constexpr):
+    """Store fp32 bit patterns as fp32/bf16/fp16 (one RNE rounding; canonical NaN where is_nan).
+    EXACT_BF16: every value is a bf16 value already (low 16 bits zero), so bf16 is the top half."""
     if OUT_KIND == 0:
         tl.store(ptr + offs, tl.where(is_nan, 0x7FC00000, bits), mask=mask)
     elif OUT_KIND == 1:
-        mag = bits & 0x7FFFFFFF
-        r = (mag + 0x7FFF + ((mag >> 16) & 1)) >> 16  # RNE to bf16 (subnormals and overflow too)
-        r = r | ((bits >> 16) & 0x8000)
+        if EXACT_BF16:
+            r = bits >> 16
+        else:  # RNE on the bit pattern (the carry never reaches the sign bit for non-NaN values)
+            r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         tl.store(ptr + offs, tl.where(is_nan, 0x7FC0, r).to(tl.int16), mask=mask)
     else:
         h = bits.to(tl.float32, bitcast=True).to(tl.float16).to(tl.int16, bitcast=True)
@@ -134,16 +118,17 @@ def _mxfp4_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stri
                 mask=rmask[:, None] & (scols < K // 32)[None, :], other=0).to(tl.int32)
 
     code = tl.reshape(tl.join(byte & 15, byte >> 4), [BLOCK_M, NB, 32])  # element 2i = low nibble
-    c = code & 7
-    twice = tl.where(c < 4, c, (2 + (c & 1)) << tl.maximum((c >> 1) - 1, 0))  # 2 * E2M1 magnitude: 0,1,2,3,4,6,8,12
+    # E2M1 bits dropped into an fp32 pattern (sign, 2 exponent bits, 1 mantissa bit) read as
+    # value * 2^-126, code 1 (0.5) as the subnormal 2^-127; both products below are exact.
+    v = (((code & 8) << 28) | ((code & 7) << 22)).to(tl.float32, bitcast=True) * 8.507059173023462e37  # 2^126
     b3 = b[:, :, None]
-    bits = _f32_bits_of(twice, b3 - 128) | ((code & 8) << 28)
-    bits = tl.reshape(bits, [BLOCK_M, BLOCK_K])
+    scale = tl.where(b3 == 0, 0x400000, tl.minimum(b3, 254) << 23).to(tl.float32, bitcast=True)  # 2^(b-127)
+    bits = tl.reshape((v * scale).to(tl.int32, bitcast=True), [BLOCK_M, BLOCK_K])
     is_nan = tl.reshape(tl.broadcast_to(b3 == 255, [BLOCK_M, NB, 32]), [BLOCK_M, BLOCK_K])
 
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     _store_from_f32_bits(out_ptr, rows[:, None] * stride_o + cols[None, :],
-                         rmask[:, None] & (cols < K)[None, :], bits, is_nan, OUT_KIND)
+                         rmask[:, None] & (cols < K)[None, :], bits, is_nan, OUT_KIND, EXACT_BF16=True)
 
 
 def default_blocks(k: int) -> tuple[int, int, int]:
