@@ -318,10 +318,11 @@ def test_every_sweep_config_gives_the_same_bits(seed, monkeypatch):
     from mxa2a.quant.kernels import launch
 
     q = random_fp8(128, 256, "all", nan_codes=True)
-    x = random_mxfp4(128, 288, "all")  # 288: partial column blocks for every block_k
+    x = random_mxfp4(128, 384, "all")
+    xt = random_mxfp4(128, 288, "all")  # 288: partial column blocks for every block_k of the transposes
     for name, configs in launch.SWEEP.items():
         fn = getattr(conversions, name)
-        arg = q if name.startswith("fp8") else x
+        arg = q if name.startswith("fp8") else x if name == "mxfp4_to_fp8" else xt
         want = fn(arg, backend="torch")
         for cfg in configs:
             monkeypatch.setitem(launch.CONFIGS, name, cfg)
