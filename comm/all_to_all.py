@@ -201,7 +201,8 @@ def _agree(op: str, group, world: int, device_hint: torch.device | None, plan_fi
 class AllToAllWork:
     """Handle of an `async_op=True` call. `wait()` waits for the transfer and decodes into the output
     (on a GPU: enqueues the decode and makes the current stream wait, like a NCCL Work; on CPU: blocks).
-    `is_completed()` is non-blocking; when it returns True the output holds the result."""
+    `is_completed()` is non-blocking; once it returns True the output holds the result (on a GPU: in
+    the current stream's order, as after `wait()`)."""
 
     def __init__(self, finish: Callable[[], None], poll: Callable[[], bool]) -> None:
         self._finish = finish
@@ -273,7 +274,8 @@ class _Exchange:
         return AllToAllWork(finish, work.is_completed)
 
     # --- c collectives, each over a row range of every split ---------------------------------------
-    def _chunk(self, splits: list[int], offsets: list[int], k: int) -> tuple[list[int], list[tuple[int, int]]]:
+    def _chunk(self, splits: list[int], offsets: list[int],
+               k: int) -> tuple[list[int], list[tuple[int, int]]]:
         c = self.chunks
         counts, ranges = [], []
         for s, o in zip(splits, offsets):
@@ -455,7 +457,8 @@ def all_to_all(output_tensor_list: list[torch.Tensor | FP8Tensor],
     try:
         codec = get_codec(wire, scale_mode)
         c = _resolve_chunks(chunks)
-        for name, lst in (("input_tensor_list", input_tensor_list), ("output_tensor_list", output_tensor_list)):
+        for name, lst in (("input_tensor_list", input_tensor_list),
+                          ("output_tensor_list", output_tensor_list)):
             if not isinstance(lst, (list, tuple)) or len(lst) != world:
                 got = len(lst) if isinstance(lst, (list, tuple)) else type(lst).__name__
                 raise ValueError(f"{name} must be a list with one tensor per rank of the group ({world}), "
@@ -493,8 +496,8 @@ def _check_pair_compat(codec: WireCodec, out: Rows, inp: Rows, out_name: str = "
     if _device(out) != _device(inp):
         raise ValueError(f"{out_name} is on {_device(out)} but {in_name} on {_device(inp)}")
     if _row_elems(out) != _row_elems(inp):
-        raise ValueError(f"{out_name} rows must hold as many elements as {in_name} rows: {out_name} has shape "
-                         f"{tuple(out.shape)}, {in_name} {tuple(inp.shape)}")
+        raise ValueError(f"{out_name} rows must hold as many elements as {in_name} rows: {out_name} has "
+                         f"shape {tuple(out.shape)}, {in_name} {tuple(inp.shape)}")
     if isinstance(codec, RawWire) and _dtype(out) != _dtype(inp):
         raise TypeError(f"wire 'raw' sends the input's own bytes: {out_name} must have {in_name}'s dtype "
                         f"{_dtype(inp)}, got {_dtype(out)}")

@@ -55,4 +55,5 @@ def all_to_all_autograd(x: torch.Tensor, output_split_sizes: list[int] | None,
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    return _AllToAll.apply(x, output_split_sizes, input_split_sizes, group, wire, grad_wire, scale_mode, check)
+    return _AllToAll.apply(x, output_split_sizes, input_split_sizes, group, wire, grad_wire, scale_mode,
+                           check)

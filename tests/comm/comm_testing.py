@@ -59,7 +59,8 @@ def qdq(x: torch.Tensor, wire: str, dtype: torch.dtype, scale_mode: str = "rceil
     raise ValueError(wire)
 
 
-def reference_exchange(x_sent: torch.Tensor, out_rows: int, out_splits, in_splits, group=None) -> torch.Tensor:
+def reference_exchange(x_sent: torch.Tensor, out_rows: int, out_splits, in_splits,
+                       group=None) -> torch.Tensor:
     """torch.distributed's own all_to_all_single of the already quantize-dequantized rows."""
     ref = torch.empty((out_rows, *x_sent.shape[1:]), dtype=x_sent.dtype, device=x_sent.device)
     dist.all_to_all_single(ref, x_sent.contiguous(), out_splits, in_splits, group=group)

@@ -66,7 +66,8 @@ def test_matches_torch_exchange_of_quantized_input_2_ranks(seed):
 
 def test_matches_torch_exchange_of_quantized_input_4_ranks(seed):
     cases = [(p, w, BF16, BF16, REST[p], c, a, "rceil")
-             for p, w, (c, a) in itertools.product(("equal", "uneven", "zeros"), WIRES, ((None, False), (3, True)))]
+             for p, w, (c, a) in itertools.product(("equal", "uneven", "zeros"), WIRES,
+                                                   ((None, False), (3, True)))]
     cases += [("ones", w, F32, F32, (4096,), None, False, "rceil") for w in WIRES]
     run_distributed(_case_body, 4, seed, cases, timeout_s=150)
 

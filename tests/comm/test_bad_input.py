@@ -67,11 +67,13 @@ def _bad_input_body(rank: int, world: int) -> None:
         ("unknown wire", 1, a2a(out, x, wire="fp4"), ValueError, "wire must be one of"),
         ("unknown scale_mode", 1, a2a(out, x, scale_mode="round"), ValueError, "scale_mode must be one of"),
         ("bad chunks", 0, a2a(out, x, chunks=0), ValueError, "chunks must be None or an int >= 1"),
-        ("not a tensor", 1, a2a(out, x.tolist()), TypeError, "input must be a torch.Tensor or an mxa2a FP8Tensor"),
+        ("not a tensor", 1, a2a(out, x.tolist()), TypeError,
+         "input must be a torch.Tensor or an mxa2a FP8Tensor"),
         ("non-contiguous output", 0, a2a(torch.empty(64, 4).t(), x), ValueError, "output must be contiguous"),
         ("FP8Tensor on the raw wire", 1,
-         a2a(out, FP8Tensor(torch.zeros(4, 128, dtype=torch.float8_e4m3fn), torch.zeros(4, 1, dtype=torch.uint8)),
-             wire="raw"), TypeError, "FP8Tensor input needs wire 'fp8' or 'mxfp4'"),
+         a2a(out, FP8Tensor(torch.zeros(4, 128, dtype=torch.float8_e4m3fn),
+                            torch.zeros(4, 1, dtype=torch.uint8)), wire="raw"),
+         TypeError, "FP8Tensor input needs wire 'fp8' or 'mxfp4'"),
         ("list of the wrong length", 0, lambda: all_to_all([out[:2], out[2:]], [x[:2]]), ValueError,
          "input_tensor_list must be a list with one tensor per rank of the group (2), got 1"),
     ]
@@ -89,15 +91,17 @@ def _bad_input_body(rank: int, world: int) -> None:
     s_in = [2, 2]
     s_out = [2, 2] if rank == 0 else [1, 3]  # rank 1 expects 1 row from rank 0, which sends 2
     xr = torch.randn(4, 128)
+    raw_dtype = (torch.float32, torch.bfloat16)[rank]
     outr = torch.empty(4, 128)
     mismatched = [
         ("wire", a2a(outr, xr, wire="mxfp4" if rank == 0 else "fp8"),
          "ranks disagree on the wire (by rank: ['mxfp4', 'fp8'])"),
         ("row size", a2a(torch.empty(4, h), torch.randn(4, h)), "ranks disagree on the row_elems"),
-        ("scale_mode", a2a(outr, xr, scale_mode=("rceil", "floor")[rank]), "ranks disagree on the scale_mode"),
+        ("scale_mode", a2a(outr, xr, scale_mode=("rceil", "floor")[rank]),
+         "ranks disagree on the scale_mode"),
         ("chunks", a2a(outr, xr, chunks=(None, 2)[rank]), "ranks disagree on the chunks"),
-        ("raw dtype", a2a(outr.to((torch.float32, torch.bfloat16)[rank]), xr.to((torch.float32, torch.bfloat16)[rank]),
-                          wire="raw"), "ranks disagree on the raw dtype"),
+        ("raw dtype", a2a(outr.to(raw_dtype), xr.to(raw_dtype), wire="raw"),
+         "ranks disagree on the raw dtype"),
         ("split matrix", a2a(outr, xr, s_out, s_in),
          "rank 0 sends 2 rows to rank 1 (its input_split_sizes[1]) but rank 1 expects 1"),
     ]

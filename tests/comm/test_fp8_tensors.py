@@ -39,7 +39,8 @@ def _fp8_body(rank: int, world: int, seed: int, device: str = "cpu") -> None:
 
     # (input kind, wire, output kind): "fp8" = FP8Tensor, else a float dtype
     combos = [("fp8", "mxfp4", F32), ("fp8", "mxfp4", torch.bfloat16), ("fp8", "mxfp4", "fp8"),
-              (F32, "mxfp4", "fp8"), ("fp8", "fp8", "fp8"), ("fp8", "fp8", F32), (torch.bfloat16, "fp8", "fp8")]
+              (F32, "mxfp4", "fp8"), ("fp8", "fp8", "fp8"), ("fp8", "fp8", F32),
+              (torch.bfloat16, "fp8", "fp8")]
     for i, (kin, wire, kout) in enumerate(combos):
         for pattern, chunks, rest in (("uneven", None, (256,)), ("zeros", 2, (2, 128))):
             what = f"{kin} -> {wire} -> {kout}, {pattern}, chunks={chunks}, rank {rank}, seed {seed}"
