@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 from .launch import CONFIGS
-from .minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
+from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32, e4m3_round, pow2_f32
 from ..checks import rows_in, rows_out
 
 
@@ -44,20 +44,22 @@ def _fp8_to_mxfp4_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
 
     mag = tl.reshape(code & 0x7F, (BLOCK_M, NB, 32))
     sign = tl.reshape((code >> 4) & 8, (BLOCK_M, NB, 32))
-    # E4M3 codes are ordered like their magnitudes, and NaN (0x7F) is the largest code.
-    mmax = tl.max(mag, axis=2)
-    vmax = e4m3_vcode(mmax)
-    k = bbyte - 127
-    f = (vmax >> 3) - 7 + k  # floor(log2 amax) of the dequantized block
-    e = f - 2
+    # The dequantized |v| = |q| * 2^k in fp32, exactly as the two-step path has it (Inf from 2^128 on).
+    v = e4m3_abs_f32(mag) * pow2_f32(tl.minimum(bbyte, 254) - 127)[:, :, None]
+    a = v.to(tl.int32, bitcast=True)
+    amax = tl.max(a, axis=2)  # fp32 bits are ordered like |v|; Inf is above every finite value
+    bad = (amax >= 0x7F800000) | (tl.max(mag, axis=2) == 0x7F) | (bbyte == 255)  # Inf, E4M3 NaN, NaN tile
+    e = (amax >> 23) - 129  # floor(log2 amax) - 2
     if RCEIL:
-        e += ((vmax & 7) > 4).to(tl.int32)  # significand of amax above 1.5
-    e = tl.where(mmax == 0, -127, tl.maximum(e, -127))
-    # 2^128 and above is Inf in fp32: the two-step path marks the block NaN.
-    nan_blk = (mmax == 0x7F) | (bbyte == 255) | ((mmax > 0) & (f >= 128))
+        e += ((amax & 0x7FFFFF) > 0x400000).to(tl.int32)  # significand of amax above 1.5
+    e = tl.where(amax < 0x800000, -127, e)  # zero or fp32-subnormal block maximum
+    e = tl.minimum(tl.maximum(e, -127), 127)
 
-    c = e2m1_from_vcode(e4m3_vcode(mag) + ((k - e) << 3)[:, :, None])  # y = q * 2^(k - e)
-    c = tl.where(nan_blk[:, :, None], 0, c | sign)
+    c = e2m1_round(v * pow2_f32(-e)[:, :, None])  # |v| * 2^-e < 8, exact
+    if not RCEIL:
+        c = tl.minimum(c, 7)  # floor saturates maxima above 6; rceil never gets there
+    c = tl.where(bad[:, :, None], 0, c | sign)
+    nan_blk = bad
 
     pairs = tl.reshape(c, (BLOCK_M, BLOCK_K // 2, 2))
     lo, hi = tl.split(pairs)
@@ -90,17 +92,20 @@ def _mxfp4_to_fp8_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     bcols = pid_k * NB + tl.arange(0, NB)
     bmask = row_ok[:, None] & (bcols < K // 32)[None, :]
     bbyte = tl.load(xs_ptr + r64[:, None] * stride_xs + bcols[None, :], mask=bmask, other=0).to(tl.int32)
-    bbyte = tl.reshape(tl.broadcast_to(bbyte[:, :, None], (BLOCK_M, NB, 32)), (BLOCK_M, NT, 128))
+    scale = pow2_f32(tl.minimum(bbyte, 254) - 127)  # per block [BLOCK_M, NB]
+    scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_M, NB, 32)), (BLOCK_M, NT, 128))
+    nan_blk = tl.reshape((bbyte == 255).to(tl.int32), (BLOCK_M, NT, 4))
 
-    # w: virtual code of each decoded value, |v| = (8 + (w & 7)) * 2^((w >> 3) - 137); monotone in |v|.
-    w = e2m1_vcode(code & 7) + (bbyte << 3)
-    wmax = tl.max(w, axis=2)
-    fmax = (wmax >> 3) - 134  # exponent of the tile's largest value (wmax < 0: all zero)
-    nan_tile = (tl.max(bbyte, axis=2) == 255) | ((wmax >= 0) & (fmax >= 128))  # NaN block, or Inf in fp32
-    # ceil(log2(amax / 448)) = F - 8, since the significand of amax is 1 or 1.5 (< 1.75).
-    k = tl.where(wmax >= 0, tl.maximum(fmax - 8, -127), -127)
+    # The dequantized |v| = |x| * 2^(b - 127) in fp32, exactly as the two-step path has it.
+    v = e2m1_abs_f32(code & 7) * scale
+    amax = tl.max(v.to(tl.int32, bitcast=True), axis=2)  # fp32 bits are ordered like |v|
+    nan_tile = (amax >= 0x7F800000) | (tl.max(nan_blk, axis=2) > 0)  # Inf (>= 2^128) or a NaN block
+    # k = ceil(log2(amax / 448)) = floor(log2 amax) - 8 + [significand > 1.75]   (448 = 1.75 * 2^8)
+    k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
+    k = tl.where(amax < 0x800000, -127, k)  # zero or fp32-subnormal tile maximum
+    k = tl.minimum(tl.maximum(k, -127), 127)
 
-    c = e4m3_from_vcode(w - ((k + 127) << 3)[:, :, None])  # v * 2^-k
+    c = e4m3_round(v * pow2_f32(-k)[:, :, None])  # |v| * 2^-k <= 448, exact
     c = tl.where(nan_tile[:, :, None], 0, c | ((code & 8) << 4))
 
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
