@@ -83,7 +83,8 @@ class TopKRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> RoutingRecord:
         """x `[T, hidden]` (any float dtype) -> RoutingRecord for T tokens."""
-        logits = F.linear(x.float(), self.weight.float())  # (T, E), fp32 by contract
+        with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 even under autocast
+            logits = F.linear(x.float(), self.weight.float())  # (T, E), fp32 by contract
         if self.mode == "softmax":
             top_logits, topk_ids = torch.topk(logits, self.top_k, dim=-1)
             gates = torch.softmax(top_logits, dim=-1)

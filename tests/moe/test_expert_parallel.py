@@ -8,6 +8,7 @@ all-to-alls are) and within the codec's error of the raw reference. All cases of
 in one spawned group to keep the suite fast.
 """
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -107,8 +108,9 @@ def _check_case(rank: int, ws: int, name: str, kwargs: dict, bias: str | None, s
         bound = max(CODEC_REL_ERROR[cfg.wire], CODEC_REL_ERROR[cfg.grad_wire])
         assert 0 < _rel(y_ep, y_x[mine]) < bound, (name, _rel(y_ep, y_x[mine]))
         assert _rel(dx_ep, dx_x[mine]) < bound, (name, _rel(dx_ep, dx_x[mine]))
-        w = g_ep["experts.w_down"]
-        assert _rel(w, g_x["experts.w_down"][local.start:local.stop]) < bound if w.abs().sum() > 0 else True
+        w_down = g_ep["experts.w_down"]
+        if w_down.abs().sum() > 0:  # ranks whose experts got no tokens have zero gradients in both runs
+            assert _rel(w_down, g_x["experts.w_down"][local.start:local.stop]) < bound, name
 
 
 def _check_errors(rank: int, ws: int) -> None:
@@ -123,7 +125,11 @@ def _body(rank: int, ws: int, seed: int) -> None:
     for i, (name, kwargs, bias) in enumerate(CASES):
         _check_case(rank, ws, name, kwargs, bias, seed + 1000 * i)
     _check_errors(rank, ws)
-    dist.barrier()  # finish together: a rank that exits long after the others can be taken for hung
+    dist.barrier()
+    if rank == 0:
+        # run_distributed gives rank 0 only 5 s to exit after the last report; on a loaded 2-core
+        # machine four ranks tearing torch down at once can take longer, so rank 0 reports last.
+        time.sleep(2.0)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
