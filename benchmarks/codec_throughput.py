@@ -140,7 +140,13 @@ def run_cuda(args) -> dict:
     print(f"bit-exact vs reference at {rows_chk} x {hidden} bf16: "
           + ", ".join(f"{k} {'OK' if v else 'MISMATCH'}" for k, v in check.items()), flush=True)
 
+    from mxa2a.quant.kernels import fp8 as fp8_kernels, mxfp4 as mxfp4_kernels
+
     best: dict[str, dict] = {}
+    for kern, mod in (("quantize_mxfp4", mxfp4_kernels), ("dequantize_mxfp4", mxfp4_kernels),
+                      ("quantize_fp8", fp8_kernels), ("dequantize_fp8", fp8_kernels)):
+        bm, bk, nw = mod.default_blocks(hidden)
+        best[kern] = dict(block_m=bm, block_k=bk, num_warps=nw)
     sweep = []
     if args.sweep:
         mib = min(max(256, args.min_mib), args.max_mib)
