@@ -167,6 +167,9 @@ class ExpertParallelDispatcher:
         # Sorting by global expert id sorts by destination rank too (experts are contiguous per rank).
         permutation = torch.argsort(flat, stable=True)
         counts = torch.bincount(flat, minlength=self.num_experts)  # (E,) rows to each global expert
+        if counts.numel() != self.num_experts:
+            raise ValueError(f"topk_ids must hold expert ids in [0, {self.num_experts}), got a "
+                             f"maximum of {counts.numel() - 1}")
         if self.ep_size == 1:
             per_expert = tuple(counts.tolist())  # the one sync
             return DispatchLayout(num_tokens, top_k, permutation, _inverse(permutation),

@@ -115,10 +115,12 @@ def test_bad_config_raises(kwargs, match):
         MoELayerConfig(**{**base, **kwargs})
 
 
-def test_hidden_size_mismatch_raises():
+def test_hidden_size_mismatch_and_bad_expert_ids_raise():
     layer = MoELayer(MoELayerConfig(hidden=32, d_expert=8, num_experts=4, top_k=2))
     with pytest.raises(ValueError, match="hidden=32"):
         layer(torch.randn(3, 16))
+    with pytest.raises(ValueError, match="expert ids in"):
+        layer.dispatcher.plan(torch.tensor([[0, 4]]))
 
 
 def _grad_norms(model, loss):
