@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 from .launch import CONFIGS
-from .minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
+from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32, e4m3_round, pow2_f32
 from ..checks import rows_in
 
 
@@ -45,7 +45,9 @@ def _fp8_rowwise_to_colwise_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
     kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
 
     mag = code & 0x7F
-    c = e4m3_from_vcode(e4m3_vcode(mag) + ((rbyte - kt) << 3)[:, None]) | (code & 0x80)  # q * 2^(k - kt)
+    # |q| * 2^(k_row - kt) <= 448, exact in fp32 (a shift clamped at -127 leaves < 2^-118: code 0 either way)
+    shift = pow2_f32(tl.maximum(rbyte - kt, -127))
+    c = e4m3_round(e4m3_abs_f32(mag) * shift[:, None]) | (code & 0x80)
     col_nan = (tl.max(mag, axis=0) == 0x7F) | (kt == 255)  # 0x7F (NaN) is the largest code
     c = tl.where(col_nan[None, :], 0, c)
 
@@ -59,8 +61,9 @@ def _fp8_rowwise_to_colwise_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
 @triton.jit
 def _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Codes and block-scale bytes of input rows [BLOCK_M*pid_m, +BLOCK_M) x columns
-    [BLOCK_K*pid_k, +BLOCK_K), both as [BLOCK_K, BLOCK_M] (transposed) int32."""
+    """Input rows [BLOCK_M*pid_m, +BLOCK_M) x columns [BLOCK_K*pid_k, +BLOCK_K), transposed to
+    [BLOCK_K, BLOCK_M]: E2M1 codes (int32), the decoded |values| in fp32 exactly as the two-step path
+    has them (|x| * 2^(b-127); Inf from 2^128 on), and 1 where the block scale byte is 255 (NaN)."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     r64 = rows.to(tl.int64)
@@ -74,8 +77,11 @@ def _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_x
     bcols = pid_k * NB + tl.arange(0, NB)
     sbyte = tl.load(xs_ptr + r64[None, :] * stride_xs + bcols[:, None],
                     mask=(bcols < K // 32)[:, None] & row_ok[None, :], other=0).to(tl.int32)
-    sbyte_t = tl.reshape(tl.broadcast_to(sbyte[:, None, :], (NB, 32, BLOCK_M)), (BLOCK_K, BLOCK_M))
-    return code_t, sbyte_t
+    scale = pow2_f32(tl.minimum(sbyte, 254) - 127)  # [NB, BLOCK_M]
+    scale_t = tl.reshape(tl.broadcast_to(scale[:, None, :], (NB, 32, BLOCK_M)), (BLOCK_K, BLOCK_M))
+    nan_t = tl.reshape(tl.broadcast_to((sbyte == 255).to(tl.int32)[:, None, :], (NB, 32, BLOCK_M)),
+                       (BLOCK_K, BLOCK_M))
+    return code_t, e2m1_abs_f32(code_t & 7) * scale_t, nan_t
 
 
 @triton.jit
@@ -85,18 +91,16 @@ def _mxfp4_rowwise_to_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     NM: tl.constexpr = BLOCK_M // 32  # output blocks per output row and program
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    code, sbyte = _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
-                                         BLOCK_M, BLOCK_K)
+    code, v, nan = _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                                          BLOCK_M, BLOCK_K)
     code = tl.reshape(code, (BLOCK_K, NM, 32))
-    sbyte = tl.reshape(sbyte, (BLOCK_K, NM, 32))
-    # w: virtual code of each decoded value, |v| = (8 + (w & 7)) * 2^((w >> 3) - 137); monotone in |v|.
-    w = e2m1_vcode(code & 7) + (sbyte << 3)
-    wmax = tl.max(w, axis=2)
-    fmax = (wmax >> 3) - 134  # floor(log2 amax); wmax < 0: all zero
-    nan_blk = (tl.max(sbyte, axis=2) == 255) | ((wmax >= 0) & (fmax >= 128))  # NaN block, or Inf in fp32
-    # The significand of amax is 1 or 1.5, never above 1.5: floor and rceil both give f - 2.
-    e = tl.where(wmax >= 0, tl.maximum(fmax - 2, -127), -127)
-    c = e2m1_from_vcode(w - ((e + 127) << 3)[:, :, None]) | (code & 8)  # v * 2^-e
+    v = tl.reshape(v, (BLOCK_K, NM, 32))
+    amax = tl.max(v.to(tl.int32, bitcast=True), axis=2)  # fp32 bits are ordered like |v|
+    nan_blk = (amax >= 0x7F800000) | (tl.max(tl.reshape(nan, (BLOCK_K, NM, 32)), axis=2) > 0)
+    # A decoded maximum has significand 1 or 1.5, never above 1.5: floor and rceil both give f - 2.
+    e = tl.where(amax < 0x800000, -127, (amax >> 23) - 129)  # zero or fp32-subnormal maximum: -127
+    e = tl.minimum(tl.maximum(e, -127), 127)
+    c = e2m1_round(v * pow2_f32(-e)[:, :, None]) | (code & 8)  # |v| * 2^-e <= 6, exact
     c = tl.where(nan_blk[:, :, None], 0, c)
 
     lo, hi = tl.split(tl.reshape(c, (BLOCK_K, BLOCK_M // 2, 2)))
@@ -119,15 +123,15 @@ def _mxfp4_rowwise_to_fp8_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                                          BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    code, sbyte = _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
-                                         128, BLOCK_K)
-    w = e2m1_vcode(code & 7) + (sbyte << 3)  # as in the kernel above
-    wmax = tl.max(w, axis=1)
-    fmax = (wmax >> 3) - 134
-    nan_tile = (tl.max(sbyte, axis=1) == 255) | ((wmax >= 0) & (fmax >= 128))
-    # ceil(log2(amax / 448)) = F - 8, since the significand of amax is 1 or 1.5 (< 1.75).
-    k = tl.where(wmax >= 0, tl.maximum(fmax - 8, -127), -127)
-    c = e4m3_from_vcode(w - ((k + 127) << 3)[:, None]) | ((code & 8) << 4)  # v * 2^-k
+    code, v, nan = _mxfp4_transposed_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                                          128, BLOCK_K)
+    amax = tl.max(v.to(tl.int32, bitcast=True), axis=1)  # fp32 bits are ordered like |v|
+    nan_tile = (amax >= 0x7F800000) | (tl.max(nan, axis=1) > 0)
+    # k = ceil(log2(amax / 448)) = floor(log2 amax) - 8 + [significand > 1.75]   (448 = 1.75 * 2^8)
+    k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
+    k = tl.where(amax < 0x800000, -127, k)
+    k = tl.minimum(tl.maximum(k, -127), 127)
+    c = e4m3_round(v * pow2_f32(-k)[:, None]) | ((code & 8) << 4)  # |v| * 2^-k <= 448, exact
     c = tl.where(nan_tile[:, None], 0, c)
 
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
