@@ -1,12 +1,14 @@
-"""E4M3 / E2M1 rounding by integer arithmetic on "virtual E4M3 codes", for the conversion kernels.
+"""E4M3 / E2M1 decoding and rounding in fp32 registers, for the conversion kernels.
 
-A virtual code `z` is the E4M3 code extended to every exponent: `|value| = (8 + (z & 7)) * 2^((z >> 3) - 10)`
-(arithmetic shift), so E4M3 normals keep their own code (1.0 is 56 = 0x38) and every E4M3 subnormal and
-E2M1 magnitude has one too (2^-9 is -16). Multiplying by 2^d is `z + 8 * d`, and rounding back to a
-code is a few integer operations. The kernels therefore never build a float tensor: no log2/exp2, no
-float rounding modes, no dependence on how a GPU treats fp32 subnormals, and the same bits in the
-Triton interpreter. Zero is the virtual code -8192, far below anything that rounds to a nonzero code
-for every shift the kernels apply (|d| < 512).
+Each conversion decodes its input to the exact fp32 values the two-step path would hold (a code's bits
+dropped into an fp32 pattern and multiplied by powers of two: exact products, Inf from 2^128 on, as in
+the reference), scales them by a power of two (exact), and rounds to the output grid with one fp32
+addition: adding C = 1.5 * 2^(p + 23), whose ulp 2^p is the grid spacing at the value, rounds to
+nearest even in hardware and leaves the rounded multiple of 2^p in C's low significand bits. No
+log2/exp2 and no float <-> int conversion; exponents come from bit fields. This relies on fp32 `mul` /
+`add` being IEEE with subnormals: Triton emits `mul.f32` / `add.f32` / `fma.rn.f32` without `.ftz`
+(checked in the PTX of an sm_90 compile), and the Triton interpreter computes in numpy fp32. None of
+these values is ever written to global memory.
 """
 
 from __future__ import annotations
@@ -14,48 +16,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def e4m3_vcode(mag):
-    """E4M3 magnitude code (0..0x7E, int32) -> virtual code. Subnormals m * 2^-9 are normalized:
-    m = 4..7 -> 2m - 8, m = 2, 3 -> 4m - 16, m = 1 -> -16."""
-    sh = 3 - (mag >= 2).to(tl.int32) - (mag >= 4).to(tl.int32)  # 3 - floor(log2 m)
-    sub = tl.where(mag == 0, -8192, (mag << sh) - (sh << 3))
-    return tl.where(mag >= 8, mag, sub)
-
-
-@triton.jit
-def e2m1_vcode(c7):
-    """E2M1 magnitude code (0..7, int32) -> virtual code: 0.5 -> 48, c >= 2 -> 4c + 48 (1.0 -> 56)."""
-    return tl.where(c7 >= 2, (c7 << 2) + 48, tl.where(c7 == 1, 48, -8192))
-
-
-@triton.jit
-def e4m3_from_vcode(z):
-    """RNE to the E4M3 magnitude code (subnormals rounded, never flushed). Callers guarantee
-    `|value| <= 448` (z <= 126), so nothing saturates. Below 2^-6 the value is `(8 + (z & 7)) / 2^n`
-    units of 2^-9 with `n = 1 - (z >> 3)`; a round-up to 8 units lands on code 8 = 2^-6 by itself."""
-    n = tl.minimum(tl.maximum(1 - (z >> 3), 1), 5)  # n >= 5 leaves less than half a unit: 0
-    s = 8 + (z & 7)
-    sub = (s + (1 << (n - 1)) - 1 + ((s >> n) & 1)) >> n
-    return tl.where(z >= 8, z, sub)
-
-
-@triton.jit
-def e2m1_from_vcode(z):
-    """RNE to the E2M1 magnitude code, magnitudes above 6 saturating to code 7 (6.0).
-    From 1.0 up (z >= 56) drop two of the three mantissa bits of `z - 48` (rebias 7 -> 1) with ties
-    to even; below 1.0 the code is 0, 1 (0.5) or 2 (1.0): thresholds 0.25 (z = 40, ties to 0) and
-    0.75 (z = 52, ties to 1.0)."""
-    zz = z - 48
-    hi = tl.minimum((zz + 1 + ((zz >> 2) & 1)) >> 2, 7)
-    lo = (z > 40).to(tl.int32) + (z >= 52).to(tl.int32)
-    return tl.where(z >= 56, hi, lo)
-
-
-# --- fp32-register helpers: exact power-of-two scaling and magic-number round-to-nearest-even ---------
-# fp32 `mul` / `add` in Triton's PTX are IEEE with subnormals (no `.ftz`), so the products below are
-# exact and the additions round once, to nearest even.
 
 @triton.jit
 def pow2_f32(e):

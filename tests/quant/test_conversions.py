@@ -12,7 +12,7 @@ from conversion_data import (SCALE_RANGES, assert_same_bits, assert_same_values,
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import fp8_to_mxfp4, mxfp4_to_fp8
 from mxa2a.quant.formats import E4M3_DTYPE, FP8Tensor, MXFP4Tensor
-from mxa2a.quant.kernels.minifloat import e2m1_from_vcode, e2m1_vcode, e4m3_from_vcode, e4m3_vcode
+from mxa2a.quant.kernels.minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32, e4m3_round, pow2_f32
 
 
 def both_fp8_to_mxfp4(t: FP8Tensor, scale_mode: str) -> MXFP4Tensor:
@@ -39,36 +39,38 @@ def test_reference_is_the_two_step_path(seed):
                      reference.quantize_fp8(reference.dequantize_mxfp4(x, torch.float32)))
 
 
-# --- the integer rounding helpers, exhaustively ------------------------------------------------------
+# --- the fp32 helpers, exhaustively ------------------------------------------------------------------
 
 @triton.jit
-def _helpers_kernel(z_ptr, out_ptr, N, BLOCK: tl.constexpr):
-    i = tl.arange(0, BLOCK)
-    m = i < N
-    z = tl.load(z_ptr + i, mask=m, other=0)
-    tl.store(out_ptr + 0 * N + i, e4m3_from_vcode(z), mask=m)
-    tl.store(out_ptr + 1 * N + i, e2m1_from_vcode(z), mask=m)
-    tl.store(out_ptr + 2 * N + i, e4m3_vcode(z & 0x7F), mask=m)
-    tl.store(out_ptr + 3 * N + i, e2m1_vcode(z & 7), mask=m)
+def _helpers_kernel(y_ptr, i_ptr, out_ptr, fout_ptr, N, BLOCK: tl.constexpr):
+    j = tl.arange(0, BLOCK)
+    m = j < N
+    y = tl.load(y_ptr + j, mask=m, other=0.0)
+    i = tl.load(i_ptr + j, mask=m, other=0)
+    tl.store(out_ptr + 0 * N + j, e4m3_round(tl.minimum(y, 448.0)), mask=m)
+    tl.store(out_ptr + 1 * N + j, e2m1_round(tl.minimum(y, 7.99)), mask=m)
+    tl.store(fout_ptr + 0 * N + j, e4m3_abs_f32(i & 0x7F), mask=m)
+    tl.store(fout_ptr + 1 * N + j, e2m1_abs_f32(i & 7), mask=m)
+    tl.store(fout_ptr + 2 * N + j, pow2_f32(tl.minimum(tl.maximum(i - 128, -127), 127)), mask=m)
 
 
-def test_minifloat_helpers_round_every_virtual_code_like_the_reference():
-    z = torch.arange(-300, 127, dtype=torch.int32)
-    out = torch.empty(4, z.numel(), dtype=torch.int32)
-    _helpers_kernel[(1,)](z, out, z.numel(), BLOCK=512)
-    value = (8 + (z & 7)).double() * torch.exp2(((z >> 3) - 10).double())  # what a virtual code means
-    assert torch.equal(out[0].long(), reference.e4m3_rne(value).view(torch.uint8).long())
-    assert torch.equal(out[1].long(), reference.round_to_e2m1_codes(value).long())
-    mags = z & 0x7F
-    e4m3 = mags.to(torch.uint8).view(E4M3_DTYPE).double()
-    vz = out[2].long()
-    back = (8 + (vz & 7)).double() * torch.exp2(((vz >> 3) - 10).double())
-    live = (mags != 0) & (mags != 0x7F)
-    assert torch.equal(back[live], e4m3[live]) and (vz[mags == 0] < -8000).all()
-    vz = out[3].long()
-    back = (8 + (vz & 7)).double() * torch.exp2(((vz >> 3) - 10).double())
-    e2m1 = reference.e2m1_codes_to_values(z & 7)
-    assert torch.equal(back[(z & 7) != 0], e2m1[(z & 7) != 0]) and (vz[(z & 7) == 0] < -8000).all()
+def test_fp32_helpers_round_and_decode_like_the_reference():
+    # Every fp32 with 6 significant bits from 2^-149 (subnormal) to 2^8, zero, and the tie points.
+    e = torch.arange(-149, 9, dtype=torch.float64)
+    y = ((1 + torch.arange(64, dtype=torch.float64) / 64)[None, :] * torch.exp2(e)[:, None]).flatten()
+    y = torch.cat([torch.zeros(1, dtype=torch.float64), y]).float()
+    n = y.numel()
+    i = torch.arange(n, dtype=torch.int32) % 256
+    out = torch.empty(2, n, dtype=torch.int32)
+    fout = torch.empty(3, n, dtype=torch.float32)
+    _helpers_kernel[(1,)](y, i, out, fout, n, BLOCK=triton.next_power_of_2(n))
+    assert torch.equal(out[0].long(), reference.e4m3_rne(y.clamp(max=448)).view(torch.uint8).long())
+    assert torch.equal(out[1].clamp(max=7).long(), reference.round_to_e2m1_codes(y.clamp(max=7.99)).long())
+    mags = (i & 0x7F).to(torch.uint8)
+    finite = mags != 0x7F
+    assert torch.equal(fout[0][finite], mags.view(E4M3_DTYPE).float()[finite])
+    assert torch.equal(fout[1].double(), reference.e2m1_codes_to_values(i & 7))
+    assert torch.equal(fout[2].double(), torch.exp2((i.double() - 128).clamp(-127, 127)))
 
 
 # --- kernel == reference on random bytes --------------------------------------------------------------
