@@ -1,10 +1,11 @@
 """Direct FP8 (E4M3, 1x128 tiles) <-> MXFP4 (E2M1, 1x32 blocks) conversion kernels.
 
 Each kernel reads the quantized input once and writes the quantized output once; no BF16/FP32 tensor
-touches global memory. Values move as integer (significand, exponent) pairs (`minifloat.py`), and the
-results equal the two-step path through exact fp32 values (`reference_conversions.py`) bit for bit,
-including its corner cases: a value of 2^128 or more overflows fp32 in that path, so its block / tile
-becomes NaN here as well; fp32-subnormal maxima get the minimum scale.
+touches global memory. In registers, each kernel decodes to exactly the fp32 values the two-step path
+holds (`minifloat.py`: code bits dropped into fp32 patterns, power-of-two products), takes the scale from
+the bit pattern of the maximum, and rounds with one magic-number addition, so the results equal the
+two-step references (`reference_conversions.py`) bit for bit, corner cases included: a value of 2^128
+or more is Inf in fp32, so its block / tile becomes NaN; fp32-subnormal maxima get the minimum scale.
 
 Both kernels take a row stride for every operand, so inputs and outputs may be strided 2-D views such as
 the halves of a packed wire row `uint8 [N, K/2 + K/32]`.

@@ -1,9 +1,10 @@
 """Row-wise -> column-wise conversions of quantized activations (for the weight-gradient GEMM).
 
 Backward needs `X^T` quantized along the token dimension. These kernels read the row-wise quantized
-`[M, K]` input once, move each value to the scale of its column-wise tile by exponent arithmetic on
-bit patterns (`minifloat.py`), and write the quantized `[K, M]` output once; no BF16/FP32 tensor ever
-touches global memory. Results equal the references in `reference_conversions.py` bit for bit:
+`[M, K]` input once, decode it to exact fp32 in registers, transpose in registers / shared memory,
+scale each value to its column-wise tile by an exact power of two and round it with the helpers of
+`minifloat.py`, and write the quantized `[K, M]` output once; no BF16/FP32 tensor ever touches global
+memory. Results equal the references in `reference_conversions.py` bit for bit:
 
 - `fp8_rowwise_to_colwise`: for each 128x128 tile the column-wise scale is the largest of the 128 row
   scales; values are shifted down to it and rounded to E4M3 (subnormals rounded, NaN kept as NaN).
