@@ -115,6 +115,7 @@ class FP8Tensor:
 
     def scale_inv(self) -> torch.Tensor:
         """The tile scales as fp32 `2^k` (NaN for byte 255): the form DeepEP / DeepGEMM take."""
-        k = self.scales.to(torch.int32) - E8M0_BIAS
-        out = torch.ldexp(torch.ones_like(k, dtype=torch.float32), k)
-        return torch.where(self.scales == E8M0_NAN, torch.full_like(out, float("nan")), out)
+        b = self.scales.to(torch.int32)
+        # From the bit pattern (ldexp is not exact on CUDA): byte 0 is the fp32 subnormal 2^-127.
+        out = torch.where(b == 0, 0x400000, b << 23).view(torch.float32)
+        return torch.where(b == E8M0_NAN, torch.full_like(out, float("nan")), out)

@@ -24,7 +24,7 @@ from .formats import (E2M1_MAX, E4M3_DTYPE, E4M3_MAX, E8M0_BIAS, E8M0_MAX_EXP, E
 
 __all__ = [
     "quantize_mxfp4", "dequantize_mxfp4", "quantize_fp8", "dequantize_fp8",
-    "round_to_e2m1_codes", "e2m1_codes_to_values", "e4m3_rne", "floor_log2",
+    "round_to_e2m1_codes", "e2m1_codes_to_values", "e4m3_rne", "floor_log2", "pow2",
 ]
 
 _F32_MIN_NORMAL = 2.0 ** -126
@@ -38,9 +38,11 @@ def floor_log2(a: torch.Tensor) -> torch.Tensor:
     return x.to(torch.int64) - 1
 
 
-def _pow2(e: torch.Tensor) -> torch.Tensor:
-    """2^e as float64 (exact for the exponents used here, |e| <= 300)."""
-    return torch.ldexp(torch.ones_like(e, dtype=torch.float64), e.to(torch.float64))
+def pow2(e: torch.Tensor) -> torch.Tensor:
+    """2^e as float64 for integer `e` in [-1022, 1023], built from its bit pattern. (`torch.ldexp` is
+    `x * pow(2, e)`, and CUDA's double `pow` is not exact for every integer exponent: seen on an H100,
+    where it moved RNE ties.)"""
+    return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
 
 
 def _nan_blocks(v: torch.Tensor) -> torch.Tensor:
@@ -88,11 +90,11 @@ def quantize_mxfp4(x: torch.Tensor, scale_mode: str = "rceil") -> MXFP4Tensor:
     f = floor_log2(torch.where(tiny, 1.0, amax))
     e = f - 2
     if scale_mode == "rceil":
-        e = e + (amax / _pow2(f) > 1.5).to(torch.int64)
+        e = e + (amax / pow2(f) > 1.5).to(torch.int64)
     e = torch.where(tiny, E8M0_MIN_EXP, e).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
     scales = torch.where(bad, E8M0_NAN, e + E8M0_BIAS).to(torch.uint8)
     # 3. Elements: y = v * 2^-e (exact in float64), RNE to E2M1 with saturation, sign kept.
-    y = torch.where(bad.unsqueeze(-1), 0.0, v) * _pow2(-e).unsqueeze(-1)
+    y = torch.where(bad.unsqueeze(-1), 0.0, v) * pow2(-e).unsqueeze(-1)
     codes = round_to_e2m1_codes(y)
     codes = torch.where(bad.unsqueeze(-1), 0, codes).reshape(*lead, k)
     # Packing: element 2i in the low nibble, 2i+1 in the high nibble.
@@ -110,7 +112,7 @@ def dequantize_mxfp4(t: MXFP4Tensor, dtype: torch.dtype = torch.bfloat16) -> tor
     d = t.data.to(torch.int64)
     codes = torch.stack([d & 0xF, d >> 4], dim=-1).reshape(*lead, k // MXFP4_BLOCK, MXFP4_BLOCK)
     b = t.scales.to(torch.int64)
-    val = e2m1_codes_to_values(codes) * _pow2(b - E8M0_BIAS).unsqueeze(-1)  # exact in float64
+    val = e2m1_codes_to_values(codes) * pow2(b - E8M0_BIAS).unsqueeze(-1)  # exact in float64
     out = _round_once(val, dtype)
     nan = (b == E8M0_NAN).unsqueeze(-1).expand_as(codes)
     return torch.where(nan, _canonical_nan(dtype, t.data.device), out).reshape(*lead, k)
@@ -123,7 +125,7 @@ def e4m3_rne(y: torch.Tensor) -> torch.Tensor:
     y64 = y.to(torch.float64)
     mag = y64.abs()
     fy = floor_log2(torch.where(mag > 0, mag, 1.0)).clamp(min=-6)
-    quantum = _pow2(fy - 3)
+    quantum = pow2(fy - 3)
     r = torch.round(mag / quantum) * quantum
     if bool((r > E4M3_MAX).any()):
         raise ValueError("e4m3_rne: |y| must be <= 448 (the codecs never need saturation)")
@@ -143,10 +145,10 @@ def quantize_fp8(x: torch.Tensor) -> FP8Tensor:
     # k = ceil(log2(amax / 448)): the smallest k with amax <= 448 * 2^k. With f = floor(log2 amax)
     # it is f - 8 or f - 7 (448 = 1.75 * 2^8), decided by an exact comparison.
     f = floor_log2(torch.where(tiny, 1.0, amax))
-    kk = f - 8 + (amax > E4M3_MAX * _pow2(f - 8)).to(torch.int64)
+    kk = f - 8 + (amax > E4M3_MAX * pow2(f - 8)).to(torch.int64)
     kk = torch.where(tiny, E8M0_MIN_EXP, kk).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
     scales = torch.where(bad, E8M0_NAN, kk + E8M0_BIAS).to(torch.uint8)
-    y = torch.where(bad.unsqueeze(-1), 0.0, v) * _pow2(-kk).unsqueeze(-1)
+    y = torch.where(bad.unsqueeze(-1), 0.0, v) * pow2(-kk).unsqueeze(-1)
     q = e4m3_rne(y).view(torch.uint8)
     q = torch.where(bad.unsqueeze(-1), 0, q).to(torch.uint8).view(E4M3_DTYPE)
     return FP8Tensor(q.reshape(*lead, k).contiguous(), scales.reshape(*lead, k // FP8_TILE).contiguous())
@@ -162,7 +164,7 @@ def dequantize_fp8(t: FP8Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.T
     ef, mf = (q >> 3) & 0xF, q & 7
     sig = torch.where(ef == 0, mf, mf + 8)
     b = t.scales.to(torch.int64).unsqueeze(-1)
-    val = sig.to(torch.float64) * _pow2(torch.clamp(ef, min=1) - 10 + b - E8M0_BIAS)
+    val = sig.to(torch.float64) * pow2(torch.clamp(ef, min=1) - 10 + b - E8M0_BIAS)
     val = torch.where((q & 0x80) != 0, -val, val)
     out = _round_once(val, dtype)
     nan = ((q & 0x7F) == 0x7F) | (b == E8M0_NAN)

@@ -75,7 +75,7 @@ def fp8_rowwise_to_colwise(t: FP8Tensor) -> FP8Tensor:
     codes = t.data.view(torch.uint8).to(torch.int64)
     nan_elem = (codes & 0x7F) == 0x7F
     q = torch.where(nan_elem, 0.0, t.data.to(torch.float64))             # E4M3 values (-0 kept)
-    y = q * torch.ldexp(torch.ones_like(q), shift.to(torch.float64))      # value * 2^-kt, exact in fp64
+    y = q * reference.pow2(shift)                                         # value * 2^-kt, exact in fp64
     out = reference.e4m3_rne(y).view(torch.uint8)                         # [M, K]
 
     # Column-wise tile (column j, row block r) is NaN if any of its 128 values is.
