@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from ..comm import all_to_all_autograd
+from ..quant import dequantize_fp8, dequantize_mxfp4, quantize_fp8, quantize_mxfp4
 from ..quant.formats import FP8_TILE, MXFP4_BLOCK
 
 WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")
@@ -63,7 +64,6 @@ def wire_roundtrip(x: torch.Tensor, wire: str, scale_mode: str = "rceil") -> tor
         return x
     if wire == "bf16":
         return x.to(torch.bfloat16).to(x.dtype)
-    from ..quant import dequantize_fp8, dequantize_mxfp4, quantize_fp8, quantize_mxfp4
     if wire == "mxfp4":
         return dequantize_mxfp4(quantize_mxfp4(x, scale_mode=scale_mode), dtype=x.dtype)
     if wire == "fp8":
@@ -146,6 +146,8 @@ class ExpertParallelDispatcher:
         check_wire(grad_wire, hidden, "grad_wire")
         if emulate_wire and self.ep_size != 1:
             raise ValueError("emulate_wire is for EP size 1 only (with EP > 1 the wire is real)")
+        if emulate_wire and not (isinstance(wire, str) and isinstance(grad_wire, str)):
+            raise ValueError(f"emulate_wire needs wire names from {WIRE_NAMES}, not codec objects")
         self.num_experts, self.hidden = num_experts, hidden
         self.num_local = num_experts // self.ep_size
         self.wire, self.grad_wire, self.scale_mode = wire, grad_wire, scale_mode
