@@ -12,6 +12,10 @@ import torch
 from mxa2a.quant import reference
 from mxa2a.quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 
+# Where backend="triton" runs in the CPU-sized tests: the GPU when there is one (compiled kernels),
+# else the Triton interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 # Scale-byte ranges [lo, hi) for the random inputs: every byte (NaN 255 included), realistic
 # activations, the bottom (fp32 subnormals, clamp at -127) and the top (fp32 overflow) of E8M0.
 SCALE_RANGES = {"all": (0, 256), "realistic": (112, 140), "bottom": (0, 12), "top": (240, 256)}
@@ -37,6 +41,13 @@ def random_mxfp4(rows: int, k: int, scale_range: str = "realistic", device: str 
     return MXFP4Tensor(data, scales, scale_mode)
 
 
+def to_device(t, device):
+    """The same container with its tensors on `device` (a no-op, views kept, when already there)."""
+    if isinstance(t, MXFP4Tensor):
+        return MXFP4Tensor(t.data.to(device), t.scales.to(device), t.scale_mode)
+    return FP8Tensor(t.data.to(device), t.scales.to(device))
+
+
 def fp8_from_bytes(data: torch.Tensor, scales: torch.Tensor) -> FP8Tensor:
     return FP8Tensor(data.to(torch.uint8).view(E4M3_DTYPE), scales.to(torch.uint8))
 
@@ -44,10 +55,11 @@ def fp8_from_bytes(data: torch.Tensor, scales: torch.Tensor) -> FP8Tensor:
 def assert_same_bits(got, want, what: str = "") -> None:
     """Codes and scale bytes identical (FP8Tensor or MXFP4Tensor), with the first mismatch in the message."""
     assert type(got) is type(want), f"{what}: {type(got).__name__} vs {type(want).__name__}"
-    gd, wd = got.data.view(torch.uint8), want.data.view(torch.uint8)
-    assert gd.shape == wd.shape and got.scales.shape == want.scales.shape, (
-        f"{what}: shapes {tuple(gd.shape)}/{tuple(got.scales.shape)} vs {tuple(wd.shape)}/{tuple(want.scales.shape)}")
-    for name, g, w in (("scales", got.scales, want.scales), ("data", gd, wd)):
+    gd, wd = got.data.view(torch.uint8).cpu(), want.data.view(torch.uint8).cpu()
+    got_s, want_s = got.scales.cpu(), want.scales.cpu()
+    assert gd.shape == wd.shape and got_s.shape == want_s.shape, (
+        f"{what}: shapes {tuple(gd.shape)}/{tuple(got_s.shape)} vs {tuple(wd.shape)}/{tuple(want_s.shape)}")
+    for name, g, w in (("scales", got_s, want_s), ("data", gd, wd)):
         bad = (g != w).nonzero()
         assert bad.numel() == 0, (f"{what}: {bad.shape[0]} {name} bytes differ, first at {tuple(bad[0].tolist())}: "
                                   f"got {int(g[tuple(bad[0])]):#04x}, want {int(w[tuple(bad[0])]):#04x}")

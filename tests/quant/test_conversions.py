@@ -6,8 +6,8 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from conversion_data import (SCALE_RANGES, assert_same_bits, assert_same_values, decoded, fp8_from_bytes,
-                             random_fp8, random_mxfp4)
+from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, decoded,
+                             fp8_from_bytes, random_fp8, random_mxfp4, to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import fp8_to_mxfp4, mxfp4_to_fp8
@@ -17,14 +17,14 @@ from mxa2a.quant.kernels.minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32
 
 def both_fp8_to_mxfp4(t: FP8Tensor, scale_mode: str) -> MXFP4Tensor:
     """Triton result, after checking it against the torch reference bit for bit."""
-    got = fp8_to_mxfp4(t, scale_mode=scale_mode, backend="triton")
+    got = to_device(fp8_to_mxfp4(to_device(t, TRITON_DEVICE), scale_mode=scale_mode, backend="triton"), "cpu")
     assert_same_bits(got, fp8_to_mxfp4(t, scale_mode=scale_mode, backend="torch"), f"fp8_to_mxfp4 {scale_mode}")
     assert got.scale_mode == scale_mode
     return got
 
 
 def both_mxfp4_to_fp8(t: MXFP4Tensor) -> FP8Tensor:
-    got = mxfp4_to_fp8(t, backend="triton")
+    got = to_device(mxfp4_to_fp8(to_device(t, TRITON_DEVICE), backend="triton"), "cpu")
     assert_same_bits(got, mxfp4_to_fp8(t, backend="torch"), "mxfp4_to_fp8")
     return got
 
@@ -66,7 +66,9 @@ def test_fp32_helpers_round_and_decode_like_the_reference():
     i = torch.arange(n, dtype=torch.int32) % 256
     out = torch.empty(2, n, dtype=torch.int32)
     fout = torch.empty(3, n, dtype=torch.float32)
-    _helpers_kernel[(1,)](y, i, out, fout, n, BLOCK=triton.next_power_of_2(n))
+    dev = [a.to(TRITON_DEVICE) for a in (y, i, out, fout)]
+    _helpers_kernel[(1,)](*dev, n, BLOCK=triton.next_power_of_2(n))
+    out, fout = dev[2].cpu(), dev[3].cpu()
     assert torch.equal(out[0].long(), reference.e4m3_rne(y.clamp(max=448)).view(torch.uint8).long())
     assert torch.equal(out[1].clamp(max=7).long(), reference.round_to_e2m1_codes(y.clamp(max=7.99)).long())
     mags = (i & 0x7F).to(torch.uint8)
@@ -234,18 +236,18 @@ def test_mxfp4_to_fp8_window_edge():
 def test_conversions_read_and_write_packed_wire_rows(seed):
     n, k = 5, 256
     src = random_fp8(n, k, "all")
-    fp8_wire = torch.full((n, k + k // 128 + 3), 0xAA, dtype=torch.uint8)   # FP8 rows with padding
-    fp8_wire[:, :k] = src.data.view(torch.uint8)
-    fp8_wire[:, k:k + k // 128] = src.scales
-    q = FP8Tensor(fp8_wire[:, :k].view(E4M3_DTYPE), fp8_wire[:, k:k + k // 128])
-    for backend in ("triton", "torch"):
-        wire = torch.full((n, k // 2 + k // 32), 0xAA, dtype=torch.uint8)
+    for backend, dev in (("triton", TRITON_DEVICE), ("torch", "cpu")):
+        fp8_wire = torch.full((n, k + k // 128 + 3), 0xAA, dtype=torch.uint8, device=dev)  # padded FP8 rows
+        fp8_wire[:, :k] = src.data.view(torch.uint8)
+        fp8_wire[:, k:k + k // 128] = src.scales
+        q = FP8Tensor(fp8_wire[:, :k].view(E4M3_DTYPE), fp8_wire[:, k:k + k // 128])
+        wire = torch.full((n, k // 2 + k // 32), 0xAA, dtype=torch.uint8, device=dev)
         out = MXFP4Tensor(wire[:, :k // 2], wire[:, k // 2:])
         got = fp8_to_mxfp4(q, backend=backend, out=out)
         assert got.data.data_ptr() == wire.data_ptr()
         assert_same_bits(got, reference.quantize_mxfp4(decoded(src), "rceil"), f"into wire ({backend})")
 
-        back = torch.full((n, k + k // 128 + 1), 0x55, dtype=torch.uint8)
+        back = torch.full((n, k + k // 128 + 1), 0x55, dtype=torch.uint8, device=dev)
         out8 = FP8Tensor(back[:, :k].view(E4M3_DTYPE), back[:, k:k + k // 128])
         mxfp4_to_fp8(got, backend=backend, out=out8)
         assert_same_bits(out8, reference.quantize_fp8(decoded(got)), f"from wire ({backend})")
@@ -331,4 +333,4 @@ def test_every_sweep_config_gives_the_same_bits(seed, monkeypatch):
         want = fn(arg, backend="torch")
         for cfg in configs:
             monkeypatch.setitem(launch.CONFIGS, name, cfg)
-            assert_same_bits(fn(arg, backend="triton"), want, f"{name} {cfg}")
+            assert_same_bits(fn(to_device(arg, TRITON_DEVICE), backend="triton"), want, f"{name} {cfg}")

@@ -3,8 +3,8 @@ FP8 transpose rounds subnormals (never flushes) and keeps NaN; lossless windows;
 
 import pytest
 import torch
-from conversion_data import (SCALE_RANGES, assert_same_bits, assert_same_values, decoded, fp8_from_bytes,
-                             random_fp8, random_mxfp4)
+from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, decoded,
+                             fp8_from_bytes, random_fp8, random_mxfp4, to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import (fp8_rowwise_to_colwise, mxfp4_rowwise_to_colwise,
@@ -21,7 +21,7 @@ CONVERSIONS = {"fp8_rowwise_to_colwise": fp8_rowwise_to_colwise,
 
 def both(fn, t):
     """Triton result, after checking it against the torch reference bit for bit."""
-    got = fn(t, backend="triton")
+    got = to_device(fn(to_device(t, TRITON_DEVICE), backend="triton"), "cpu")
     assert_same_bits(got, fn(t, backend="torch"), fn.__name__)
     return got
 
