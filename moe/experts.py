@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _grouped_mm_available(x: torch.Tensor) -> bool:
-    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+def _grouped_mm_available(x: torch.Tensor, hidden: int, d_expert: int) -> bool:
+    # The CUDA grouped GEMM takes bf16 with 16-byte aligned rows (dims multiple of 8 elements).
+    return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            and hidden % 8 == 0 and d_expert % 8 == 0)
 
 
 class GroupedExperts(nn.Module):
@@ -49,7 +51,8 @@ class GroupedExperts(nn.Module):
         if len(tokens_per_expert) != self.num_local:
             raise ValueError(f"tokens_per_expert must have {self.num_local} entries (one per local "
                              f"expert), got {len(tokens_per_expert)}")
-        use_gmm = self.use_grouped_mm if self.use_grouped_mm is not None else _grouped_mm_available(x)
+        use_gmm = self.use_grouped_mm if self.use_grouped_mm is not None else _grouped_mm_available(
+            x, self.hidden, self.d_expert)
         if use_gmm:
             return self._forward_grouped_mm(x, tokens_per_expert, offsets, return_intermediates)
         return self._forward_loop(x, tokens_per_expert, return_intermediates)
