@@ -21,10 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import rows_in
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 from .launch import CONFIGS
 from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32, e4m3_round, pow2_f32
-from ..checks import rows_in
 
 
 @triton.jit
