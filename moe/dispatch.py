@@ -11,8 +11,8 @@ One step is three calls, so that a precomputed (static) plan can replace the fir
    per layer) and reads them back (one device->host sync).
 2. `dispatch(x, layout) -> x_local [N_local, H]`: gather rows in send order, all-to-all through
    `mxa2a.comm` with `wire` (gradients go back with `grad_wire`), regroup the received rows by local
-   expert. No host sync in this module (the all-to-all's own cost and syncs: see `mxa2a.comm`,
-   whose cross-rank header check currently reads a small all-gather on the host).
+   expert. No host sync in this module; `mxa2a.comm`'s cross-rank header check reads a small
+   all-gather on the host unless `wire_check=False`.
 3. `combine(y_local, layout, gates) -> y [T, H]`: undo the regrouping, all-to-all back with `wire`,
    unpermute, and take the gate-weighted sum over the k slots of each token. No host sync in this
    module (as for 2).
@@ -132,10 +132,13 @@ class ExpertParallelDispatcher:
     `[r * E_local, (r + 1) * E_local)`. `wire` / `grad_wire` / `scale_mode` are passed to
     `mxa2a.comm.all_to_all_autograd` for both all-to-alls of a step (dispatch and combine); each
     moves `N` rows of `H` elements, i.e. `N * row_bytes(wire, H)` bytes per direction.
+    `wire_check=False` skips comm's cross-rank header check (`check=False`: no host sync inside the
+    all-to-alls; for static plans, once the setup is known to agree on every rank).
     """
 
     def __init__(self, num_experts: int, hidden: int, group: Any = None, *, wire: Any = "raw",
-                 grad_wire: Any = "raw", scale_mode: str = "rceil", emulate_wire: bool = False) -> None:
+                 grad_wire: Any = "raw", scale_mode: str = "rceil", emulate_wire: bool = False,
+                 wire_check: bool = True) -> None:
         self.group = group
         self.ep_size = dist.get_world_size(group) if group is not None else 1
         self.ep_rank = dist.get_rank(group) if group is not None else 0
@@ -151,7 +154,7 @@ class ExpertParallelDispatcher:
         self.num_experts, self.hidden = num_experts, hidden
         self.num_local = num_experts // self.ep_size
         self.wire, self.grad_wire, self.scale_mode = wire, grad_wire, scale_mode
-        self.emulate_wire = emulate_wire
+        self.emulate_wire, self.wire_check = emulate_wire, wire_check
 
     @property
     def local_experts(self) -> range:
@@ -236,4 +239,5 @@ class ExpertParallelDispatcher:
                 return _WireLoopback.apply(rows, wire, grad_wire, self.scale_mode)
             return rows
         return all_to_all_autograd(rows, list(output_splits), list(input_splits), self.group,
-                                   wire=wire, grad_wire=grad_wire, scale_mode=self.scale_mode)
+                                   wire=wire, grad_wire=grad_wire, scale_mode=self.scale_mode,
+                                   check=self.wire_check)

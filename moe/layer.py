@@ -32,6 +32,8 @@ class MoELayerConfig:
     - `wire` / `grad_wire` / `scale_mode`: what the expert-parallel all-to-alls send (see
       `mxa2a.comm`); the hidden size must suit them (multiple of 32 for mxfp4, 128 for fp8).
     - `emulate_wire`: with EP size 1, quantize-dequantize where the all-to-alls would be.
+    - `wire_check`: let `mxa2a.comm` check that all ranks agree on the wire format (one small
+      host-synchronizing all-gather per all-to-all); False skips it.
     - `return_intermediates`: put the SwiGLU intermediates `[T, k, d_expert]` into the routing record
       (needed by the specialization loss; with EP they travel back over a "raw" all-to-all).
     - `use_grouped_mm`: None = `torch._grouped_mm` for bf16 CUDA inputs, a loop otherwise.
@@ -50,6 +52,7 @@ class MoELayerConfig:
     grad_wire: Any = "raw"
     scale_mode: str = "rceil"
     emulate_wire: bool = False
+    wire_check: bool = True
     return_intermediates: bool = False
     use_grouped_mm: bool | None = None
 
@@ -84,7 +87,8 @@ class MoELayer(nn.Module):
         self.config = config
         self.dispatcher = ExpertParallelDispatcher(
             config.num_experts, config.hidden, group, wire=config.wire, grad_wire=config.grad_wire,
-            scale_mode=config.scale_mode, emulate_wire=config.emulate_wire)
+            scale_mode=config.scale_mode, emulate_wire=config.emulate_wire,
+            wire_check=config.wire_check)
         self.router = TopKRouter(config.hidden, config.num_experts, config.top_k,
                                  mode=config.router_mode, scaling_factor=config.scaling_factor,
                                  expert_bias=config.expert_bias)
