@@ -70,7 +70,7 @@ def run_distributed(body: Callable[..., Any], world_size: int, *args: Any,
         if err is not None:
             errors[rank] = err
     for r, p in enumerate(procs):
-        p.join(timeout=5)
+        p.join(timeout=30)  # torch teardown can take seconds on a loaded machine
         if p.is_alive():
             p.kill()
             p.join()
