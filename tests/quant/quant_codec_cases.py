@@ -1,9 +1,20 @@
 """Inputs shared by the codec tests: random values spanning many binades, and FORMATS.md's edge cases
-as named builders (each returns a float64 tensor `[rows, K]`, cast by the test to the input dtype)."""
+as named builders (each returns a float64 tensor `[rows, K]`, cast by the test to the input dtype); and
+where the Triton backend runs (`TRITON_DEVICE`) with the moves to and from it.
+
+Inputs and references are built on the CPU, so a seed gives the same values on every machine; only the
+kernel calls run on `TRITON_DEVICE`, and their results come back with `on_cpu` for the bitwise checks."""
 
 from __future__ import annotations
 
 import torch
+
+from mxa2a.quant import FP8Tensor, MXFP4Tensor
+
+# Where backend="triton" runs in the CPU-sized tests: the GPU when there is one (compiled kernels, so
+# the tensors must be CUDA tensors), else the Triton interpreter on CPU tensors (tests/conftest.py sets
+# TRITON_INTERPRET=1 only when there is no GPU).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 TIES = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.5, 7.0)
 BINADE_RANGE = {torch.float32: (-60, 60), torch.bfloat16: (-60, 60), torch.float16: (-10, 8)}
@@ -66,3 +77,26 @@ def edge_cases(k: int) -> dict[str, torch.Tensor]:
         x[2, k - 1] = bad
         out[name] = x
     return out
+
+
+def to_device(obj, device):
+    """A tensor, `MXFP4Tensor` or `FP8Tensor` with its tensors on `device` (the object itself when it is
+    already there, so views and their strides are kept; a strided view that must stay strided on the
+    device is built there from a buffer allocated on it)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, MXFP4Tensor):
+        return MXFP4Tensor(obj.data.to(device), obj.scales.to(device), obj.scale_mode)
+    if isinstance(obj, FP8Tensor):
+        return FP8Tensor(obj.data.to(device), obj.scales.to(device))
+    raise TypeError(f"to_device: expected a tensor or a quantized container, got {type(obj).__name__}")
+
+
+def on_triton(obj):
+    """`obj` on TRITON_DEVICE, ready for backend="triton" or a `*_triton` kernel wrapper."""
+    return to_device(obj, TRITON_DEVICE)
+
+
+def on_cpu(obj):
+    """`obj` back on the CPU, for comparison with the CPU reference."""
+    return to_device(obj, "cpu")
