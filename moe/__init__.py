@@ -7,16 +7,25 @@ training losses and a small MoE language model (`shared/spec/MOE.md`).
 - `layer`: `MoELayerConfig` and `MoELayer`.
 - `losses`: balancing, z-loss, specialization, coupling, bias update and routing metrics.
 - `model`: `MoEModelConfig` and `MoEModel`, a small decoder-only MoE LM.
+- `grouter`: `Grouter` / `GrouterConfig` (frozen routing from token ids), `load_grouter`.
+- `predispatch`: `predispatch` (store a Grouter's routing next to the tokens), `open_predispatched`,
+  `PredispatchLoader`.
+- `plan`: `DispatchPlan` / `build_plans`, static dispatch plans built on the host, one count exchange
+  per step, no host sync inside the layers.
 """
 
 from .dispatch import DispatchLayout, ExpertParallelDispatcher
 from .experts import GroupedExperts, SharedExperts
+from .grouter import Grouter, GrouterConfig, load_grouter
 from .layer import MoELayer, MoELayerConfig
 from .model import MoEModel, MoEModelConfig, MoEModelOutput, routing_metrics
+from .plan import DispatchPlan, build_plans
+from .predispatch import PredispatchLoader, open_predispatched, predispatch
 from .router import RoutingRecord, TopKRouter
 
 __all__ = [
-    "DispatchLayout", "ExpertParallelDispatcher", "GroupedExperts", "SharedExperts", "MoELayer",
-    "MoELayerConfig", "MoEModel", "MoEModelConfig", "MoEModelOutput", "RoutingRecord", "TopKRouter",
-    "routing_metrics",
+    "DispatchLayout", "DispatchPlan", "ExpertParallelDispatcher", "GroupedExperts", "Grouter",
+    "GrouterConfig", "MoELayer", "MoELayerConfig", "MoEModel", "MoEModelConfig", "MoEModelOutput",
+    "PredispatchLoader", "RoutingRecord", "SharedExperts", "TopKRouter", "build_plans", "load_grouter",
+    "open_predispatched", "predispatch", "routing_metrics",
 ]

@@ -17,9 +17,11 @@ One step is three calls, so that a precomputed (static) plan can replace the fir
    unpermute, and take the gate-weighted sum over the k slots of each token. No host sync in this
    module (as for 2).
 
-A static plan (e.g. from pre-dispatched Grouter routing) only has to build a `DispatchLayout` with its
-splits already on the host and its index tensors on the device; `dispatch` and `combine` then make no
-device->host synchronization of their own. A token routed to two experts on one rank is sent once per expert:
+A static plan (`moe/plan.py`: `DispatchPlan`, built on the host from pre-dispatched or Grouter routing
+with one count exchange per step) builds a `DispatchLayout` with `static=True`, its splits on the host
+and its index tensors on the device; `layout_from_plan(plan)` checks that it fits this dispatcher.
+With a static layout `dispatch` and `combine` make no device->host synchronization at all: they read
+no device value and call `mxa2a.comm` with `check=False` (no header exchange), whatever `wire_check`. A token routed to two experts on one rank is sent once per expert:
 rows are (token, slot) pairs, which keeps the layout a plain permutation of `T * k` rows.
 
 With EP size 1 there is no communication; `emulate_wire=True` then applies the wire codec's
@@ -101,6 +103,10 @@ class DispatchLayout:
       the receive order already is the expert order (EP size 1).
     - `tokens_per_local_expert`: rows per local expert (host), and `expert_offsets`, their int32
       cumulative sums on the device (the `offs` of a grouped GEMM).
+    - `static`: built ahead of the step (`moe/plan.py`); the all-to-alls then skip comm's format check
+      (`check=False`), so nothing in dispatch / combine syncs the host.
+    - `token_index`: int64 `[T * k]`, `permutation // top_k` (the token of each row sent), precomputed
+      by static plans; None = computed on the device at dispatch.
     """
 
     num_tokens: int
@@ -113,6 +119,8 @@ class DispatchLayout:
     inverse_regroup: torch.Tensor | None
     tokens_per_local_expert: tuple[int, ...]
     expert_offsets: torch.Tensor
+    static: bool = False
+    token_index: torch.Tensor | None = None
 
     @property
     def num_local_rows(self) -> int:
@@ -198,40 +206,80 @@ class ExpertParallelDispatcher:
         return DispatchLayout(num_tokens, top_k, permutation, _inverse(permutation), send_splits,
                               recv_splits, regroup, _inverse(regroup), per_expert, offsets)
 
+    def layout_from_plan(self, plan: Any) -> DispatchLayout:
+        """The `DispatchLayout` of a `moe.plan.DispatchPlan`, after checking that the plan was made for
+        this dispatcher's expert count and EP group (size and rank). Reads no device value."""
+        layout = getattr(plan, "layout", None)
+        if not isinstance(layout, DispatchLayout):
+            raise TypeError(f"plan must be a mxa2a.moe.DispatchPlan, got {type(plan).__name__}")
+        if (plan.num_experts, plan.ep_size, plan.ep_rank) != (self.num_experts, self.ep_size, self.ep_rank):
+            raise ValueError(f"plan was built for E={plan.num_experts}, EP size {plan.ep_size}, rank "
+                             f"{plan.ep_rank}; this dispatcher has E={self.num_experts}, EP size "
+                             f"{self.ep_size}, rank {self.ep_rank}")
+        return layout
+
     # -- 2. dispatch ------------------------------------------------------------------------------
     def dispatch(self, x: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
         """x `[T, H]` -> rows for this rank's experts `[N_local, H]`, grouped by local expert
-        (`layout.tokens_per_local_expert`). Differentiable; no host sync here (see `mxa2a.comm`)."""
+        (`layout.tokens_per_local_expert`). Differentiable; no host sync here (see `mxa2a.comm`;
+        none at all with a static layout). Equals `regroup(send(permute(x)))`."""
+        return self.regroup(self.send(self.permute(x, layout), layout), layout)
+
+    def permute(self, x: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
+        """x `[T, H]` -> the (token, slot) rows in send order `[T * k, H]` (a gather)."""
         if x.dim() != 2 or x.shape[0] != layout.num_tokens or x.shape[1] != self.hidden:
             raise ValueError(f"x must be [T={layout.num_tokens}, H={self.hidden}], got {tuple(x.shape)}")
-        rows = x.index_select(0, layout.permutation // layout.top_k)  # (T*k, H) in send order
-        rows = self._exchange(rows, layout.recv_splits, layout.send_splits)
-        if layout.regroup is not None:
-            rows = rows.index_select(0, layout.regroup)
-        return rows
+        index = layout.token_index if layout.token_index is not None else layout.permutation // layout.top_k
+        return x.index_select(0, index)
+
+    def send(self, rows: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
+        """The dispatch all-to-all (encode + transfer + decode): rows in send order -> received rows
+        `[N_local, H]`, grouped by source rank."""
+        return self._exchange(rows, layout.recv_splits, layout.send_splits, static=layout.static)
+
+    def regroup(self, rows: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
+        """Received rows (by source rank) -> rows grouped by local expert."""
+        return rows if layout.regroup is None else rows.index_select(0, layout.regroup)
 
     # -- 3. combine -------------------------------------------------------------------------------
     def combine(self, y_local: torch.Tensor, layout: DispatchLayout, gates: torch.Tensor
                 ) -> torch.Tensor:
         """Expert outputs `[N_local, H]` (expert order) and gates fp32 `[T, k]` ->
         `y [T, H] = sum_slots gate * expert_output` in y_local's dtype. Differentiable; no host sync
-        here (see `mxa2a.comm`)."""
-        y_slots = self.return_rows(y_local, layout)  # (T, k, H)
-        return (y_slots.float() * gates.unsqueeze(-1)).sum(1).to(y_local.dtype)
+        here (see `mxa2a.comm`; none at all with a static layout)."""
+        return self.weighted_sum(self.return_rows(y_local, layout), gates)
+
+    @staticmethod
+    def weighted_sum(y_slots: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """`[T, k, H]` and gates fp32 `[T, k]` -> `[T, H]`, the gate-weighted sum in fp32, cast back."""
+        return (y_slots.float() * gates.unsqueeze(-1)).sum(1).to(y_slots.dtype)
 
     def return_rows(self, rows: torch.Tensor, layout: DispatchLayout, *, wire: Any = None,
                     grad_wire: Any = None) -> torch.Tensor:
         """Send per-row results `[N_local, D]` (expert order) back to their tokens: `[T, k, D]`
-        (slot order). `wire` / `grad_wire` default to the dispatcher's (D must suit them)."""
-        if layout.inverse_regroup is not None:
-            rows = rows.index_select(0, layout.inverse_regroup)
-        rows = self._exchange(rows, layout.send_splits, layout.recv_splits, wire=wire,
-                              grad_wire=grad_wire)
+        (slot order). `wire` / `grad_wire` default to the dispatcher's (D must suit them).
+        Equals `unpermute(send_back(ungroup(rows)))`."""
+        rows = self.send_back(self.ungroup(rows, layout), layout, wire=wire, grad_wire=grad_wire)
+        return self.unpermute(rows, layout)
+
+    def ungroup(self, rows: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
+        """Rows grouped by local expert -> rows grouped by source rank (undoes `regroup`)."""
+        return rows if layout.inverse_regroup is None else rows.index_select(0, layout.inverse_regroup)
+
+    def send_back(self, rows: torch.Tensor, layout: DispatchLayout, *, wire: Any = None,
+                  grad_wire: Any = None) -> torch.Tensor:
+        """The combine all-to-all (encode + transfer + decode): rows by source rank -> `[T * k, D]`
+        in send order."""
+        return self._exchange(rows, layout.send_splits, layout.recv_splits, wire=wire, grad_wire=grad_wire,
+                              static=layout.static)
+
+    def unpermute(self, rows: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
+        """Rows in send order `[T * k, D]` -> `[T, k, D]` in (token, slot) order (undoes `permute`)."""
         rows = rows.index_select(0, layout.inverse_permutation)
         return rows.view(layout.num_tokens, layout.top_k, *rows.shape[1:])
 
     def _exchange(self, rows: torch.Tensor, output_splits, input_splits, *, wire: Any = None,
-                  grad_wire: Any = None) -> torch.Tensor:
+                  grad_wire: Any = None, static: bool = False) -> torch.Tensor:
         wire = self.wire if wire is None else wire
         grad_wire = self.grad_wire if grad_wire is None else grad_wire
         if self.ep_size == 1:
@@ -240,4 +288,4 @@ class ExpertParallelDispatcher:
             return rows
         return all_to_all_autograd(rows, list(output_splits), list(input_splits), self.group,
                                    wire=wire, grad_wire=grad_wire, scale_mode=self.scale_mode,
-                                   check=self.wire_check)
+                                   check=False if static else self.wire_check)

@@ -98,18 +98,27 @@ class MoELayer(nn.Module):
                                      gated=config.shared_gate) if config.n_shared else None)
 
     def forward(self, x: torch.Tensor, *, routing: RoutingRecord | None = None,
-                layout: DispatchLayout | None = None) -> tuple[torch.Tensor, RoutingRecord]:
+                layout: DispatchLayout | None = None, plan: Any = None) -> tuple[torch.Tensor, RoutingRecord]:
         """x `[..., H]` -> (y `[..., H]`, RoutingRecord over the T flattened tokens).
 
         `routing` replaces the router (e.g. precomputed routing); `layout` replaces the dispatcher's
-        `plan` step and must be built from the same `topk_ids` (static path: then nothing here syncs
-        the host, except the loop over experts when the grouped GEMM is off).
+        `plan` step and must be built from the same `topk_ids`. `plan` (a `moe.plan.DispatchPlan`, the
+        static path) gives both: its layout, and its routing unless `routing` is given. With a plan (or
+        any layout with `static=True`) nothing in this layer reads a device value or syncs the host:
+        split sizes and rows per expert are host ints, the expert loop (grouped GEMM off) splits by them,
+        and the all-to-alls skip comm's format check.
         """
         cfg = self.config
         if x.shape[-1] != cfg.hidden:
             raise ValueError(f"x must have last dimension hidden={cfg.hidden}, got shape {tuple(x.shape)}")
         shape = x.shape
         x = x.reshape(-1, cfg.hidden)                                   # (T, H)
+        if plan is not None:
+            if layout is not None:
+                raise ValueError("pass either plan or layout, not both (a plan carries its layout)")
+            layout = self.dispatcher.layout_from_plan(plan)
+            if routing is None:
+                routing = plan.routing()
         record = self.router(x) if routing is None else routing
         if layout is None:
             layout = self.dispatcher.plan(record.topk_ids)

@@ -5,6 +5,12 @@ the language-modelling cross-entropy plus the auxiliary losses of `losses.py`, e
 config; the per-layer routing records are collected in the forward pass so that cross-layer terms
 (coupling) are computed once per step. With `group` set, the MoE layers are expert-parallel over it and
 the load-balancing counts are summed over it (tokens are assumed sharded over the same group).
+
+Two routing paths: dynamic (default), each layer's router picks its experts and the dispatcher
+exchanges counts per layer; static (`forward(ids, plan=...)`), one `moe.plan.DispatchPlan` built from a
+frozen Grouter's (or pre-dispatched) ids and gates drives every layer, with no host sync inside the
+layers. On the static path the router-distribution losses (balancing, z, coupling) are not computed:
+the routing is fixed outside the model, so they would be constants with no gradient.
 """
 
 from __future__ import annotations
@@ -76,9 +82,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(moe_config.hidden)
         self.moe = MoELayer(moe_config, group)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingRecord]:
+    def forward(self, x: torch.Tensor, plan: Any = None) -> tuple[torch.Tensor, RoutingRecord]:
         x = x + self.attn(self.ln_1(x))
-        y, record = self.moe(self.ln_2(x))
+        y, record = self.moe(self.ln_2(x), plan=plan)
         return x + y, record
 
 
@@ -99,16 +105,24 @@ class MoEModel(nn.Module):
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None) -> MoEModelOutput:
-        """ids int64 `[B, S]` (S <= seq_len); targets `[B, S]` or None."""
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, *,
+                plan: Any = None) -> MoEModelOutput:
+        """ids int64 `[B, S]` (S <= seq_len); targets `[B, S]` or None.
+
+        `plan`: a `moe.plan.DispatchPlan` of these B * S tokens (with gates), e.g. from
+        `DispatchPlan.build(grouter_ids, E, group=..., gates=grouter_gates, device=...)`: every MoE layer
+        then takes its routing and layout from it instead of its router (the static path). The records'
+        `probs` / `logits` are then None and only the specialization loss is computed."""
         batch, seq = ids.shape
         if seq > self.config.seq_len:
             raise ValueError(f"sequence length {seq} exceeds seq_len={self.config.seq_len}")
         pos = torch.arange(seq, device=ids.device)
         x = self.wte(ids) + self.wpe(pos)                        # (B, S, H)
         records = []
+        if plan is not None and plan.num_tokens != batch * seq:
+            raise ValueError(f"plan covers {plan.num_tokens} tokens, ids have B * S = {batch * seq}")
         for block in self.blocks:
-            x, record = block(x)
+            x, record = block(x, plan)
             records.append(record)
         logits = self.lm_head(self.ln_f(x))                      # (B, S, vocab)
         out = MoEModelOutput(logits=logits, loss=None, lm_loss=None, records=records)
@@ -127,6 +141,8 @@ class MoEModel(nn.Module):
     def aux_losses(self, records: list[RoutingRecord], batch: int) -> dict[str, torch.Tensor]:
         """The auxiliary losses with a nonzero weight, unweighted, averaged over layers."""
         w = self.aux_weights()
+        if records and records[0].probs is None:  # static routing: only the experts' own loss applies
+            w = {n: (v if n == "specialization" else 0.0) for n, v in w.items()}
         out: dict[str, torch.Tensor] = {}
         mean = lambda values: torch.stack(values).mean()  # noqa: E731
         if w["load_balancing"]:

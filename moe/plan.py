@@ -1,0 +1,217 @@
+"""Static dispatch plans: the whole routing of a micro-batch worked out on the host, before the step.
+
+MOE.md, "static dispatch planning": when a frozen Grouter (or a pre-dispatched data set) fixes the expert
+ids of a micro-batch before the forward pass, everything the dispatcher needs is known up front:
+tokens per expert, the permutation of the (token, slot) rows, the send splits per EP rank and, after
+ONE exchange of per-expert counts over the EP group, the receive splits. One Grouter drives every MoE
+layer, so one plan serves all layers of the step (not one count exchange per layer, as on the
+dynamic path of `ExpertParallelDispatcher.plan`).
+
+`DispatchPlan.build(topk_ids, num_experts, group=..., device=...)`:
+1. on the host (torch CPU tensors): bincount, stable argsort, splits; the same integer operations as
+   the dynamic path, so the layout is identical and so are the outputs, bit for bit;
+2. the count exchange: one `torch.distributed.all_to_all_single` of `E` int64 counts (`E * 8` bytes
+   sent per rank). On a group with a CPU backend (gloo, or "cpu:gloo,cuda:nccl") it runs on host
+   tensors and touches no GPU; on an NCCL-only group the counts go to the GPU and back, which is one
+   device->host synchronization per plan (per micro-batch), outside every layer;
+3. the index tensors are copied to `device` once, from pinned memory with `non_blocking=True` (no host
+   sync), and the split sizes stay host ints.
+
+`build_plans([ids, ...])` plans several micro-batches (e.g. those of one optimizer step) with a single
+count exchange. The plan's `layout` is the `DispatchLayout` every layer hands to the dispatcher
+(`ExpertParallelDispatcher.layout_from_plan` checks that it fits); `routing()` gives the
+`RoutingRecord` (ids and gates on the device) that replaces each layer's router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .dispatch import DispatchLayout
+from .router import RoutingRecord
+
+
+def exchange_counts(counts: torch.Tensor, group: Any) -> torch.Tensor:
+    """The one collective of a plan: `counts` int64 `[ep, M, E_local]` (rows for each destination rank,
+    CPU) -> `[ep, M, E_local]`: what each source rank sends to this rank's experts, CPU.
+
+    One `all_to_all_single` of `M * E` int64 over `group`. CPU backend: host only. NCCL-only group: one
+    pinned H2D copy, the collective, and one D2H copy that syncs the host (the one sync of the step).
+    """
+    send = counts.reshape(-1).contiguous()
+    if _needs_cuda(group):
+        dev = torch.device("cuda", torch.cuda.current_device())
+        send_d = send.pin_memory().to(dev, non_blocking=True)
+        recv_d = torch.empty_like(send_d)
+        dist.all_to_all_single(recv_d, send_d, group=group)
+        return recv_d.cpu().view(counts.shape)  # the one device->host sync of the plan
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv.view(counts.shape)
+
+
+def _needs_cuda(group: Any) -> bool:
+    backend = str(dist.get_backend(group)).lower()
+    return "nccl" in backend and "gloo" not in backend and "mpi" not in backend
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _host_ids(topk_ids: Any, num_experts: int, name: str = "topk_ids") -> torch.Tensor:
+    if isinstance(topk_ids, np.ndarray):
+        topk_ids = torch.from_numpy(np.ascontiguousarray(topk_ids))
+    if not isinstance(topk_ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of expert ids [..., k], "
+                        f"got {type(topk_ids).__name__}")
+    if topk_ids.dtype.is_floating_point or topk_ids.dtype.is_complex or topk_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer expert ids, got dtype {topk_ids.dtype}")
+    if topk_ids.dim() < 2:
+        raise ValueError(f"{name} must have shape [T, k] or [B, S, k], got {tuple(topk_ids.shape)}")
+    ids = topk_ids.detach().to("cpu", torch.int64).reshape(-1, topk_ids.shape[-1])  # (T, k); syncs if on GPU
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_experts):
+        raise ValueError(f"{name} must hold expert ids in [0, {num_experts}), got values in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    return ids
+
+
+def _inverse(perm: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    return inv
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """The routing of one micro-batch for one EP rank, planned on the host.
+
+    Host fields (CPU int64): `topk_ids [T, k]`, `send_counts [E]` (rows this rank sends to each
+    global expert), `recv_counts [ep, E_local]` (rows each source rank sends to this rank's experts).
+    `layout`: the `DispatchLayout` with index tensors on `device` and split sizes as host tuples.
+    `topk_ids_device` / `gates`: the routing on `device` (gates fp32 `[T, k]`, None when not given).
+    """
+
+    num_experts: int
+    ep_size: int
+    ep_rank: int
+    topk_ids: torch.Tensor
+    send_counts: torch.Tensor
+    recv_counts: torch.Tensor
+    layout: DispatchLayout
+    topk_ids_device: torch.Tensor
+    gates: torch.Tensor | None
+    device: torch.device
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layout.num_tokens
+
+    @property
+    def top_k(self) -> int:
+        return self.layout.top_k
+
+    @property
+    def tokens_per_expert(self) -> tuple[int, ...]:
+        """Rows this rank sends to each global expert (host ints)."""
+        return tuple(self.send_counts.tolist())
+
+    def routing(self) -> RoutingRecord:
+        """The `RoutingRecord` that replaces a layer's router: ids and gates on the device. `probs` and
+        `logits` are None: the router distribution belongs to the (frozen) Grouter, not to the model."""
+        if self.gates is None:
+            raise ValueError("this plan was built without gates; pass gates= to DispatchPlan.build")
+        return RoutingRecord(probs=None, logits=None, topk_ids=self.topk_ids_device, gates=self.gates)
+
+    @classmethod
+    def build(cls, topk_ids: Any, num_experts: int, *, group: Any = None, gates: Any = None,
+              device: torch.device | str | None = None) -> "DispatchPlan":
+        """Plan one micro-batch: `topk_ids` integer `[T, k]` or `[B, S, k]` (torch on any device or
+        numpy; values in `[0, E)`), optional `gates` float `[..., k]` of the same shape. `group`: the EP
+        group (None: EP size 1, no exchange). `device`: where the layers run (None: CPU).
+        One count exchange (EP > 1); see the module docstring for host syncs."""
+        return build_plans([topk_ids], num_experts, group=group,
+                           gates=None if gates is None else [gates], device=device)[0]
+
+
+def build_plans(topk_ids: Sequence[Any], num_experts: int, *, group: Any = None,
+                gates: Sequence[Any] | None = None,
+                device: torch.device | str | None = None) -> list[DispatchPlan]:
+    """Plan several micro-batches (e.g. all those of one step) with ONE count exchange of
+    `len(topk_ids) * E` int64. Arguments as in `DispatchPlan.build`, one entry per micro-batch."""
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"num_experts must be a positive int, got {num_experts!r}")
+    if isinstance(topk_ids, (torch.Tensor, np.ndarray)) or len(topk_ids) == 0:
+        raise ValueError("topk_ids must be a non-empty list of per-micro-batch expert-id tensors")
+    if gates is not None and len(gates) != len(topk_ids):
+        raise ValueError(f"gates must have one entry per micro-batch ({len(topk_ids)}), got {len(gates)}")
+    ep_size = dist.get_world_size(group) if group is not None else 1
+    ep_rank = dist.get_rank(group) if group is not None else 0
+    if num_experts % ep_size != 0:
+        raise ValueError(f"num_experts ({num_experts}) must be divisible by the EP group size ({ep_size})")
+    n_loc = num_experts // ep_size
+    device = torch.device("cpu") if device is None else torch.device(device)
+
+    ids_list = [_host_ids(ids, num_experts, f"topk_ids[{i}]") for i, ids in enumerate(topk_ids)]
+    counts = torch.stack([torch.bincount(ids.reshape(-1), minlength=num_experts) for ids in ids_list])  # (M, E)
+    if ep_size == 1:
+        recv = counts.view(len(ids_list), 1, n_loc).transpose(0, 1)  # (1, M, E)
+    else:
+        by_dest = counts.view(len(ids_list), ep_size, n_loc).transpose(0, 1).contiguous()  # (ep, M, E_loc)
+        recv = exchange_counts(by_dest, group)                                               # (ep src, M, E_loc)
+
+    plans = []
+    for m, ids in enumerate(ids_list):
+        g = None
+        if gates is not None:
+            g = gates[m]
+            if isinstance(g, np.ndarray):
+                g = torch.from_numpy(np.ascontiguousarray(g))
+            if not isinstance(g, torch.Tensor) or not g.is_floating_point():
+                raise TypeError(f"gates[{m}] must be a floating-point tensor [..., k]")
+            if g.numel() != ids.numel() or g.shape[-1] != ids.shape[1]:
+                raise ValueError(f"gates[{m}] must have the shape of topk_ids[{m}], got {tuple(g.shape)}")
+            g = g.detach().reshape(ids.shape).to(torch.float32)
+            g = g.to(device, non_blocking=True) if g.device.type != "cpu" else _to_device(g, device)
+        plans.append(_plan_one(ids, counts[m], recv[:, m].contiguous(), num_experts, ep_size, ep_rank,
+                               device, g))
+    return plans
+
+
+def _plan_one(ids: torch.Tensor, counts: torch.Tensor, recv_counts: torch.Tensor, num_experts: int,
+              ep_size: int, ep_rank: int, device: torch.device, gates: torch.Tensor | None) -> DispatchPlan:
+    """The integer work of `ExpertParallelDispatcher.plan`, on host tensors: the same stable sorts, so
+    the same permutation and regrouping (a stable sort's result is unique)."""
+    num_tokens, top_k = ids.shape
+    flat = ids.reshape(-1)
+    n_loc = num_experts // ep_size
+    permutation = torch.argsort(flat, stable=True)
+    send_host = counts.tolist()
+    recv_host = recv_counts.reshape(-1).tolist()  # (ep * E_local,): source-rank-major
+    if ep_size == 1:
+        send_splits = recv_splits = (flat.numel(),)
+        per_expert = tuple(send_host)
+        regroup = inverse_regroup = None
+        offsets = counts.cumsum(0).to(torch.int32)
+    else:
+        send_splits = tuple(sum(send_host[r * n_loc:(r + 1) * n_loc]) for r in range(ep_size))
+        recv_splits = tuple(sum(recv_host[r * n_loc:(r + 1) * n_loc]) for r in range(ep_size))
+        per_expert = tuple(sum(recv_host[r * n_loc + e] for r in range(ep_size)) for e in range(n_loc))
+        local_expert_of_row = torch.arange(n_loc).repeat(ep_size).repeat_interleave(
+            recv_counts.reshape(-1), output_size=sum(recv_splits))
+        regroup = torch.argsort(local_expert_of_row, stable=True)
+        inverse_regroup = _inverse(regroup)
+        offsets = recv_counts.view(ep_size, n_loc).sum(0).cumsum(0).to(torch.int32)
+    dev = (lambda t: None if t is None else _to_device(t, device))  # noqa: E731
+    layout = DispatchLayout(num_tokens, top_k, dev(permutation), dev(_inverse(permutation)), send_splits,
+                            recv_splits, dev(regroup), dev(inverse_regroup), per_expert, dev(offsets),
+                            static=True, token_index=dev(permutation // top_k))
+    return DispatchPlan(num_experts, ep_size, ep_rank, ids, counts, recv_counts.view(ep_size, n_loc), layout,
+                        dev(ids), gates, device)
