@@ -1,6 +1,7 @@
 """FP8 (E4M3, 1x128 tiles) Triton kernels vs the torch reference, bit for bit (data bytes, scale bytes,
 decoded bits), on fresh random inputs and FORMATS.md's edge cases; E4M3 rounding against ml_dtypes;
-the format's properties; strided `out=` / input views. Triton runs in its interpreter on CPU."""
+the format's properties; strided `out=` / input views. Inputs and references are built on the CPU; every
+Triton call runs on TRITON_DEVICE (the GPU when there is one, else the interpreter on CPU)."""
 
 import math
 
@@ -10,7 +11,7 @@ import torch
 
 from mxa2a.quant import FP8Tensor, dequantize_fp8, quantize_fp8, reference
 from mxa2a.quant.kernels.fp8 import fp8_dequantize_triton, fp8_quantize_triton
-from quant_codec_cases import BIT_VIEW, edge_cases, random_binades
+from quant_codec_cases import BIT_VIEW, TRITON_DEVICE, edge_cases, on_cpu, on_triton, random_binades
 
 # numpy (the interpreter) warns where fp32 overflows to Inf, which is the correctly rounded result here
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
@@ -32,9 +33,10 @@ def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
 
 def check_all_backends(x: torch.Tensor) -> None:
     want = reference.quantize_fp8(x)
-    assert_same_fp8(quantize_fp8(x, backend="triton"), want)
+    assert_same_fp8(on_cpu(quantize_fp8(on_triton(x), backend="triton")), want)
     for dtype in DTYPES:
-        assert_same_bits(dequantize_fp8(want, dtype, backend="triton"), reference.dequantize_fp8(want, dtype))
+        got = dequantize_fp8(on_triton(want), dtype, backend="triton")
+        assert_same_bits(on_cpu(got), reference.dequantize_fp8(want, dtype))
 
 
 @pytest.mark.parametrize("shape", [(1, 128), (0, 256), (3, 384), (2, 3, 128), (7, 512)])
@@ -60,9 +62,10 @@ def test_triton_matches_reference_on_edge_cases(name, dtype):
 def test_tile_sizes_do_not_change_bits(seed, block_m, block_k, num_warps):
     x = random_binades((5, 384), torch.bfloat16, block=128)
     want = reference.quantize_fp8(x)
-    assert_same_fp8(fp8_quantize_triton(x, block_m=block_m, block_k=block_k, num_warps=num_warps), want)
-    d = fp8_dequantize_triton(want, torch.float32, block_m=block_m, block_k=block_k, num_warps=num_warps)
-    assert_same_bits(d, reference.dequantize_fp8(want, torch.float32))
+    got = fp8_quantize_triton(on_triton(x), block_m=block_m, block_k=block_k, num_warps=num_warps)
+    assert_same_fp8(on_cpu(got), want)
+    d = fp8_dequantize_triton(on_triton(want), torch.float32, block_m=block_m, block_k=block_k, num_warps=num_warps)
+    assert_same_bits(on_cpu(d), reference.dequantize_fp8(want, torch.float32))
 
 
 def test_e4m3_element_rounding_matches_ml_dtypes(seed):
@@ -73,7 +76,7 @@ def test_e4m3_element_rounding_matches_ml_dtypes(seed):
     y[:, 0] = 448.0
     ties = torch.tensor(np.arange(0, 2 ** -6, 2 ** -10), dtype=torch.float32)  # subnormal ties
     y[0, 1:1 + len(ties)] = ties
-    got = quantize_fp8(y, backend="triton")
+    got = on_cpu(quantize_fp8(on_triton(y), backend="triton"))
     assert (got.scales == 127).all()
     want = y.numpy().astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
     np.testing.assert_array_equal(got.data.view(torch.uint8).numpy(), want)
@@ -84,8 +87,9 @@ def test_every_byte_and_scale_decodes_exactly():
     scales = torch.arange(256, dtype=torch.int32).to(torch.uint8)[:, None].repeat(1, 2)
     t = FP8Tensor(data.view(torch.float8_e4m3fn), scales)
     for dtype in DTYPES:
-        assert_same_bits(dequantize_fp8(t, dtype, backend="triton"), reference.dequantize_fp8(t, dtype))
-    d = dequantize_fp8(t, torch.float32, backend="triton").double().numpy()
+        got = dequantize_fp8(on_triton(t), dtype, backend="triton")
+        assert_same_bits(on_cpu(got), reference.dequantize_fp8(t, dtype))
+    d = on_cpu(dequantize_fp8(on_triton(t), torch.float32, backend="triton")).double().numpy()
     e4m3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).double().numpy()
     for b in range(255):
         exact = e4m3 * 2.0 ** (b - 127)
@@ -96,8 +100,9 @@ def test_every_byte_and_scale_decodes_exactly():
 
 def test_error_is_at_most_half_an_e4m3_step(seed):
     x = random_binades((6, 512), torch.float32, block=128)
-    t = quantize_fp8(x, backend="triton")
-    d = dequantize_fp8(t, torch.float32, backend="triton").double()
+    t = quantize_fp8(on_triton(x), backend="triton")
+    d = on_cpu(dequantize_fp8(t, torch.float32, backend="triton")).double()
+    t = on_cpu(t)
     k = t.scales.double().sub(127).repeat_interleave(128, dim=-1)
     y = (x.double() * torch.exp2(-k)).abs()
     assert (y <= 448).all()
@@ -108,9 +113,10 @@ def test_error_is_at_most_half_an_e4m3_step(seed):
 
 def test_reencoding_decoded_values_gives_the_same_values(seed):
     # Values, not bytes: a tile maximum that rounded down to 448 * 2^(k-1) re-encodes with scale k - 1.
-    t = quantize_fp8(random_binades((4, 256), torch.float32, block=128), backend="triton")
+    t = quantize_fp8(on_triton(random_binades((4, 256), torch.float32, block=128)), backend="triton")
     d = dequantize_fp8(t, torch.float32, backend="triton")
-    assert_same_bits(dequantize_fp8(quantize_fp8(d, backend="triton"), torch.float32, backend="triton"), d)
+    again = dequantize_fp8(quantize_fp8(d, backend="triton"), torch.float32, backend="triton")
+    assert_same_bits(on_cpu(again), on_cpu(d))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -118,48 +124,55 @@ def test_nan_and_inf_make_exactly_their_own_tile_nan(seed, bad):
     x = random_binades((3, 512), torch.bfloat16, block=128)
     r, c = int(torch.randint(3, ())), int(torch.randint(512, ()))
     x[r, c] = bad
-    t = quantize_fp8(x, backend="triton")
-    d = dequantize_fp8(t, torch.float32, backend="triton")
+    t = quantize_fp8(on_triton(x), backend="triton")
+    d = on_cpu(dequantize_fp8(t, torch.float32, backend="triton"))
     expect = torch.zeros_like(d, dtype=torch.bool)
     expect[r, c // 128 * 128:(c // 128 + 1) * 128] = True
     assert torch.equal(torch.isnan(d), expect)
 
 
 def test_non_contiguous_inputs_and_strided_out_views(seed):
-    x = random_binades((256, 3), torch.float32, block=1).t()  # last dim not contiguous: copied
-    assert_same_fp8(quantize_fp8(x, backend="triton"), reference.quantize_fp8(x.contiguous()))
+    # Views and buffers are made on TRITON_DEVICE, so the kernel sees their strides.
+    base = random_binades((256, 3), torch.float32, block=1)
+    x = on_triton(base).t()  # last dim not contiguous: copied
+    assert not x.is_contiguous()
+    assert_same_fp8(on_cpu(quantize_fp8(x, backend="triton")), reference.quantize_fp8(base.t().contiguous()))
     n, h, pad = 4, 256, 5
     row = h + h // 128
-    buf = torch.full((n, row + pad), 0xCD, dtype=torch.uint8)
+    buf = torch.full((n, row + pad), 0xCD, dtype=torch.uint8, device=TRITON_DEVICE)
     y = random_binades((n, h), torch.bfloat16, block=128)
     out = FP8Tensor(buf[:, :h].view(torch.float8_e4m3fn), buf[:, h:row])
-    quantize_fp8(y, backend="triton", out=out)
+    quantize_fp8(on_triton(y), backend="triton", out=out)
     want = reference.quantize_fp8(y)
-    assert torch.equal(buf[:, :h], want.data.view(torch.uint8)) and torch.equal(buf[:, h:row], want.scales)
-    assert buf[:, row:].eq(0xCD).all()
-    dst = torch.zeros(n, 2 * h)
+    host = buf.cpu()
+    assert torch.equal(host[:, :h], want.data.view(torch.uint8)) and torch.equal(host[:, h:row], want.scales)
+    assert host[:, row:].eq(0xCD).all()
+    dst = torch.zeros(n, 2 * h, device=TRITON_DEVICE)
     dequantize_fp8(out, torch.float32, backend="triton", out=dst[:, h:])
-    assert_same_bits(dst[:, h:], reference.dequantize_fp8(want, torch.float32))
-    assert dst[:, :h].eq(0).all()
+    host = dst.cpu()
+    assert_same_bits(host[:, h:], reference.dequantize_fp8(want, torch.float32))
+    assert host[:, :h].eq(0).all()
 
 
 def test_empty_tensors():
-    t = quantize_fp8(torch.zeros(0, 128, dtype=torch.float16), backend="triton")
+    t = quantize_fp8(torch.zeros(0, 128, dtype=torch.float16, device=TRITON_DEVICE), backend="triton")
     assert t.data.shape == (0, 128) and t.scales.shape == (0, 1)
     assert dequantize_fp8(t, torch.float32, backend="triton").shape == (0, 128)
 
 
 def test_triton_wrapper_rejects_bad_arguments():
+    dev = TRITON_DEVICE  # every operand where the kernel would run, so only the named defect is wrong
     with pytest.raises(ValueError, match="block_k must be a power of two >= 128"):
-        fp8_quantize_triton(torch.randn(1, 128), block_k=64)
+        fp8_quantize_triton(torch.randn(1, 128, device=dev), block_k=64)
     with pytest.raises(ValueError, match=r"multiple of 128, got shape \(1, 96\)"):
-        fp8_quantize_triton(torch.randn(1, 96))
+        fp8_quantize_triton(torch.randn(1, 96, device=dev))
     with pytest.raises(ValueError, match="out must be"):
-        fp8_dequantize_triton(quantize_fp8(torch.randn(1, 128)), torch.float32, out=torch.zeros(1, 256))
+        fp8_dequantize_triton(quantize_fp8(torch.randn(1, 128, device=dev)), torch.float32,
+                              out=torch.zeros(1, 256, device=dev))
 
 
 def test_scale_inv_matches_the_scale_bytes(seed):
-    t = quantize_fp8(random_binades((2, 256), torch.float32, block=128), backend="triton")
+    t = on_cpu(quantize_fp8(on_triton(random_binades((2, 256), torch.float32, block=128)), backend="triton"))
     k = t.scales.to(torch.int64) - 127
     assert torch.equal(t.scale_inv(), torch.tensor([[math.ldexp(1.0, int(v)) for v in r] for r in k.tolist()]))
 
