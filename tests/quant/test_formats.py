@@ -249,6 +249,27 @@ def test_bad_out_containers_raise():
 
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    # The premise (CPU tensors, interpreter off) holds on every machine: the check reads the environment
+    # at call time and refuses before any kernel is launched, with or without a GPU.
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         quantize_mxfp4(torch.zeros(1, 32), backend="triton")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        dequantize_mxfp4(reference.quantize_mxfp4(torch.zeros(1, 32), "rceil"), backend="triton")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        quantize_fp8(torch.zeros(1, 128), backend="triton")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        dequantize_fp8(reference.quantize_fp8(torch.zeros(1, 128)), backend="triton")
+
+
+@pytest.mark.gpu
+def test_triton_backend_on_cuda_needs_no_interpreter(monkeypatch):
+    # The other side of the rule: CUDA tensors run the compiled kernels with TRITON_INTERPRET unset.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(2, 128)
+    t, want = quantize_mxfp4(x.cuda(), backend="triton"), reference.quantize_mxfp4(x, "rceil")
+    assert t.device.type == "cuda"
+    assert torch.equal(t.data.cpu(), want.data) and torch.equal(t.scales.cpu(), want.scales)
+    q, want8 = quantize_fp8(x.cuda(), backend="triton"), reference.quantize_fp8(x)
+    assert torch.equal(q.data.view(torch.uint8).cpu(), want8.data.view(torch.uint8))
+    assert torch.equal(q.scales.cpu(), want8.scales)
