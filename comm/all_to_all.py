@@ -1,20 +1,29 @@
 """Compressed all-to-all with the signatures of `torch.distributed.all_to_all_single` / `all_to_all`.
 
-One call = one header exchange (skipped with `check=False`: a check that every rank agrees on the format),
-one encode kernel into a packed buffer `uint8 [N, row_bytes]`, ONE `dist.all_to_all_single` of that
-buffer with the caller's row splits, and one decode kernel into the output. With `chunks=c > 1` the rows
-of every split are cut into `c` row ranges and exchanged in `c` collectives, so that on a GPU encoding
-chunk k+1 (side stream) overlaps the transfer of chunk k, and decoding chunk k (another side stream)
-overlaps the transfer of chunk k+1.
+One call (chunks=1, the default `DEFAULT_CHUNKS`): one encode kernel into a packed buffer
+`uint8 [N, row_bytes]`, ONE `dist.all_to_all_single` of that buffer with the caller's row splits, and one
+decode kernel into the output; "raw" with contiguous tensors sends the caller's own memory (zero copy).
+Before it, the format check of `comm.header` (by default once per call signature and group).
+
+Pipelined (chunks=c > 1): the rows this rank sends to itself never cross a link: they are encoded and
+decoded locally while the transfers run. The rows for the other ranks are cut into c row ranges per
+split and exchanged by c collectives; on a GPU, encoding chunk k+1 (side stream `enc`) overlaps the
+transfer of chunk k, and decoding chunk k (side stream `dec`) overlaps the transfer of chunk k+1.
+
+Why chunks across all peers and not one step per destination: a step per destination (encode the rows
+for peer p, send/recv them, decode the rows from peer p) needs (W-1)*c collectives for the same number
+of codec launches, since each contiguous row range is one launch either way; chunking every split keeps
+one collective per chunk. With W = 2 both are the same schedule: one launch per chunk and side.
+For W > 2 a chunk is W-1 row ranges, so W-1 encode launches (one kernel over all of them would need a
+row-gather encode in `mxa2a.quant`).
 
 Bytes on the wire per row of H elements: raw = H * itemsize, bf16 = 2H, fp8 = H + H/128,
-mxfp4 = H/2 + H/32 (see `mxa2a.quant.wire`), plus the header: one `all_gather` of `8 + 2W` int64 per
-rank (W = group size), i.e. `8W(8 + 2W)` bytes received per rank per call.
+mxfp4 = H/2 + H/32 (see `mxa2a.quant.wire`), plus, on checked calls only, the header: one `all_gather`
+of `10 + 2W` int64 per rank (W = group size), i.e. `8W(10 + 2W)` bytes received per rank.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import math
@@ -26,10 +35,10 @@ import torch.distributed as dist
 
 from ..quant.formats import FP8Tensor
 from ..quant.wire import RawWire, Rows, WireCodec, get_codec
+from .header import agree, call_signature, resolve_check
 
-_HEADER_MAGIC = 0x6D786132  # "mxa2" : guards against a header colliding with some other collective
-_HEADER_FIELDS = ("magic", "error", "wire", "scale_mode", "chunks", "row_elems", "raw dtype", "row_bytes")
-_WIRE_NAMES = {1: "raw", 2: "bf16", 3: "fp8", 4: "mxfp4"}
+# chunks=None means this. 1 until a measurement on GPUs shows a pipelined default to be faster.
+DEFAULT_CHUNKS = 1
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,7 +129,7 @@ def _resolve_splits(name: str, splits, rows: int, tensor_name: str, world: int) 
 
 def _resolve_chunks(chunks) -> int:
     if chunks is None:
-        return 1
+        return DEFAULT_CHUNKS
     if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
         raise ValueError(f"chunks must be None or an int >= 1, got {chunks!r}")
     return chunks
@@ -130,69 +139,17 @@ def _dtype_code(dtype: torch.dtype) -> int:
     return zlib.crc32(str(dtype).encode())
 
 
-def _header_device(group, hint: torch.device | None) -> torch.device:
-    """CPU when the group has a CPU backend (gloo, mpi, or 'cpu:gloo,cuda:nccl'), else the CUDA device."""
-    backend = str(dist.get_backend(group)).lower()
-    if backend == "nccl":
-        if hint is not None and hint.type == "cuda":
-            return hint
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+_codec_cache: dict = {}
 
 
-def _exchange_header(fields: list[int], world: int, group, device: torch.device) -> list[list[int]]:
-    """All-gather every rank's header. Syncs the host (reads the result); on an NCCL-only group this is
-    also a device sync (the host waits for the work already queued on the current stream)."""
-    mine = torch.tensor(fields, dtype=torch.int64, device=device)
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    return torch.stack(gathered).tolist()
-
-
-def _check_headers(op: str, headers: list[list[int]], world: int) -> None:
-    """Raise the same exception on every rank when the ranks' headers disagree."""
-    bad = [r for r, h in enumerate(headers) if h[0] != _HEADER_MAGIC]
-    if bad:
-        raise RuntimeError(f"{op}: ranks {bad} sent no mxa2a header: every rank of the group must call "
-                           f"{op} (not torch.distributed's) at the same time")
-    faulty = [r for r, h in enumerate(headers) if h[1] != 0]
-    if faulty:
-        raise RuntimeError(f"{op}: rank(s) {faulty} rejected their arguments (see the exception raised "
-                           f"there); nothing was exchanged")
-    for i, field in enumerate(_HEADER_FIELDS[2:], start=2):
-        values = [h[i] for h in headers]
-        if len(set(values)) > 1:
-            if field == "wire":
-                values = [_WIRE_NAMES.get(v, f"codec#{v}") for v in values]
-            elif field == "scale_mode":
-                values = [("-", "floor", "rceil")[v] if 0 <= v <= 2 else v for v in values]
-            raise ValueError(f"{op}: ranks disagree on the {field} (by rank: {values}); every rank must "
-                             f"use the same wire format, scale_mode, chunks and row shape")
-    base = len(_HEADER_FIELDS)
-    for i in range(world):
-        for j in range(world):
-            sent = headers[i][base + j]
-            expected = headers[j][base + world + i]
-            if sent != expected:
-                raise ValueError(f"{op}: rank {i} sends {sent} rows to rank {j} (its input_split_sizes[{j}])"
-                                 f" but rank {j} expects {expected} (its output_split_sizes[{i}])")
-
-
-def _agree(op: str, group, world: int, device_hint: torch.device | None, plan_fields: list[int] | None,
-           in_splits: list[int] | None, out_splits: list[int] | None, local_error: BaseException | None,
-           chunks: int, check: bool) -> None:
-    if not check:
-        if local_error is not None:
-            raise local_error
-        return
-    if local_error is not None or plan_fields is None:
-        fields = [_HEADER_MAGIC, 1] + [0] * (len(_HEADER_FIELDS) - 2) + [0] * (2 * world)
-    else:
-        fields = [_HEADER_MAGIC, 0] + plan_fields[:2] + [chunks] + plan_fields[2:] + in_splits + out_splits
-    headers = _exchange_header(fields, world, group, _header_device(group, device_hint))
-    if local_error is not None:
-        raise local_error
-    _check_headers(op, headers, world)
+def _codec(wire: str | WireCodec, scale_mode: str) -> WireCodec:
+    """`get_codec`, remembered per (name, scale_mode): codec objects are frozen, so one serves every call."""
+    if not isinstance(wire, str) or not isinstance(scale_mode, str):
+        return get_codec(wire, scale_mode)
+    codec = _codec_cache.get((wire, scale_mode))
+    if codec is None:
+        codec = _codec_cache[(wire, scale_mode)] = get_codec(wire, scale_mode)
+    return codec
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -200,9 +157,9 @@ def _agree(op: str, group, world: int, device_hint: torch.device | None, plan_fi
 
 class AllToAllWork:
     """Handle of an `async_op=True` call. `wait()` waits for the transfer and decodes into the output
-    (on a GPU: enqueues the decode and makes the current stream wait, like a NCCL Work; on CPU: blocks).
-    `is_completed()` is non-blocking; once it returns True the output holds the result (on a GPU: in
-    the current stream's order, as after `wait()`)."""
+    (on a GPU: enqueues what is left and makes the current stream wait, like a NCCL Work, without
+    blocking the host; on CPU: blocks). `is_completed()` is non-blocking; once it returns True the
+    output holds the result (on a GPU: in the current stream's order, as after `wait()`)."""
 
     def __init__(self, finish: Callable[[], None], poll: Callable[[], bool]) -> None:
         self._finish = finish
@@ -224,10 +181,12 @@ class AllToAllWork:
 _side_streams: dict = {}
 
 
-def _streams(device: torch.device):
-    if device not in _side_streams:
-        _side_streams[device] = (torch.cuda.Stream(device), torch.cuda.Stream(device))
-    return _side_streams[device]
+def _streams(device: torch.device) -> tuple:
+    """(enc, dec): the two side streams of the pipelined exchange on `device`, made once per process."""
+    streams = _side_streams.get(device)
+    if streams is None:
+        streams = _side_streams[device] = (torch.cuda.Stream(device), torch.cuda.Stream(device))
+    return streams
 
 
 class _Exchange:
@@ -238,8 +197,19 @@ class _Exchange:
         self.codec, self.in_parts, self.out_parts = codec, in_parts, out_parts
         self.in_splits, self.out_splits = in_splits, out_splits
         self.row_bytes, self.device, self.group, self.chunks = row_bytes, device, group, chunks
-        self.in_off = [0] + list(itertools.accumulate(in_splits))
-        self.out_off = [0] + list(itertools.accumulate(out_splits))
+        self.in_off = [0, *itertools.accumulate(in_splits)]
+        self.out_off = [0, *itertools.accumulate(out_splits)]
+
+    def _encode(self, a: int, b: int, dst: torch.Tensor) -> None:
+        """Encode logical input rows [a, b) into `dst` (`[b - a, row_bytes]`): one launch per input part
+        the range touches (one for all_to_all_single)."""
+        for piece, off in _slices(self.in_parts, a, b):
+            self.codec.encode(piece, dst[off:off + _nrows(piece)])
+
+    def _decode(self, src: torch.Tensor, a: int, b: int) -> None:
+        """Decode `src` (`[b - a, row_bytes]`) into logical output rows [a, b)."""
+        for piece, off in _slices(self.out_parts, a, b):
+            self.codec.decode(src[off:off + _nrows(piece)], piece)
 
     # --- one collective over everything ---------------------------------------------------------
     def _zero_copy(self, parts: list[Rows]) -> torch.Tensor | None:
@@ -253,117 +223,137 @@ class _Exchange:
         send = self._zero_copy(self.in_parts)
         if send is None:
             send = torch.empty((n, self.row_bytes), dtype=torch.uint8, device=self.device)
-            for piece, off in _slices(self.in_parts, 0, n):
-                self.codec.encode(piece, send[off:off + _nrows(piece)])
+            self._encode(0, n, send)
         recv_direct = self._zero_copy(self.out_parts)
         recv = recv_direct if recv_direct is not None else torch.empty(
             (m, self.row_bytes), dtype=torch.uint8, device=self.device)
         work = dist.all_to_all_single(recv, send, self.out_splits, self.in_splits, group=self.group,
                                       async_op=async_op)
+        if not async_op:
+            if recv_direct is None:
+                self._decode(recv, 0, m)
+            return None
 
         def finish(_send: torch.Tensor = send) -> None:  # holds the send buffer until the transfer is over
-            if work is not None:
-                work.wait()
+            work.wait()
             if recv_direct is None:
-                for piece, off in _slices(self.out_parts, 0, m):
-                    self.codec.decode(recv[off:off + _nrows(piece)], piece)
+                self._decode(recv, 0, m)
 
-        if not async_op:
-            finish()
-            return None
         return AllToAllWork(finish, work.is_completed)
 
-    # --- c collectives, each over a row range of every split ---------------------------------------
-    def _chunk(self, splits: list[int], offsets: list[int],
-               k: int) -> tuple[list[int], list[tuple[int, int]]]:
+    # --- the own rows locally, the others' in c collectives ----------------------------------------
+    def _chunk_rows(self, splits: list[int], k: int, me: int) -> list[int]:
         c = self.chunks
-        counts, ranges = [], []
-        for s, o in zip(splits, offsets):
-            lo, hi = s * k // c, s * (k + 1) // c
-            counts.append(hi - lo)
-            ranges.append((o + lo, o + hi))
-        return counts, ranges
+        return [0 if j == me else s * (k + 1) // c - s * k // c for j, s in enumerate(splits)]
 
-    def run_chunked(self, async_op: bool) -> AllToAllWork | None:
-        cuda = self.device.type == "cuda"
+    def run_pipelined(self, async_op: bool) -> AllToAllWork | None:
+        me = dist.get_rank(self.group)
+        c, rb, dev = self.chunks, self.row_bytes, self.device
+        own = self.in_splits[me]  # == self.out_splits[me], checked by the caller
+        n_send = self.in_off[-1] - own
+        n_recv = self.out_off[-1] - own
+        # One allocation for everything: [send (chunk-major) | recv (chunk-major) | own rows].
+        buf = torch.empty((n_send + n_recv + own, rb), dtype=torch.uint8, device=dev)
+        send, recv, mine = buf[:n_send], buf[n_send:n_send + n_recv], buf[n_send + n_recv:]
+
+        cuda = dev.type == "cuda"
         if cuda:
-            main = torch.cuda.current_stream(self.device)
-            enc, dec = _streams(self.device)
+            main = torch.cuda.current_stream(dev)
+            enc, dec = _streams(dev)
             enc.wait_stream(main)
             dec.wait_stream(main)
+            # Freed (buf at return, the caller's tensors whenever) only after the side streams are past
+            # this call; `dec` waits for every transfer, so NCCL's use is covered too.
+            for s in (enc, dec):
+                buf.record_stream(s)
+                for p in self.out_parts:
+                    _record_stream(p, s)
             for p in self.in_parts:
                 _record_stream(p, enc)
-            for p in self.out_parts:
-                _record_stream(p, dec)
-        ctx_enc = (lambda: torch.cuda.stream(enc)) if cuda else contextlib.nullcontext
-        ctx_dec = (lambda: torch.cuda.stream(dec)) if cuda else contextlib.nullcontext
+        ctx_enc = torch.cuda.stream(enc) if cuda else contextlib.nullcontext()
+        ctx_dec = torch.cuda.stream(dec) if cuda else contextlib.nullcontext()
 
-        def issue(k: int):
-            s_counts, s_ranges = self._chunk(self.in_splits, self.in_off[:-1], k)
-            r_counts, r_ranges = self._chunk(self.out_splits, self.out_off[:-1], k)
-            with ctx_enc():
-                send = torch.empty((sum(s_counts), self.row_bytes), dtype=torch.uint8, device=self.device)
-                recv = torch.empty((sum(r_counts), self.row_bytes), dtype=torch.uint8, device=self.device)
-                pos = 0
-                for a, b in s_ranges:
-                    for piece, off in _slices(self.in_parts, a, b):
-                        self.codec.encode(piece, send[pos + off:pos + off + _nrows(piece)])
-                    pos += b - a
-                work = dist.all_to_all_single(recv, send, r_counts, s_counts, group=self.group,
-                                              async_op=True)
-            if cuda:
-                # Freed after dec has waited for the transfer, so the allocator cannot hand them to
-                # another stream while NCCL still reads or writes them.
-                send.record_stream(dec)
-                recv.record_stream(dec)
-            return work, send, recv, r_ranges
+        works, received = [], []  # per chunk: the collective, and (rows of recv, output row ranges)
+        with ctx_enc:
+            pos_s = pos_r = 0
+            for k in range(c):
+                s_rows = self._chunk_rows(self.in_splits, k, me)
+                r_rows = self._chunk_rows(self.out_splits, k, me)
+                ns, nr = sum(s_rows), sum(r_rows)
+                chunk_send, chunk_recv = send[pos_s:pos_s + ns], recv[pos_r:pos_r + nr]
+                q = 0
+                for j, cnt in enumerate(s_rows):
+                    if cnt:
+                        a = self.in_off[j] + self.in_splits[j] * k // c
+                        self._encode(a, a + cnt, chunk_send[q:q + cnt])
+                        q += cnt
+                # Issued on `enc` right after its own encode: NCCL waits for exactly that much of `enc`.
+                works.append(dist.all_to_all_single(chunk_recv, chunk_send, r_rows, s_rows, group=self.group,
+                                                    async_op=True))
+                ranges = [(self.out_off[i] + self.out_splits[i] * k // c, cnt) for i, cnt in enumerate(r_rows)
+                          if cnt]
+                received.append((chunk_recv, ranges))
+                pos_s, pos_r = pos_s + ns, pos_r + nr
+            if own:  # overlaps the transfers in flight
+                self._encode(self.in_off[me], self.in_off[me] + own, mine)
+                self._decode(mine, self.out_off[me], self.out_off[me] + own)
 
-        def finish(item) -> None:
-            work, _send, recv, r_ranges = item
-            with ctx_dec():
-                work.wait()
-                pos = 0
-                for a, b in r_ranges:
-                    for piece, off in _slices(self.out_parts, a, b):
-                        self.codec.decode(recv[pos + off:pos + off + _nrows(piece)], piece)
-                    pos += b - a
+        def decode_received() -> None:
+            with ctx_dec:
+                for work, (chunk_recv, ranges) in zip(works, received):
+                    work.wait()  # on a GPU: `dec` waits for this chunk's transfer, the host does not
+                    q = 0
+                    for a, cnt in ranges:
+                        self._decode(chunk_recv[q:q + cnt], a, a + cnt)
+                        q += cnt
 
-        pending: collections.deque = collections.deque()
-        works = []
-        # On a CPU, work.wait() blocks the host, so an async call only issues and wait() decodes.
-        defer = async_op and not cuda
-        for k in range(self.chunks):
-            item = issue(k)
-            works.append(item[0])
-            pending.append(item)
-            if not defer and len(pending) > 1:
-                finish(pending.popleft())
+        if not cuda:
+            if not async_op:
+                decode_received()
+                return None
+            # work.wait() blocks a CPU host, so an async call decodes in wait().
+            return AllToAllWork(lambda _buf=buf: decode_received(),
+                                lambda: all(w.is_completed() for w in works))
 
-        if not defer:
-            while pending:
-                finish(pending.popleft())
+        decode_received()
+        done = (torch.cuda.Event(), torch.cuda.Event())
+        done[0].record(enc)
+        done[1].record(dec)
 
-        def complete() -> None:
-            while pending:
-                finish(pending.popleft())
-            if cuda:
-                torch.cuda.current_stream(self.device).wait_stream(dec)
+        def join() -> None:  # the caller's stream waits for the last encode / decode
+            s = torch.cuda.current_stream(dev)
+            s.wait_event(done[0])
+            s.wait_event(done[1])
 
         if not async_op:
-            if cuda:
-                main.wait_stream(dec)
+            join()
             return None
-        return AllToAllWork(complete, lambda: all(w.is_completed() for w in works))
+        return AllToAllWork(join, lambda: done[0].query() and done[1].query())
 
     def run(self, async_op: bool) -> AllToAllWork | None:
         if self.chunks == 1:
             return self.run_single(async_op)
-        return self.run_chunked(async_op)
+        return self.run_pipelined(async_op)
 
 
-def _plan_fields(codec: WireCodec, row_elems: int, row_bytes: int, dtype: torch.dtype) -> list[int]:
+def _plan_fields(codec: WireCodec, chunks: int, row_elems: int, row_bytes: int,
+                 dtype: torch.dtype) -> list[int]:
+    """The header's format fields (see `comm.header.agree`)."""
     raw_dtype = _dtype_code(dtype) if isinstance(codec, RawWire) else 0
-    return [codec.wire_id, codec.scale_mode_id, row_elems, raw_dtype, row_bytes]
+    return [codec.wire_id, codec.scale_mode_id, chunks, row_elems, raw_dtype, row_bytes]
+
+
+def _sig_wire(codec: WireCodec | None, wire, scale_mode) -> tuple:
+    """(wire, scale_mode) of the call signature: the resolved codec (which holds its scale_mode) when
+    there is one, else the arguments as given."""
+    return (codec, None) if codec is not None else (wire, scale_mode)
+
+
+def _check_own_rows(in_splits: list[int], out_splits: list[int], me: int) -> None:
+    """A rank's rows to itself are both sent and received by it: the two counts must agree."""
+    if in_splits[me] != out_splits[me]:
+        raise ValueError(f"this rank ({me}) sends {in_splits[me]} rows to itself (input_split_sizes[{me}]) "
+                         f"but expects {out_splits[me]} from itself (output_split_sizes[{me}])")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,7 +363,7 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
                       output_split_sizes: list[int] | None = None, input_split_sizes: list[int] | None = None,
                       group: dist.ProcessGroup | None = None, async_op: bool = False, *,
                       wire: str | WireCodec = "mxfp4", scale_mode: str = "rceil",
-                      chunks: int | None = None, check: bool = True) -> AllToAllWork | None:
+                      chunks: int | None = None, check: bool | str | None = None) -> AllToAllWork | None:
     """Drop-in for `torch.distributed.all_to_all_single` that sends `input` encoded with `wire`.
 
     Arguments:
@@ -383,38 +373,53 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
             one, a multiple of 32 ("mxfp4") or 128 ("fp8"), else ValueError.
         output_split_sizes / input_split_sizes: rows of dim 0 received from / sent to each rank of the
             group; None = equal split (dim 0 divisible by the group size), exactly as in torch.distributed.
+            A rank's rows to itself must be as many as its rows from itself (else ValueError).
         group, async_op: as in torch.distributed. With `async_op=True` returns an `AllToAllWork` whose
             `wait()` also finishes decoding into `output`; else returns None when `output` is ready
             (on a GPU: ready in the current stream's order).
         wire: "raw" (the input's bytes), "bf16", "fp8" (E4M3, 1x128 tiles, UE8M0 scales), "mxfp4" (E2M1,
             32-blocks, E8M0 scales) or a `mxa2a.quant.wire.WireCodec`. Same on every rank.
         scale_mode: "rceil" (default) or "floor", the MXFP4 scale rule (ignored by the other wires).
-        chunks: None or 1 = one collective; c > 1 cuts every split into c row ranges and pipelines
-            encode / transfer / decode over c collectives (on GPU on two side streams; on CPU the
-            exchange is the same, only less overlapped). Same on every rank.
-        check: True (default) = exchange and compare the header below before sending anything. False
-            skips it (no extra collective, no host sync); then, as with torch.distributed, every rank
-            must pass the same wire / scale_mode / chunks / row shape and matching splits, or the
-            exchange may hang until the process-group timeout or decode garbage, and a bad argument
-            raises only on its own rank. Same on every rank.
+        chunks: None = `DEFAULT_CHUNKS` (1). 1 = one encode launch, one collective, one decode launch.
+            c > 1 = pipelined (see the module docstring): own rows encoded and decoded locally, the
+            others' rows in c collectives overlapped with encode / decode on two side streams (GPU); on
+            CPU the result is the same. Same on every rank.
+        check: the format check (`mxa2a.comm.header`) that every rank uses the same wire format,
+            scale_mode, chunks and row shape, and matching splits, before any payload moves; on failure
+            every rank raises the same exception. None (default) = the process default, environment
+            variable MXA2A_CHECK (always / first / never, read once) else "first".
+            - True / "always": every call all-gathers a header (`10 + 2W` int64 per rank) and reads it
+              on the host: one extra collective and a host sync per call (on an NCCL-only group a
+              device sync). Debug mode; also reports a bad argument on one rank on every rank.
+            - "first": only the first call of each signature on a group checks (signature = op, wire,
+              scale_mode, chunks, input/output dtypes, row_elems; NOT the splits). Later calls with that
+              signature cost no collective and no sync. Guarantees: a misconfiguration present from the
+              first call of a signature (e.g. one rank with another wire, dtype, row size or chunks, or
+              with "always" while the others use "first") raises on every rank at that call. Not
+              detected: a rank switching to another format later while the others keep an already
+              verified signature (the ranks then fall out of step, as with torch.distributed: a hang
+              until the group's timeout, or garbage), split sizes that disagree on later calls, and a
+              bad argument on one rank of a verified call, which raises on that rank only.
+            - False / "never": no header at all; a mismatch is undetected, as with torch.distributed.
+            Every rank must use the same policy.
 
     Bytes on the wire: `row_bytes` per row, sent rows = N: mxfp4 17/32 byte per element (3.76x fewer than
-    bf16), fp8 129/128, bf16 2, raw the input's itemsize. Plus a header: one `all_gather` of `8 + 2W` int64
-    per rank, which checks that every rank uses the same wire format, scale_mode, chunks, row shape and
-    matching splits, and raises the same exception on every rank otherwise (nothing is sent then).
+    bf16), fp8 129/128, bf16 2, raw the input's itemsize; plus the header on checked calls.
 
-    Host syncs: the header check (`check=True`) reads its result on the host every call (on an NCCL-only
-    group it is a device sync; on a group with a CPU backend, e.g. "cpu:gloo,cuda:nccl", it only waits
-    for the network). Nothing else syncs: splits are host lists, as in torch.distributed.
-    With `chunks > 1` on a CPU and `async_op=True`, decoding happens in `wait()`.
+    Host syncs: only checked calls (see `check`). Nothing else syncs or reads tensor values: splits are
+    host lists, as in torch.distributed. With `chunks > 1` on a CPU and `async_op=True`, decoding
+    happens in `wait()`.
     """
     op = "all_to_all_single"
     world = dist.get_world_size(group)
+    policy = resolve_check(check)
     local_error: BaseException | None = None
+    codec = None
     fields = in_splits = out_splits = None
     hint = input.device if isinstance(input, (torch.Tensor, FP8Tensor)) else None
+    c = chunks
     try:
-        codec = get_codec(wire, scale_mode)
+        codec = _codec(wire, scale_mode)
         c = _resolve_chunks(chunks)
         _check_rows_arg("input", input)
         _check_rows_arg("output", output)
@@ -426,11 +431,14 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
                                      world)
         row_elems = _row_elems(input)
         row_bytes = codec.row_bytes(row_elems, _dtype(input))
-        fields = _plan_fields(codec, row_elems, row_bytes, _dtype(input))
+        fields = _plan_fields(codec, c, row_elems, row_bytes, _dtype(input))
     except (TypeError, ValueError) as e:
         local_error = e
-    _agree(op, group, world, hint, fields, in_splits, out_splits, local_error,
-           c if local_error is None else 0, check)
+    sig = None
+    if policy == "first":
+        sig = call_signature(op, *_sig_wire(codec, wire, scale_mode), c, [input], [output])
+    agree(op, group, world, hint, policy, sig, fields, in_splits, out_splits, local_error)
+    _check_own_rows(in_splits, out_splits, dist.get_rank(group))
     ex = _Exchange(codec, [_as_2d(input)], [_as_2d(output)], in_splits, out_splits, row_bytes, input.device,
                    group, c)
     return ex.run(async_op)
@@ -439,23 +447,26 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
 def all_to_all(output_tensor_list: list[torch.Tensor | FP8Tensor],
                input_tensor_list: list[torch.Tensor | FP8Tensor], group: dist.ProcessGroup | None = None,
                async_op: bool = False, *, wire: str | WireCodec = "mxfp4", scale_mode: str = "rceil",
-               chunks: int | None = None, check: bool = True) -> AllToAllWork | None:
+               chunks: int | None = None, check: bool | str | None = None) -> AllToAllWork | None:
     """Drop-in for `torch.distributed.all_to_all`: `input_tensor_list[j]` goes to rank j, and
     `output_tensor_list[i]` receives what rank i sent, all encoded with `wire`.
 
     The lists hold one tensor (or FP8Tensor) per rank of the group, each `[n_j, *rest]` with the same
     number of elements per row; the tensors are encoded into ONE packed buffer (one encode kernel per
     tensor, no concatenated copy) and exchanged with one `all_to_all_single` with splits `n_j`; outputs
-    must be contiguous. Everything else (wires, bytes on the wire, header check, host syncs, `chunks`,
+    must be contiguous. Everything else (wires, bytes on the wire, `check` and host syncs, `chunks`,
     return value) is as in `all_to_all_single`.
     """
     op = "all_to_all"
     world = dist.get_world_size(group)
+    policy = resolve_check(check)
     local_error: BaseException | None = None
+    codec = None
     fields = in_splits = out_splits = None
     hint = None
+    c = chunks
     try:
-        codec = get_codec(wire, scale_mode)
+        codec = _codec(wire, scale_mode)
         c = _resolve_chunks(chunks)
         for name, lst in (("input_tensor_list", input_tensor_list),
                           ("output_tensor_list", output_tensor_list)):
@@ -480,11 +491,16 @@ def all_to_all(output_tensor_list: list[torch.Tensor | FP8Tensor],
         out_splits = [t.shape[0] for t in output_tensor_list]
         row_elems = _row_elems(first)
         row_bytes = codec.row_bytes(row_elems, _dtype(first))
-        fields = _plan_fields(codec, row_elems, row_bytes, _dtype(first))
+        fields = _plan_fields(codec, c, row_elems, row_bytes, _dtype(first))
     except (TypeError, ValueError) as e:
         local_error = e
-    _agree(op, group, world, hint, fields, in_splits, out_splits, local_error,
-           c if local_error is None else 0, check)
+    sig = None
+    if policy == "first" and isinstance(input_tensor_list, (list, tuple)) \
+            and isinstance(output_tensor_list, (list, tuple)):
+        sig = call_signature(op, *_sig_wire(codec, wire, scale_mode), c, input_tensor_list,
+                             output_tensor_list)
+    agree(op, group, world, hint, policy, sig, fields, in_splits, out_splits, local_error)
+    _check_own_rows(in_splits, out_splits, dist.get_rank(group))
     ex = _Exchange(codec, [_as_2d(t) for t in input_tensor_list], [_as_2d(t) for t in output_tensor_list],
                    in_splits, out_splits, row_bytes, hint, group, c)
     return ex.run(async_op)

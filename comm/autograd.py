@@ -43,15 +43,16 @@ class _AllToAll(torch.autograd.Function):
 def all_to_all_autograd(x: torch.Tensor, output_split_sizes: list[int] | None,
                         input_split_sizes: list[int] | None, group: dist.ProcessGroup | None = None, *,
                         wire: str | WireCodec = "mxfp4", grad_wire: str | WireCodec = "raw",
-                        scale_mode: str = "rceil", check: bool = True) -> torch.Tensor:
+                        scale_mode: str = "rceil", check: bool | str | None = None) -> torch.Tensor:
     """Differentiable `all_to_all_single`: returns a new tensor `[sum(output_split_sizes), *rest]` of x's
     dtype (x is `[N, *rest]`, float32/bfloat16/float16; None splits = equal split).
 
     Forward: `all_to_all_single(y, x, output_split_sizes, input_split_sizes, group, wire=wire)`.
     Backward: `all_to_all_single(dx, dy, input_split_sizes, output_split_sizes, group, wire=grad_wire)`,
-    the straight-through gradient. Bytes on the wire, header check (`check`) and host syncs: see
-    `all_to_all_single` (one header + one exchange in forward, the same in backward; `check=False` skips
-    both headers and with them the only host syncs).
+    the straight-through gradient. Bytes on the wire, format check (`check`, None = the process default,
+    "first") and host syncs: see `all_to_all_single`. Under "first" the backward exchange is checked on
+    the first call of its own signature (`grad_wire`, the gradient's dtype); after that neither forward
+    nor backward syncs the host.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")

@@ -1,7 +1,13 @@
 """Bad input to the compressed all-to-all: a clear exception on the faulty call, on every rank, and the
-process group still usable afterwards (the header check runs before any payload is sent)."""
+process group still usable afterwards (the header check runs before any payload is sent).
+
+The ranks run in debug mode (`MXA2A_CHECK=always`: the header on every call), the mode in which a bad
+argument on one rank is reported on every rank whatever came before; the default "first" is tested in
+test_check_policy.py."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -30,7 +36,9 @@ def _good_exchange(rank: int, what: str) -> None:
 
 
 def _bad_input_body(rank: int, world: int) -> None:
+    os.environ["MXA2A_CHECK"] = "always"  # read at the first call of this fresh process
     from mxa2a.comm import all_to_all, all_to_all_single, all_to_all_autograd
+    from mxa2a.comm.header import default_check
     from mxa2a.quant.formats import FP8Tensor
 
     peer_failed = (RuntimeError, "rank(s) [{}] rejected their arguments")
@@ -77,6 +85,7 @@ def _bad_input_body(rank: int, world: int) -> None:
         ("list of the wrong length", 0, lambda: all_to_all([out[:2], out[2:]], [x[:2]]), ValueError,
          "input_tensor_list must be a list with one tensor per rank of the group (2), got 1"),
     ]
+    assert default_check() == "always"
     for what, faulty, call, exc, text in local:
         if rank == faulty:
             _expect(exc, text, call, what)

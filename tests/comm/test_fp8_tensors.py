@@ -61,8 +61,9 @@ def _fp8_body(rank: int, world: int, seed: int, device: str = "cpu") -> None:
             else:
                 sent = exact if q is not None else R.dequantize_fp8(R.quantize_fp8(src), F32)
             if kout == "fp8":
-                if wire == "fp8" and q is not None:  # a byte copy of the sender's FP8 tensor
-                    want_q = q
+                if wire == "fp8":  # the wire's FP8 bytes are copied out: the sender's FP8 tensor
+                    # (quantize_fp8 of a dequantized FP8 tensor is not always the same tensor again)
+                    want_q = q if q is not None else R.quantize_fp8(src)
                 else:
                     want_q = R.quantize_fp8(sent)
                 data, scales = _exchange_fp8(dev(want_q), n_out, outs, ins)

@@ -1,0 +1,225 @@
+"""Format agreement across the ranks of a compressed all-to-all: the `check` policy, the cache of call
+signatures behind `check="first"`, and the header the ranks all-gather to compare formats and splits.
+
+Why it exists: a rank that decodes another rank's MXFP4 bytes as FP8 (or rows of another length) gets
+numbers, not an error. Comparing a small header before the payload turns such a misconfiguration into
+the same exception on every rank. The header costs an extra collective and a host sync, so by default
+it is exchanged once per distinct call signature and process group, not on every call.
+
+Policies (`check=` of the comm calls; `None` = the process default, `MXA2A_CHECK` or "first"):
+- "always" (`True`): every call exchanges and compares the header (debug mode).
+- "first" (the default): the first call of each signature on a group exchanges the header; later calls
+  with a signature already verified on that group exchange nothing and do not sync the host.
+- "never" (`False`): no header ever; as with `torch.distributed`, a mismatch is undetected.
+
+The signature is (op, wire name or codec identity, scale_mode, chunks, input and output dtypes (or
+FP8Tensor), row_elems); row_bytes follows from wire, dtype and row_elems. Split sizes are NOT part of
+it: they change every MoE step, and ranks whose split sizes differ must still agree on whether to
+check. In a correct program every rank sees the same sequence of signatures, so the ranks check on
+the same calls; the header carries the policy and a digest of the signature so that ranks which
+disagree on either raise at the first check instead of falling out of step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+import zlib
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ..quant.formats import FP8Tensor
+
+CHECK_POLICIES = ("always", "first", "never")
+CHECK_ENV = "MXA2A_CHECK"
+DEFAULT_CHECK = "first"
+
+HEADER_MAGIC = 0x6D786132  # "mxa2": guards against a header colliding with some other collective
+# Order = order of comparison, so the most basic disagreement is the one reported.
+HEADER_FIELDS = ("magic", "error", "check policy", "wire", "scale_mode", "chunks", "row_elems", "raw dtype",
+                 "row_bytes", "call signature")
+_WIRE_NAMES = {1: "raw", 2: "bf16", 3: "fp8", 4: "mxfp4"}
+
+_env_default: str | None = None
+# group -> signatures verified on it; weak keys, so a destroyed group's entries go with it.
+_verified: "weakref.WeakKeyDictionary | dict" = weakref.WeakKeyDictionary()
+
+
+def default_check() -> str:
+    """The policy used when `check=None`: `MXA2A_CHECK` (always / first / never), read once per
+    process at the first call, else "first"."""
+    global _env_default
+    if _env_default is None:
+        value = os.environ.get(CHECK_ENV, DEFAULT_CHECK).strip().lower() or DEFAULT_CHECK
+        if value not in CHECK_POLICIES:
+            raise ValueError(f"environment variable {CHECK_ENV} must be one of {CHECK_POLICIES}, "
+                             f"got {value!r}")
+        _env_default = value
+    return _env_default
+
+
+def resolve_check(check: bool | str | None) -> str:
+    """`check` argument -> "always" | "first" | "never"."""
+    if check is None:
+        return default_check()
+    if check is True:
+        return "always"
+    if check is False:
+        return "never"
+    if isinstance(check, str) and check in CHECK_POLICIES:
+        return check
+    raise ValueError(f"check must be None (the default: {CHECK_ENV} or 'first'), True / 'always', "
+                     f"'first', or False / 'never', got {check!r}")
+
+
+def reset_verified() -> None:
+    """Forget every verified signature (tests; or after re-creating groups)."""
+    _verified.clear()
+
+
+def _kind(t: object):
+    if isinstance(t, FP8Tensor):
+        return "FP8Tensor"
+    if isinstance(t, torch.Tensor):
+        return t.dtype
+    return None
+
+
+def _kinds(ts: Sequence[object]) -> tuple:
+    if len(ts) == 1:
+        return (_kind(ts[0]),)
+    return tuple(sorted({_kind(t) for t in ts}, key=str))
+
+
+def call_signature(op: str, wire: object, scale_mode: object, chunks: object, inputs: Sequence[object],
+                   outputs: Sequence[object]) -> tuple | None:
+    """What must be the same on every rank for them to check on the same calls: (op, wire, scale_mode,
+    chunks, input kinds, output kinds, row_elems), read from the arguments as given (so that a call whose
+    arguments are rejected still has one); None when not even that can be read. `wire` is a name or a
+    codec object (the caller passes the resolved codec when there is one, so "mxfp4" and MXFP4Wire()
+    are one signature); a kind is a dtype or "FP8Tensor"."""
+    if not inputs or not outputs:
+        return None
+    in_kinds, out_kinds = _kinds(inputs), _kinds(outputs)
+    if None in in_kinds or None in out_kinds:
+        return None
+    shape = inputs[0].shape
+    row_elems = math.prod(shape[1:]) if len(shape) >= 1 else -1
+    if not isinstance(wire, str):
+        try:
+            hash(wire)
+        except TypeError:
+            wire = repr(wire)
+    return (op, wire, scale_mode, chunks, in_kinds, out_kinds, row_elems)
+
+
+def _digest(sig: tuple) -> int:
+    return zlib.crc32(repr(sig).encode())
+
+
+def _verified_on(group) -> set:
+    global _verified
+    key = group if group is not None else dist.group.WORLD
+    try:
+        return _verified.setdefault(key, set())
+    except TypeError:  # a torch build whose ProcessGroup takes no weak references: keep it alive instead
+        _verified = dict(_verified)
+        return _verified.setdefault(key, set())
+
+
+def header_device(group, hint: torch.device | None) -> torch.device:
+    """CPU when the group has a CPU backend (gloo, mpi, or 'cpu:gloo,cuda:nccl'), else the CUDA device."""
+    backend = str(dist.get_backend(group)).lower()
+    if backend == "nccl":
+        if hint is not None and hint.type == "cuda":
+            return hint
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def exchange_header(fields: list[int], world: int, group, device: torch.device) -> list[list[int]]:
+    """All-gather every rank's header. Syncs the host (reads the result); on an NCCL-only group this is
+    also a device sync (the host waits for the work already queued on the current stream)."""
+    mine = torch.tensor(fields, dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine, group=group)
+    return torch.stack(gathered).tolist()
+
+
+def check_headers(op: str, headers: list[list[int]], world: int) -> None:
+    """Raise the same exception on every rank when the ranks' headers disagree."""
+    bad = [r for r, h in enumerate(headers) if h[0] != HEADER_MAGIC]
+    if bad:
+        raise RuntimeError(f"{op}: ranks {bad} sent no mxa2a header: every rank of the group must call "
+                           f"{op} (not torch.distributed's) at the same time, with the same check policy")
+    faulty = [r for r, h in enumerate(headers) if h[1] != 0]
+    if faulty:
+        raise RuntimeError(f"{op}: rank(s) {faulty} rejected their arguments (see the exception raised "
+                           f"there); nothing was exchanged")
+    first_policy = headers[0][2] == 1 + CHECK_POLICIES.index("first")
+    for i, field in enumerate(HEADER_FIELDS[2:], start=2):
+        values = [h[i] for h in headers]
+        if len(set(values)) <= 1:
+            continue
+        if field == "call signature":
+            if not first_policy:  # only check="first" needs identical calls (to check on the same ones)
+                continue
+            raise ValueError(f"{op}: ranks disagree on the call signature (op, input/output dtypes or "
+                             f"codec; digests by rank: {values}); with check='first' every rank must make "
+                             f"the same call, as the ranks decide from it when to check. Pass check=True "
+                             f"to let ranks differ in input/output dtypes")
+        if field == "wire":
+            values = [_WIRE_NAMES.get(v, f"codec#{v}") for v in values]
+        elif field == "scale_mode":
+            values = [("-", "floor", "rceil")[v] if 0 <= v <= 2 else v for v in values]
+        elif field == "check policy":
+            values = [CHECK_POLICIES[v - 1] if 1 <= v <= 3 else v for v in values]
+        raise ValueError(f"{op}: ranks disagree on the {field} (by rank: {values}); every rank must "
+                         f"use the same check policy, wire format, scale_mode, chunks and row shape")
+    base = len(HEADER_FIELDS)
+    for i in range(world):
+        for j in range(world):
+            sent = headers[i][base + j]
+            expected = headers[j][base + world + i]
+            if sent != expected:
+                raise ValueError(f"{op}: rank {i} sends {sent} rows to rank {j} (its input_split_sizes[{j}])"
+                                 f" but rank {j} expects {expected} (its output_split_sizes[{i}])")
+
+
+def agree(op: str, group, world: int, device_hint: torch.device | None, policy: str, sig: tuple | None,
+          plan_fields: list[int] | None, in_splits: list[int] | None, out_splits: list[int] | None,
+          local_error: BaseException | None) -> None:
+    """Apply `policy` to one call: raise the local error, or exchange and compare headers, or neither.
+
+    `plan_fields` = [wire_id, scale_mode_id, chunks, row_elems, raw_dtype, row_bytes] (None when the
+    arguments were rejected locally). With "first", a call whose signature was verified on this group
+    exchanges nothing: a local error then raises on its own rank only (the others go on into the
+    payload exchange, as with torch.distributed). A signature that is new, or that cannot be read
+    from the arguments, is checked; it counts as verified only when every rank's header agreed.
+    """
+    if policy == "never":
+        if local_error is not None:
+            raise local_error
+        return
+    verified = None
+    if policy == "first":
+        verified = _verified_on(group)
+        if sig is not None and sig in verified:
+            if local_error is not None:
+                raise local_error
+            return
+    policy_id = 1 + CHECK_POLICIES.index(policy)
+    if local_error is not None or plan_fields is None:
+        fields = [HEADER_MAGIC, 1, policy_id] + [0] * (len(HEADER_FIELDS) - 3) + [0] * (2 * world)
+    else:
+        digest = _digest(sig) if sig is not None else 0
+        fields = [HEADER_MAGIC, 0, policy_id] + plan_fields + [digest] + in_splits + out_splits
+    headers = exchange_header(fields, world, group, header_device(group, device_hint))
+    if local_error is not None:
+        raise local_error
+    check_headers(op, headers, world)
+    if verified is not None and sig is not None:
+        verified.add(sig)
