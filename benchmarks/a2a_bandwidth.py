@@ -16,8 +16,8 @@ What one row means (one row per splits mode, size and wire):
 - algbw = size / time, busbw = algbw * (n-1)/n (GB/s = 1e9 B/s, as nccl-tests).
 - speedup = time of the baseline row / time of this row, same size and splits, same run. The baseline
   is `nccl` (plain `torch.distributed.all_to_all_single` of the bf16 input, no mxa2a) when measured,
-  else `raw` (mxa2a moving the bf16 bytes unchanged, with its per-call format check unless
-  `--no-format-check`), else `bf16`.
+  else `raw` (mxa2a moving the bf16 bytes unchanged, with its format check policy: by default once per
+  call signature; `--format-check` every call, `--no-format-check` never), else `bf16`.
 - max_rel_err (`--check`, on unless `--no-check`): for each received row,
   max_j |out - exact| / max_j |exact| (exact = the plain `torch.distributed` exchange of the same bf16
   input); the largest over rows and ranks. The output is filled with NaN before the checked call, so a
@@ -147,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=_csv(SPLIT_MODES, "--splits"), default=["equal"],
                    help="equal, moe, or both comma separated")
     p.add_argument("--chunks", type=int, default=None, help="passed to all_to_all_single (default: its own)")
-    p.add_argument("--format-check", action=argparse.BooleanOptionalAction, default=True,
-                   help="mxa2a's per-call header check that all ranks agree on the format (its default); "
-                        "--no-format-check passes check=False: no header exchange, no host sync")
+    p.add_argument("--format-check", action=argparse.BooleanOptionalAction, default=None,
+                   help="mxa2a's header check that all ranks agree on the format: by default mxa2a's own "
+                        "policy (MXA2A_CHECK, else once per call signature); --format-check passes "
+                        "check=True (every call: a header exchange and a host sync), --no-format-check "
+                        "check=False (never)")
     p.add_argument("--scale-mode", default="rceil", choices=("rceil", "floor"), help="MXFP4 scale rule")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="measure the error against the exact exchange (on by default, as in nccl-tests)")
@@ -353,7 +355,7 @@ class Sweep:
     wires: list[str]
     scale_mode: str
     chunks: int | None
-    format_check: bool
+    format_check: bool | None
     check: bool
     breakdown: bool
     moe: MoESplitConfig
@@ -376,8 +378,8 @@ def measure_size(sw: Sweep, mode: str, nominal: int, call_a2a: Callable[..., Any
         ref = torch.empty_like(out)
         dist.all_to_all_single(ref, inp, plan.recv_splits, plan.send_splits)
     chunk_kw = {} if sw.chunks is None else {"chunks": sw.chunks}
-    if not sw.format_check:
-        chunk_kw["check"] = False
+    if sw.format_check is not None:
+        chunk_kw["check"] = sw.format_check
     baseline, base_time = next((w for w in sw.wires if w in BASELINE_WIRES), None), None
     for wire in sw.wires:
         progress.step(f"{mode} {bc.format_size(nominal)} {wire}")
@@ -457,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
               f"backend {config['backend']}, NCCL {machine['nccl']}, torch {machine['torch']}")
         print(f"# link: {machine['link']}; env {machine['env'] or '{}'}")
         print(f"# hidden {sw.hidden} bf16, iters {iters}, warmup {warmup}, chunks {sw.chunks}, "
-              f"format check {sw.format_check}, "
+              f"format check {'default' if sw.format_check is None else sw.format_check}, "
               f"check {sw.check}; time = slowest rank's median; GB/s = 1e9 B/s; "
               f"speedup over {config['speedup_baseline']}")
         print(bc.format_header(columns), flush=True)
