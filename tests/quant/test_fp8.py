@@ -167,7 +167,7 @@ def test_triton_wrapper_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"multiple of 128, got shape \(1, 96\)"):
         fp8_quantize_triton(torch.randn(1, 96, device=dev))
     with pytest.raises(ValueError, match="out must be"):
-        fp8_dequantize_triton(quantize_fp8(torch.randn(1, 128, device=dev)), torch.float32,
+        fp8_dequantize_triton(quantize_fp8(torch.randn(1, 128, device=dev), backend="triton"), torch.float32,
                               out=torch.zeros(1, 256, device=dev))
 
 
