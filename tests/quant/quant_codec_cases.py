@@ -80,9 +80,9 @@ def edge_cases(k: int) -> dict[str, torch.Tensor]:
 
 
 def to_device(obj, device):
-    """A tensor, `MXFP4Tensor` or `FP8Tensor` with its tensors on `device` (the object itself when it is
-    already there, so views and their strides are kept; a strided view that must stay strided on the
-    device is built there from a buffer allocated on it)."""
+    """A tensor, `MXFP4Tensor` or `FP8Tensor` with its tensors on `device`. Tensors already there are kept
+    as they are (views, strides); a copy to another device makes a non-dense view contiguous, so a test
+    that needs a strided view on the device moves the whole base there and takes the view after."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, MXFP4Tensor):
