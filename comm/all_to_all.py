@@ -18,7 +18,8 @@ For W > 2 a chunk is W-1 row ranges, so W-1 encode launches (one kernel over all
 row-gather encode in `mxa2a.quant`).
 
 Bytes on the wire per row of H elements: raw = H * itemsize, bf16 = 2H, fp8 = H + H/128,
-mxfp4 = H/2 + H/32 (see `mxa2a.quant.wire`), plus, on checked calls only, the header: one `all_gather`
+mxfp4 = H/2 + H/32, the last two padded up to a multiple of 16 bytes so every row and every peer's block
+is 16-byte aligned (see `mxa2a.quant.wire`; H=7168: fp8 7232, mxfp4 3808), plus, on checked calls only, the header: one `all_gather`
 of `10 + 2W` int64 per rank (W = group size), i.e. `8W(10 + 2W)` bytes received per rank.
 """
 
@@ -262,14 +263,21 @@ class _Exchange:
             enc, dec = _streams(dev)
             enc.wait_stream(main)
             dec.wait_stream(main)
-            # Freed (buf at return, the caller's tensors whenever) only after the side streams are past
-            # this call; `dec` waits for every transfer, so NCCL's use is covered too.
-            for s in (enc, dec):
-                buf.record_stream(s)
-                for p in self.out_parts:
-                    _record_stream(p, s)
-            for p in self.in_parts:
-                _record_stream(p, enc)
+            if async_op:
+                # The caller's stream joins the side streams only in wait(): until then, memory freed
+                # (buf at return, the caller's tensors whenever) must stay reserved for them. `dec` waits
+                # for every transfer, so NCCL's use is covered too.
+                for s in (enc, dec):
+                    buf.record_stream(s)
+                    for p in self.out_parts:
+                        _record_stream(p, s)
+                for p in self.in_parts:
+                    _record_stream(p, enc)
+            # A blocking call records no stream: the caller's stream waits for `enc` and `dec` before this
+            # returns, so anything later allocated from `buf` (or the caller's tensors) in its order runs
+            # after them. record_stream here made each call's 1.5 N-row buffer unusable to the next
+            # call until the GPU caught up, so back-to-back calls hit cudaMalloc and the host waited for
+            # the GPU (host time ~ GPU time at chunks >= 4 on 2x H100).
         ctx_enc = torch.cuda.stream(enc) if cuda else contextlib.nullcontext()
         ctx_dec = torch.cuda.stream(dec) if cuda else contextlib.nullcontext()
 
@@ -404,7 +412,9 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
             Every rank must use the same policy.
 
     Bytes on the wire: `row_bytes` per row, sent rows = N: mxfp4 17/32 byte per element (3.76x fewer than
-    bf16), fp8 129/128, bf16 2, raw the input's itemsize; plus the header on checked calls.
+    bf16), fp8 129/128, bf16 2, raw the input's itemsize; fp8 and mxfp4 rows are padded to a multiple of
+    16 bytes (alignment for NCCL and the codecs; H=7168: fp8 7232, mxfp4 3808); plus the header on
+    checked calls.
 
     Host syncs: only checked calls (see `check`). Nothing else syncs or reads tensor values: splits are
     host lists, as in torch.distributed. With `chunks > 1` on a CPU and `async_op=True`, decoding

@@ -56,7 +56,9 @@ def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
     for key in ("hostname", "date_utc", "command", "torch", "triton", "gpu_count", "nccl", "env", "hosts"):
         assert key in data["machine"], key
 
-    wire_bytes = {"nccl": 2 * hidden, "raw": 2 * hidden, "fp8": hidden + hidden // 128, "mxfp4": hidden // 2 + hidden // 32}
+    pad16 = lambda n: -(-n // 16) * 16  # quantized wire rows are padded to 16 bytes (mxa2a.quant.wire)
+    wire_bytes = {"nccl": 2 * hidden, "raw": 2 * hidden, "fp8": pad16(hidden + hidden // 128),
+                  "mxfp4": pad16(hidden // 2 + hidden // 32)}
     bounds = {"nccl": 0.0, "raw": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2 * (1 + 1e-6)}
     for r in rows:
         assert r["rows"] == r["nominal_bytes"] // (2 * hidden)
