@@ -6,6 +6,11 @@
   broadcasts them, so no MASTER_ADDR is needed (one set by the user is used as is).
 - a plain `python` process: a group of one.
 
+mpirun on one node without ssh (containers): Open MPI checks for its remote launch agent (ssh, then rsh)
+even when every rank is local, and stops with `The value of the MCA parameter "plm_rsh_agent" was set to
+a path that could not be found`. Only remote launches run the agent, so name any existing program:
+`OMPI_MCA_plm_rsh_agent=false mpirun -np 2 python train.py` (or `mpirun --mca plm_rsh_agent false ...`).
+
 The CUDA device is chosen from the local rank; the backend is NCCL with CUDA, gloo without.
 """
 

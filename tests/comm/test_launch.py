@@ -4,6 +4,7 @@ fresh processes; and the launcher detection for MPICH/Hydra variables."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,13 +23,17 @@ def _clean_env() -> dict[str, str]:
            if k not in _LAUNCH_VARS and not k.startswith(("OMPI_", "PMIX_", "TORCHELASTIC_"))}
     env["OMP_NUM_THREADS"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU everywhere: this tests the launch, not the GPU path
+    # Single node: Open MPI needs no remote agent, but refuses to start when its default (ssh/rsh) is
+    # missing; any existing program satisfies it (see mxa2a.comm.launch).
+    env["OMPI_MCA_plm_rsh_agent"] = os.environ.get("OMPI_MCA_plm_rsh_agent", "false")
     return env
 
 
 def _run(cmd: list[str], n: int) -> None:
     proc = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("OK "))
+    # Ranks share stdout, so one rank's line may land inside another's: match the records, not lines.
+    lines = sorted(re.findall(r"OK \d+/\d+ \d+ \w+", proc.stdout))
     assert lines == sorted(f"OK {r}/{n} {r} cpu" for r in range(n)), proc.stdout + proc.stderr
 
 
