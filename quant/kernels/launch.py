@@ -17,11 +17,17 @@ class LaunchConfig:
     Constraints: FP8-tile kernels need `block_k` a multiple of 128 (`fp8_to_mxfp4`, `mxfp4_to_fp8`);
     `fp8_rowwise_to_colwise` needs `block_m == 128` and `block_k` dividing 128;
     `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32;
-    `mxfp4_rowwise_to_colwise` needs both multiples of 32. All powers of two."""
+    `mxfp4_rowwise_to_colwise` needs both multiples of 32. All powers of two.
+
+    `variant` picks a kernel body where a conversion has several (same bits, different schedule):
+    0 is the original; 1 for the MXFP4 transposes quantizes in the input layout (even / odd column
+    nibble planes, column-wise block maxima as reductions over rows) and transposes only the output
+    bytes, instead of interleaving the nibbles and transposing fp32 values."""
 
     block_m: int
     block_k: int
     num_warps: int = 4
+    variant: int = 0
 
 
 CONFIGS: dict[str, LaunchConfig] = {
@@ -42,9 +48,11 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                            (32, 128, 4), (64, 128, 8)]),
     "fp8_rowwise_to_colwise": tuple(LaunchConfig(128, k, w) for k, w in
                                     [(32, 4), (64, 4), (64, 8), (128, 4), (128, 8)]),
-    "mxfp4_rowwise_to_colwise": tuple(LaunchConfig(m, k, w) for m, k, w in
-                                      [(32, 64, 4), (64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 8),
-                                       (32, 128, 4)]),
-    "mxfp4_rowwise_to_fp8_colwise": tuple(LaunchConfig(128, k, w) for k, w in
-                                          [(32, 4), (64, 4), (64, 8), (128, 4), (128, 8)]),
+    "mxfp4_rowwise_to_colwise": tuple(LaunchConfig(m, k, w, v) for m, k, w, v in
+                                      [(64, 64, 4, 0), (128, 128, 8, 0),
+                                       (64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 4, 1), (128, 128, 4, 1),
+                                       (128, 128, 8, 1), (256, 64, 8, 1), (64, 256, 8, 1)]),
+    "mxfp4_rowwise_to_fp8_colwise": tuple(LaunchConfig(128, k, w, v) for k, w, v in
+                                          [(64, 4, 0), (128, 4, 0),
+                                           (64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1)]),
 }

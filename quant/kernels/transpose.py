@@ -144,6 +144,110 @@ def _mxfp4_rowwise_to_fp8_colwise_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     tl.store(os_ptr + c64 * stride_os + pid_m, tl.where(nan_tile, 255, k + 127).to(tl.uint8), mask=col_ok)
 
 
+@triton.jit
+def _mxfp4_planes_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Variant 1 input side, no decode-side transpose: input rows [BLOCK_M*pid_m, +BLOCK_M) x packed
+    columns [BLOCK_K/2*pid_k, +BLOCK_K/2) as they lie in memory, split into the even-column (low
+    nibble) and odd-column (high nibble) code planes `[BLOCK_M, BLOCK_K/2]` (int32), with the block
+    scale as fp32 and 1 where the block scale byte is 255 (NaN), both broadcast to that shape."""
+    HK: tl.constexpr = BLOCK_K // 2
+    NB: tl.constexpr = BLOCK_K // 32
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+    pcols = pid_k * HK + tl.arange(0, HK)
+    packed = tl.load(x_ptr + r64[:, None] * stride_x + pcols[None, :],
+                     mask=row_ok[:, None] & (pcols < K // 2)[None, :], other=0,
+                     eviction_policy="evict_first").to(tl.int32)
+    bcols = pid_k * NB + tl.arange(0, NB)
+    sbyte = tl.load(xs_ptr + r64[:, None] * stride_xs + bcols[None, :],
+                    mask=row_ok[:, None] & (bcols < K // 32)[None, :], other=0).to(tl.int32)
+    scale = pow2_f32(tl.minimum(sbyte, 254) - 127)  # [BLOCK_M, NB]
+    scale = tl.reshape(tl.broadcast_to(scale[:, :, None], (BLOCK_M, NB, 16)), (BLOCK_M, HK))
+    nan = tl.reshape(tl.broadcast_to((sbyte == 255).to(tl.int32)[:, :, None], (BLOCK_M, NB, 16)),
+                     (BLOCK_M, HK))
+    return packed & 15, packed >> 4, scale, nan
+
+
+@triton.jit
+def _mxfp4_colwise_plane(code, scale, nan, o_ptr, os_ptr, pid_m, pid_k, plane, M, K, stride_o, stride_os,
+                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Quantizes one code plane `[BLOCK_M, BLOCK_K/2]` column-wise (32-row blocks) in the input layout,
+    packs row pairs into bytes, transposes only those bytes and stores output rows 2*col + plane."""
+    HK: tl.constexpr = BLOCK_K // 2
+    NM: tl.constexpr = BLOCK_M // 32
+    v = tl.reshape(e2m1_abs_f32(code & 7) * scale, (NM, 32, HK))
+    amax = tl.max(v.to(tl.int32, bitcast=True), axis=1)  # [NM, HK]; fp32 bits are ordered like |v|
+    nan_blk = (amax >= 0x7F800000) | (tl.max(tl.reshape(nan, (NM, 32, HK)), axis=1) > 0)
+    # A decoded maximum has significand 1 or 1.5, never above 1.5: floor and rceil both give f - 2.
+    e = tl.where(amax < 0x800000, -127, (amax >> 23) - 129)
+    e = tl.minimum(tl.maximum(e, -127), 127)
+    c = e2m1_round(v * pow2_f32(-e)[:, None, :]) | tl.reshape(code & 8, (NM, 32, HK))
+    c = tl.where(nan_blk[:, None, :], 0, c)
+    # Output byte (k, m/2) holds rows m (low nibble) and m + 1 (high nibble): a weighted pair sum.
+    w = (1 + 15 * tl.arange(0, 2))[None, :, None]
+    pk = tl.sum(tl.reshape(c, (BLOCK_M // 2, 2, HK)) * w, axis=1).to(tl.uint8)  # [BLOCK_M/2, HK]
+    kk = 2 * (pid_k * HK + tl.arange(0, HK)) + plane
+    k64 = kk.to(tl.int64)
+    k_ok = kk < K
+    ocols = pid_m * (BLOCK_M // 2) + tl.arange(0, BLOCK_M // 2)
+    tl.store(o_ptr + k64[:, None] * stride_o + ocols[None, :], tl.trans(pk),
+             mask=k_ok[:, None] & (ocols < M // 2)[None, :])
+    oblk = pid_m * NM + tl.arange(0, NM)
+    tl.store(os_ptr + k64[:, None] * stride_os + oblk[None, :],
+             tl.trans(tl.where(nan_blk, 255, e + 127).to(tl.uint8)),
+             mask=k_ok[:, None] & (oblk < M // 32)[None, :])
+
+
+@triton.jit
+def _mxfp4_rowwise_to_colwise_v1_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                        stride_x, stride_xs, stride_o, stride_os,
+                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    lo, hi, scale, nan = _mxfp4_planes_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                                            BLOCK_M, BLOCK_K)
+    _mxfp4_colwise_plane(lo, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 0, M, K, stride_o, stride_os,
+                         BLOCK_M, BLOCK_K)
+    _mxfp4_colwise_plane(hi, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 1, M, K, stride_o, stride_os,
+                         BLOCK_M, BLOCK_K)
+
+
+@triton.jit
+def _fp8_colwise_plane(code, scale, nan, o_ptr, os_ptr, pid_m, pid_k, plane, M, K, stride_o, stride_os,
+                       BLOCK_K: tl.constexpr):
+    """Quantizes one code plane `[128, BLOCK_K/2]` to E4M3 column-wise (one 128-row tile) in the input
+    layout, transposes only the output bytes and stores output rows 2*col + plane."""
+    HK: tl.constexpr = BLOCK_K // 2
+    v = e2m1_abs_f32(code & 7) * scale
+    amax = tl.max(v.to(tl.int32, bitcast=True), axis=0)  # [HK]
+    nan_tile = (amax >= 0x7F800000) | (tl.max(nan, axis=0) > 0)
+    k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
+    k = tl.where(amax < 0x800000, -127, k)
+    k = tl.minimum(tl.maximum(k, -127), 127)
+    c = e4m3_round(v * pow2_f32(-k)[None, :]) | ((code & 8) << 4)
+    c = tl.where(nan_tile[None, :], 0, c)
+    kk = 2 * (pid_k * HK + tl.arange(0, HK)) + plane
+    k64 = kk.to(tl.int64)
+    k_ok = kk < K
+    orows = pid_m * 128 + tl.arange(0, 128)
+    tl.store(o_ptr + k64[:, None] * stride_o + orows[None, :], tl.trans(c.to(tl.uint8)),
+             mask=k_ok[:, None] & (orows < M)[None, :])
+    tl.store(os_ptr + k64 * stride_os + pid_m, tl.where(nan_tile, 255, k + 127).to(tl.uint8), mask=k_ok)
+
+
+@triton.jit
+def _mxfp4_rowwise_to_fp8_colwise_v1_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                            stride_x, stride_xs, stride_o, stride_os,
+                                            BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    lo, hi, scale, nan = _mxfp4_planes_load(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                                            128, BLOCK_K)
+    _fp8_colwise_plane(lo, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 0, M, K, stride_o, stride_os, BLOCK_K)
+    _fp8_colwise_plane(hi, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 1, M, K, stride_o, stride_os, BLOCK_K)
+
 
 
 def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
@@ -179,9 +283,9 @@ def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
         return out
     cfg = CONFIGS["mxfp4_rowwise_to_colwise"]
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
-    _mxfp4_rowwise_to_colwise_kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0),
-                                           out.data.stride(0), out.scales.stride(0),
-                                           BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+    kernel = _mxfp4_rowwise_to_colwise_v1_kernel if cfg.variant == 1 else _mxfp4_rowwise_to_colwise_kernel
+    kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0), out.data.stride(0),
+                 out.scales.stride(0), BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return out
 
 
@@ -199,7 +303,8 @@ def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
     o = out.data.view(torch.uint8)
     cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
     grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
-    _mxfp4_rowwise_to_fp8_colwise_kernel[grid](x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0),
-                                               o.stride(0), out.scales.stride(0), BLOCK_K=cfg.block_k,
-                                               num_warps=cfg.num_warps)
+    kernel = (_mxfp4_rowwise_to_fp8_colwise_v1_kernel if cfg.variant == 1
+              else _mxfp4_rowwise_to_fp8_colwise_kernel)
+    kernel[grid](x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0), o.stride(0), out.scales.stride(0),
+                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return out
