@@ -5,9 +5,13 @@ For bf16 inputs of 16 MiB .. 1 GiB (x2 steps) as rows `[M, hidden]`, times with 
   quantize_mxfp4 (rceil) bf16 -> MXFP4      dequantize_mxfp4  MXFP4 -> bf16
   quantize_fp8           bf16 -> FP8 1x128  dequantize_fp8    FP8   -> bf16
 GB/s counts bytes read + written (data and scales); the roofline is `dst.copy_(src)` of the bf16 bytes
-measured in the same run (read + write counted). Every kernel is first checked bit for bit against
-the torch reference at one size. `--sweep` tries a few BLOCK_M / BLOCK_K / num_warps configurations
-per kernel at one size and times the table with the best. Without CUDA it runs a tiny CPU smoke test
+measured in the same run (read + write counted). "time ms" is device time per call: a spin kernel holds
+the stream while the host queues a burst of calls, so the host's Python/launch time (tens of us per
+call, which dominated small sizes before) is not counted; "call ms" is one call between two events,
+host issue included, for comparison. Every kernel is first checked bit for bit against the torch
+reference at one size. `--sweep` tries SWEEP_CONFIGS (BLOCK_M, BLOCK_K, num_warps, programs_per_sm:
+0 = one program a tile, p = p programs per SM striding over the tiles) per kernel at 32 MiB and 256 MiB
+and times the table with the winner of each size class. Without CUDA it runs a tiny CPU smoke test
 (torch reference timing, Triton interpreter check) so `make bench-codec` works anywhere; its numbers
 are not performance figures.
 
@@ -31,10 +35,12 @@ from typing import Callable
 import torch
 
 MiB = 1 << 20
-SWEEP_CONFIGS = [  # (BLOCK_M, BLOCK_K, num_warps)
-    (8, 512, 4), (16, 512, 4), (16, 512, 8), (32, 512, 8), (4, 1024, 4),
-    (8, 1024, 8), (32, 256, 4), (64, 256, 8), (64, 128, 4), (2, 2048, 8),
+SWEEP_CONFIGS = [  # (BLOCK_M, BLOCK_K, num_warps, programs_per_sm); programs_per_sm 0 = one program a tile
+    (8, 512, 4, 0), (16, 512, 4, 0), (16, 512, 8, 0), (4, 1024, 4, 0), (32, 256, 4, 0), (64, 256, 8, 0),
+    (8, 512, 4, 2), (8, 512, 4, 4), (16, 512, 4, 4), (16, 512, 8, 2), (4, 1024, 4, 4), (32, 256, 8, 2),
 ]
+SWEEP_MIB = {"small": 32, "large": 256}  # size classes: sizes below LARGE_FROM_MIB use the "small" winner
+LARGE_FROM_MIB = 128
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,12 @@ class Row:
     kernel: str
     size_mib: float  # bf16 input (or output) size
     bytes_moved: int  # read + written
-    ms: float
+    ms: float  # device time per call (host issue hidden, see _cuda_device_ms)
     gbps: float
     copy_gbps: float
     pct_of_copy: float
-    config: tuple  # (BLOCK_M, BLOCK_K, num_warps) or () for defaults / CPU
+    config: tuple  # (BLOCK_M, BLOCK_K, num_warps, programs_per_sm) or () for CPU
+    call_ms: float = 0.0  # per-call time with the host's issue time included (events around one call)
 
 
 def _bytes(kernel: str, n: int) -> int:
@@ -57,6 +64,7 @@ def _bytes(kernel: str, n: int) -> int:
 
 
 def _cuda_median_ms(fn: Callable[[int], None], n_bufs: int, repeats: int) -> float:
+    """Per-call time: events around one call, so the host's issue time (Python, checks, launch) counts."""
     for i in range(min(3, n_bufs)):  # warm-up (compiles)
         fn(i)
     torch.cuda.synchronize()
@@ -68,6 +76,29 @@ def _cuda_median_ms(fn: Callable[[int], None], n_bufs: int, repeats: int) -> flo
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+BURST = 8  # calls between one pair of events in device timing
+
+
+def _cuda_device_ms(fn: Callable[[int], None], n_bufs: int, repeats: int) -> float:
+    """Device time per call: a spin kernel holds the stream while the host queues the start event,
+    BURST calls (rotating buffers) and the end event, so the GPU runs them back to back and host issue
+    time is hidden. Median over `repeats` bursts of (elapsed / BURST)."""
+    for i in range(min(3, n_bufs)):  # warm-up (compiles)
+        fn(i)
+    torch.cuda.synchronize()
+    times = []
+    for r in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(2_000_000)  # ~1 ms of spinning: longer than issuing a burst on the host
+        start.record()
+        for j in range(BURST):
+            fn((r * BURST + j) % n_bufs)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / BURST)
     return statistics.median(times)
 
 
@@ -124,6 +155,27 @@ def check_bit_exact(x: torch.Tensor, backend: str) -> dict[str, bool]:
     return res
 
 
+def check_config(kern: str, cfg: dict, x: torch.Tensor) -> bool:
+    """One kernel with launch config `cfg` vs the torch reference on `x`, bit for bit."""
+    from mxa2a.quant import reference
+    from mxa2a.quant.kernels.fp8 import fp8_dequantize_triton, fp8_quantize_triton
+    from mxa2a.quant.kernels.mxfp4 import mxfp4_dequantize_triton, mxfp4_quantize_triton
+
+    if kern == "quantize_mxfp4":
+        r, g = reference.quantize_mxfp4(x, "rceil"), mxfp4_quantize_triton(x, "rceil", **cfg)
+        return torch.equal(r.data, g.data) and torch.equal(r.scales, g.scales)
+    if kern == "dequantize_mxfp4":
+        t = reference.quantize_mxfp4(x, "rceil")
+        return torch.equal(reference.dequantize_mxfp4(t).view(torch.int16),
+                           mxfp4_dequantize_triton(t, torch.bfloat16, **cfg).view(torch.int16))
+    if kern == "quantize_fp8":
+        r, g = reference.quantize_fp8(x), fp8_quantize_triton(x, **cfg)
+        return torch.equal(r.data.view(torch.uint8), g.data.view(torch.uint8)) and torch.equal(r.scales, g.scales)
+    t = reference.quantize_fp8(x)
+    return torch.equal(reference.dequantize_fp8(t).view(torch.int16),
+                       fp8_dequantize_triton(t, torch.bfloat16, **cfg).view(torch.int16))
+
+
 def run_cuda(args) -> dict:
     import triton
 
@@ -142,50 +194,65 @@ def run_cuda(args) -> dict:
 
     from mxa2a.quant.kernels import fp8 as fp8_kernels, mxfp4 as mxfp4_kernels
 
-    best: dict[str, dict] = {}
+    default = {}
     for kern, mod in (("quantize_mxfp4", mxfp4_kernels), ("dequantize_mxfp4", mxfp4_kernels),
                       ("quantize_fp8", fp8_kernels), ("dequantize_fp8", fp8_kernels)):
         bm, bk, nw = mod.default_blocks(hidden)
-        best[kern] = dict(block_m=bm, block_k=bk, num_warps=nw)
+        default[kern] = dict(block_m=bm, block_k=bk, num_warps=nw, programs_per_sm=0)
+    best: dict[str, dict[str, dict]] = {cls: dict(default) for cls in SWEEP_MIB}  # size class -> kernel -> cfg
     sweep = []
     if args.sweep:
-        mib = min(max(256, args.min_mib), args.max_mib)
-        rows = (mib * MiB) // (2 * hidden)
-        case = CudaCase(rows, hidden, max(1, -(-256 // mib)))
-        for kern in kernels:
-            results = []
-            for bm, bk, nw in SWEEP_CONFIGS:
-                if bk > triton.next_power_of_2(hidden):
+        x_chk = torch.randn(1000, hidden, device="cuda", dtype=torch.bfloat16) * 3  # 1000 rows: ragged tiles
+        x_chk.view(-1)[4321] = float("nan")
+        for cls, mib in SWEEP_MIB.items():
+            rows = (mib * MiB) // (2 * hidden)
+            case = CudaCase(rows, hidden, max(1, -(-256 // mib)))
+            for kern in kernels:
+                results = []
+                for bm, bk, nw, pps in SWEEP_CONFIGS:
+                    if bk > triton.next_power_of_2(hidden) or (kern.endswith("fp8") and bk < 128):
+                        continue
+                    c = dict(block_m=bm, block_k=bk, num_warps=nw, programs_per_sm=pps)
+                    if not check_config(kern, c, x_chk):
+                        print(f"  sweep {kern} {c}: MISMATCH vs reference, skipped", flush=True)
+                        sweep.append(dict(kernel=kern, size_class=cls, size_mib=mib, **c, mismatch=True))
+                        continue
+                    ms = _cuda_device_ms(case.fns({kern: c})[kern], case.n_bufs, args.repeats)
+                    gbps = _bytes(kern, case.n) / ms / 1e6
+                    results.append((c, ms, gbps))
+                    sweep.append(dict(kernel=kern, size_class=cls, size_mib=mib, **c, ms=ms, gbps=gbps))
+                    print(f"  sweep {cls:5s} {mib:4d} MiB {kern:17s} BLOCK_M={bm:3d} BLOCK_K={bk:5d} warps={nw} "
+                          f"programs/SM={pps or '-':>2}: {ms:8.4f} ms {gbps:8.1f} GB/s", flush=True)
+                if not results:
+                    print(f"best {cls} {kern}: no config matched the reference; keeping the default", flush=True)
                     continue
-                cfg = {kern: dict(block_m=bm, block_k=bk, num_warps=nw)}
-                ms = _cuda_median_ms(case.fns(cfg)[kern], case.n_bufs, args.repeats)
-                gbps = _bytes(kern, case.n) / ms / 1e6
-                results.append(((bm, bk, nw), ms, gbps))
-                sweep.append(dict(kernel=kern, size_mib=mib, block_m=bm, block_k=bk, num_warps=nw,
-                                  ms=ms, gbps=gbps))
-                print(f"  sweep {kern:17s} BLOCK_M={bm:3d} BLOCK_K={bk:5d} warps={nw}: {gbps:8.1f} GB/s",
-                      flush=True)
-            (bm, bk, nw), _, g = max(results, key=lambda r: r[2])
-            best[kern] = dict(block_m=bm, block_k=bk, num_warps=nw)
-            print(f"best {kern}: BLOCK_M={bm} BLOCK_K={bk} num_warps={nw} ({g:.1f} GB/s at {mib} MiB)")
-        del case
-        torch.cuda.empty_cache()
+                c, ms, g = max(results, key=lambda r: r[2])
+                best[cls][kern] = c
+                print(f"best {cls} {kern}: BLOCK_M={c['block_m']} BLOCK_K={c['block_k']} num_warps={c['num_warps']} "
+                      f"programs_per_sm={c['programs_per_sm']} ({g:.1f} GB/s at {mib} MiB)", flush=True)
+            del case
+            torch.cuda.empty_cache()
+        print("best configs (size class: kernel -> (BLOCK_M, BLOCK_K, num_warps, programs_per_sm)):")
+        for cls, d in best.items():
+            print(f"  {cls} (<{LARGE_FROM_MIB} MiB)" if cls == "small" else f"  {cls} (>={LARGE_FROM_MIB} MiB)",
+                  {k: tuple(v.values()) for k, v in d.items()})
 
     table: list[Row] = []
     for mib in sizes:
         rows = (mib * MiB) // (2 * hidden)
         case = CudaCase(rows, hidden, max(1, -(-256 // mib)))
-        fns = case.fns(best)
-        copy_ms = _cuda_median_ms(fns["copy"], case.n_bufs, args.repeats)
+        cfgs = best["large" if mib >= LARGE_FROM_MIB else "small"]
+        fns = case.fns(cfgs)
+        copy_ms = _cuda_device_ms(fns["copy"], case.n_bufs, args.repeats)
         copy_gbps = _bytes("copy", case.n) / copy_ms / 1e6
         table.append(Row("copy", case.n * 2 / MiB, _bytes("copy", case.n), copy_ms, copy_gbps, copy_gbps,
-                         100.0, ()))
+                         100.0, (), _cuda_median_ms(fns["copy"], case.n_bufs, args.repeats)))
         for kern in kernels:
-            ms = _cuda_median_ms(fns[kern], case.n_bufs, args.repeats)
+            ms = _cuda_device_ms(fns[kern], case.n_bufs, args.repeats)
             gbps = _bytes(kern, case.n) / ms / 1e6
-            cfg = best.get(kern)
             table.append(Row(kern, case.n * 2 / MiB, _bytes(kern, case.n), ms, gbps, copy_gbps,
-                             100.0 * gbps / copy_gbps, tuple(cfg.values()) if cfg else ()))
+                             100.0 * gbps / copy_gbps, tuple(cfgs[kern].values()),
+                             _cuda_median_ms(fns[kern], case.n_bufs, args.repeats)))
         del case
         torch.cuda.empty_cache()
     return dict(mode="cuda", device=torch.cuda.get_device_name(), check=check, sweep=sweep,
@@ -232,11 +299,14 @@ def run_cpu(args) -> dict:
 
 def print_table(res: dict) -> None:
     print(f"\ncodec throughput on {res['device']} [{res['mode']}], GB/s = (bytes read + written) / time")
-    print(f"{'kernel':18s} {'MiB bf16':>9s} {'time ms':>9s} {'GB/s':>9s} {'copy GB/s':>10s} {'% copy':>7s}  config")
+    print("time ms = device time per call (bursts of back-to-back calls, host issue hidden); call ms = one call "
+          "between two events, the host's issue time included; config = BLOCK_M x BLOCK_K x warps x programs/SM")
+    print(f"{'kernel':18s} {'MiB bf16':>9s} {'time ms':>9s} {'GB/s':>9s} {'copy GB/s':>10s} {'% copy':>7s} "
+          f"{'call ms':>9s}  config")
     for r in res["rows"]:
         cfg = "x".join(map(str, r["config"])) if r["config"] else "-"
         print(f"{r['kernel']:18s} {r['size_mib']:9.1f} {r['ms']:9.4f} {r['gbps']:9.1f} "
-              f"{r['copy_gbps']:10.1f} {r['pct_of_copy']:6.1f}%  {cfg}")
+              f"{r['copy_gbps']:10.1f} {r['pct_of_copy']:6.1f}% {r.get('call_ms', 0.0):9.4f}  {cfg}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
         print(f"wrote {args.json}")
+    if any(r.get("mismatch") for r in res["sweep"]):
+        sys.exit("bit-exactness check FAILED for a sweep config (see 'MISMATCH' above)")
     if res["check"] and not all(res["check"].values()):
         sys.exit("bit-exactness check FAILED")
 

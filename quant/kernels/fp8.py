@@ -20,15 +20,13 @@ import triton.language as tl
 
 from ..checks import check_float_input, check_out_dtype, rows_in, rows_out
 from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor
-from .mxfp4 import _BITS_VIEW, _IN_KIND, _load_f32_bits, _store_from_f32_bits
+from .mxfp4 import PERSISTENT_STAGES, _BITS_VIEW, _IN_KIND, _load_f32_bits, _store_from_f32_bits, launch_grid
 
 
 @triton.jit
-def _fp8_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
-                         IN_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
+                       IN_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     NT: tl.constexpr = BLOCK_K // 128
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rmask = rows < M
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -63,11 +61,23 @@ def _fp8_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, 
 
 
 @triton.jit
-def _fp8_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride_s, stride_o,
-                           OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fp8_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s, tiles_k, n_tiles,
+                         IN_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PERSISTENT: tl.constexpr, NUM_STAGES: tl.constexpr):
+    # PERSISTENT: a few programs per SM stride over the tiles; see mxfp4._mxfp4_quantize_kernel.
+    if PERSISTENT:
+        for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
+            _fp8_quantize_tile(t // tiles_k, t % tiles_k, x_ptr, data_ptr, scales_ptr, M, K,
+                               stride_x, stride_d, stride_s, IN_KIND, BLOCK_M, BLOCK_K)
+    else:
+        _fp8_quantize_tile(tl.program_id(0), tl.program_id(1), x_ptr, data_ptr, scales_ptr, M, K,
+                           stride_x, stride_d, stride_s, IN_KIND, BLOCK_M, BLOCK_K)
+
+
+@triton.jit
+def _fp8_dequantize_tile(pid_m, pid_k, data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride_s, stride_o,
+                         OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     NT: tl.constexpr = BLOCK_K // 128
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rmask = rows < M
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -89,6 +99,19 @@ def _fp8_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride
                          OUT_KIND, EXACT_BF16=False)
 
 
+@triton.jit
+def _fp8_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride_s, stride_o, tiles_k, n_tiles,
+                           OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                           PERSISTENT: tl.constexpr, NUM_STAGES: tl.constexpr):
+    if PERSISTENT:
+        for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
+            _fp8_dequantize_tile(t // tiles_k, t % tiles_k, data_ptr, scales_ptr, out_ptr, M, K,
+                                 stride_d, stride_s, stride_o, OUT_KIND, BLOCK_M, BLOCK_K)
+    else:
+        _fp8_dequantize_tile(tl.program_id(0), tl.program_id(1), data_ptr, scales_ptr, out_ptr, M, K,
+                             stride_d, stride_s, stride_o, OUT_KIND, BLOCK_M, BLOCK_K)
+
+
 def default_blocks(k: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_K, num_warps) used when the caller gives none: ~8K elements a program."""
     block_k = min(512, triton.next_power_of_2(k))
@@ -104,7 +127,8 @@ def _blocks(k: int, block_m: int | None, block_k: int | None, num_warps: int | N
 
 
 def fp8_quantize_triton(x: torch.Tensor, *, out: FP8Tensor | None = None, block_m: int | None = None,
-                        block_k: int | None = None, num_warps: int | None = None) -> FP8Tensor:
+                        block_k: int | None = None, num_warps: int | None = None,
+                        programs_per_sm: int | None = None) -> FP8Tensor:
     """Encode fp32/bf16/fp16 `x` `[..., K]` to FP8 1x128 with the Triton kernel (see `codecs.quantize_fp8`).
     `out` (optional) is written in place; its data/scales may be strided row views."""
     fn = "quantize_fp8"
@@ -124,15 +148,17 @@ def fp8_quantize_triton(x: torch.Tensor, *, out: FP8Tensor | None = None, block_
     m = xr.shape[0]
     bm, bk, nw = _blocks(k, block_m, block_k, num_warps)
     if m > 0:
-        grid = (triton.cdiv(m, bm), triton.cdiv(k, bk))
-        _fp8_quantize_kernel[grid](xr, dr, sr, m, k, xr.stride(0), dr.stride(0), sr.stride(0),
-                                   IN_KIND=_IN_KIND[x.dtype], BLOCK_M=bm, BLOCK_K=bk, num_warps=nw)
+        grid, tiles_k, n_tiles, pers = launch_grid(x.device, m, k, bm, bk, programs_per_sm)
+        _fp8_quantize_kernel[grid](xr, dr, sr, m, k, xr.stride(0), dr.stride(0), sr.stride(0), tiles_k, n_tiles,
+                                   IN_KIND=_IN_KIND[x.dtype], BLOCK_M=bm, BLOCK_K=bk, PERSISTENT=pers,
+                                   NUM_STAGES=PERSISTENT_STAGES, num_warps=nw)
     return FP8Tensor(out.data, out.scales)
 
 
 def fp8_dequantize_triton(t: FP8Tensor, dtype: torch.dtype = torch.bfloat16, *,
                           out: torch.Tensor | None = None, block_m: int | None = None,
-                          block_k: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+                          block_k: int | None = None, num_warps: int | None = None,
+                          programs_per_sm: int | None = None) -> torch.Tensor:
     """Decode an `FP8Tensor` to `dtype` `[..., K]` with the Triton kernel (see `codecs.dequantize_fp8`).
     The container's data/scales may be strided row views; they are read in place."""
     fn = "dequantize_fp8"
@@ -152,7 +178,8 @@ def fp8_dequantize_triton(t: FP8Tensor, dtype: torch.dtype = torch.bfloat16, *,
     m = dr.shape[0]
     bm, bk, nw = _blocks(k, block_m, block_k, num_warps)
     if m > 0:
-        grid = (triton.cdiv(m, bm), triton.cdiv(k, bk))
+        grid, tiles_k, n_tiles, pers = launch_grid(t.device, m, k, bm, bk, programs_per_sm)
         _fp8_dequantize_kernel[grid](dr, sr, orow, m, k, dr.stride(0), sr.stride(0), orow.stride(0),
-                                     OUT_KIND=_IN_KIND[dtype], BLOCK_M=bm, BLOCK_K=bk, num_warps=nw)
+                                     tiles_k, n_tiles, OUT_KIND=_IN_KIND[dtype], BLOCK_M=bm, BLOCK_K=bk,
+                                     PERSISTENT=pers, NUM_STAGES=PERSISTENT_STAGES, num_warps=nw)
     return out

@@ -40,12 +40,10 @@ def _load_f32_bits(ptr, offs, mask, IN_KIND: tl.constexpr):
 
 
 @triton.jit
-def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
-                           IN_KIND: tl.constexpr, RCEIL: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mxfp4_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
+                         IN_KIND: tl.constexpr, RCEIL: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rmask = rows < M
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -86,6 +84,22 @@ def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d
 
 
 @triton.jit
+def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s, tiles_k, n_tiles,
+                           IN_KIND: tl.constexpr, RCEIL: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_K: tl.constexpr, PERSISTENT: tl.constexpr, NUM_STAGES: tl.constexpr):
+    # PERSISTENT: a 1-D grid of a few programs per SM walks the tiles (row-major over [tiles_m, tiles_k])
+    # with a stride of the grid size; the loop is software-pipelined so a tile's loads are in flight while
+    # the previous one is computed, and per-program start-up cost is paid once per SM slot.
+    if PERSISTENT:
+        for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
+            _mxfp4_quantize_tile(t // tiles_k, t % tiles_k, x_ptr, data_ptr, scales_ptr, M, K,
+                                 stride_x, stride_d, stride_s, IN_KIND, RCEIL, BLOCK_M, BLOCK_K)
+    else:
+        _mxfp4_quantize_tile(tl.program_id(0), tl.program_id(1), x_ptr, data_ptr, scales_ptr, M, K,
+                             stride_x, stride_d, stride_s, IN_KIND, RCEIL, BLOCK_M, BLOCK_K)
+
+
+@triton.jit
 def _store_from_f32_bits(ptr, offs, mask, bits, is_nan, OUT_KIND: tl.constexpr, EXACT_BF16: tl.constexpr):
     """Store fp32 bit patterns as fp32/bf16/fp16 (one RNE rounding; canonical NaN where is_nan).
     EXACT_BF16: every value is a bf16 value already (low 16 bits zero), so bf16 is the top half."""
@@ -103,11 +117,9 @@ def _store_from_f32_bits(ptr, offs, mask, bits, is_nan, OUT_KIND: tl.constexpr, 
 
 
 @triton.jit
-def _mxfp4_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride_s, stride_o,
-                             OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mxfp4_dequantize_tile(pid_m, pid_k, data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride_s, stride_o,
+                           OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rmask = rows < M
     dcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
@@ -131,25 +143,65 @@ def _mxfp4_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stri
                          rmask[:, None] & (cols < K)[None, :], bits, is_nan, OUT_KIND, EXACT_BF16=True)
 
 
+@triton.jit
+def _mxfp4_dequantize_kernel(data_ptr, scales_ptr, out_ptr, M, K, stride_d, stride_s, stride_o, tiles_k, n_tiles,
+                             OUT_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                             PERSISTENT: tl.constexpr, NUM_STAGES: tl.constexpr):
+    if PERSISTENT:  # as in _mxfp4_quantize_kernel
+        for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
+            _mxfp4_dequantize_tile(t // tiles_k, t % tiles_k, data_ptr, scales_ptr, out_ptr, M, K,
+                                   stride_d, stride_s, stride_o, OUT_KIND, BLOCK_M, BLOCK_K)
+    else:
+        _mxfp4_dequantize_tile(tl.program_id(0), tl.program_id(1), data_ptr, scales_ptr, out_ptr, M, K,
+                               stride_d, stride_s, stride_o, OUT_KIND, BLOCK_M, BLOCK_K)
+
+
 def default_blocks(k: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_K, num_warps) used when the caller gives none: ~8K elements a program."""
     block_k = min(512, triton.next_power_of_2(k))
     return max(1, 8192 // block_k), block_k, 4
 
 
-def _blocks(k: int, block_m: int | None, block_k: int | None, num_warps: int | None) -> tuple[int, int, int]:
+def _blocks(k: int, block_m: int | None, block_k: int | None, num_warps: int | None,
+            min_k: int = 32) -> tuple[int, int, int]:
     dm, dk, dw = default_blocks(k)
     bm, bk, nw = block_m or dm, block_k or dk, num_warps or dw
-    if bk < 32 or bk & (bk - 1) or bm < 1 or bm & (bm - 1):
-        raise ValueError(f"block_k must be a power of two >= 32 and block_m a power of two, got {bm}, {bk}")
+    if bk < min_k or bk & (bk - 1) or bm < 1 or bm & (bm - 1):
+        raise ValueError(f"block_k must be a power of two >= {min_k} and block_m a power of two, got {bm}, {bk}")
     return bm, bk, nw
+
+
+_SM_COUNT: dict[int, int] = {}
+PERSISTENT_STAGES = 3  # software-pipeline depth of the persistent tile loop
+
+
+def launch_grid(device: torch.device, m: int, k: int, bm: int, bk: int,
+                programs_per_sm: int | None) -> tuple[tuple[int, ...], int, int, bool]:
+    """(grid, tiles_k, n_tiles, persistent) for [m, k] in [bm, bk] tiles. programs_per_sm 0/None: one
+    program per tile (2-D grid); p > 0: min(n_tiles, p * SM count) programs striding over the tiles
+    (the SM count of a CUDA device is cached; elsewhere (interpreter) it is taken as 1)."""
+    tiles_m, tiles_k = triton.cdiv(m, bm), triton.cdiv(k, bk)
+    n_tiles = tiles_m * tiles_k
+    if not programs_per_sm:
+        return (tiles_m, tiles_k), tiles_k, n_tiles, False
+    if programs_per_sm < 0:
+        raise ValueError(f"programs_per_sm must be >= 0, got {programs_per_sm}")
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        if idx not in _SM_COUNT:
+            _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+        sms = _SM_COUNT[idx]
+    else:
+        sms = 1
+    return (min(n_tiles, programs_per_sm * sms),), tiles_k, n_tiles, True
 
 
 def mxfp4_quantize_triton(x: torch.Tensor, scale_mode: str = "rceil", *, out: MXFP4Tensor | None = None,
                           block_m: int | None = None, block_k: int | None = None,
-                          num_warps: int | None = None) -> MXFP4Tensor:
+                          num_warps: int | None = None, programs_per_sm: int | None = None) -> MXFP4Tensor:
     """Encode fp32/bf16/fp16 `x` `[..., K]` to MXFP4 with the Triton kernel (see `codecs.quantize_mxfp4`).
-    `out` (optional) is written in place; its data/scales may be strided row views."""
+    `out` (optional) is written in place; its data/scales may be strided row views. block_m / block_k /
+    num_warps / programs_per_sm are launch tuning (see `launch_grid`); results are identical for all."""
     fn = "quantize_mxfp4"
     check_scale_mode(scale_mode)
     check_float_input(x, MXFP4_BLOCK, fn)
@@ -170,16 +222,18 @@ def mxfp4_quantize_triton(x: torch.Tensor, scale_mode: str = "rceil", *, out: MX
     m = xr.shape[0]
     bm, bk, nw = _blocks(k, block_m, block_k, num_warps)
     if m > 0:
-        grid = (triton.cdiv(m, bm), triton.cdiv(k, bk))
-        _mxfp4_quantize_kernel[grid](xr, dr, sr, m, k, xr.stride(0), dr.stride(0), sr.stride(0),
+        grid, tiles_k, n_tiles, pers = launch_grid(x.device, m, k, bm, bk, programs_per_sm)
+        _mxfp4_quantize_kernel[grid](xr, dr, sr, m, k, xr.stride(0), dr.stride(0), sr.stride(0), tiles_k, n_tiles,
                                      IN_KIND=_IN_KIND[x.dtype], RCEIL=scale_mode == "rceil",
-                                     BLOCK_M=bm, BLOCK_K=bk, num_warps=nw)
+                                     BLOCK_M=bm, BLOCK_K=bk, PERSISTENT=pers, NUM_STAGES=PERSISTENT_STAGES,
+                                     num_warps=nw)
     return MXFP4Tensor(out.data, out.scales, scale_mode)
 
 
 def mxfp4_dequantize_triton(t: MXFP4Tensor, dtype: torch.dtype = torch.bfloat16, *,
                             out: torch.Tensor | None = None, block_m: int | None = None,
-                            block_k: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+                            block_k: int | None = None, num_warps: int | None = None,
+                            programs_per_sm: int | None = None) -> torch.Tensor:
     """Decode an `MXFP4Tensor` to `dtype` `[..., K]` with the Triton kernel (see `codecs.dequantize_mxfp4`).
     The container's data/scales may be strided row views; they are read in place."""
     fn = "dequantize_mxfp4"
@@ -199,7 +253,8 @@ def mxfp4_dequantize_triton(t: MXFP4Tensor, dtype: torch.dtype = torch.bfloat16,
     m = dr.shape[0]
     bm, bk, nw = _blocks(k, block_m, block_k, num_warps)
     if m > 0:
-        grid = (triton.cdiv(m, bm), triton.cdiv(k, bk))
+        grid, tiles_k, n_tiles, pers = launch_grid(t.device, m, k, bm, bk, programs_per_sm)
         _mxfp4_dequantize_kernel[grid](dr, sr, orow, m, k, dr.stride(0), sr.stride(0), orow.stride(0),
-                                       OUT_KIND=_IN_KIND[dtype], BLOCK_M=bm, BLOCK_K=bk, num_warps=nw)
+                                       tiles_k, n_tiles, OUT_KIND=_IN_KIND[dtype], BLOCK_M=bm, BLOCK_K=bk,
+                                       PERSISTENT=pers, NUM_STAGES=PERSISTENT_STAGES, num_warps=nw)
     return out
