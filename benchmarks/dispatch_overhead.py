@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", action="store_true",
                    help="also time the wire codec's encode, the packed transfer and the decode alone")
     p.add_argument("--dynamic-check", action="store_true",
-                   help="dynamic path: mxa2a.comm's header check on every all-to-all (default off, so "
-                        "the two paths differ only by the plan)")
+                   help="dynamic path: mxa2a.comm's header check on every all-to-all (default: comm's policy, "
+                        "checked once per signature, so the two paths differ only by the plan)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write every row, the config and the machine description here")
     p.add_argument("--trace", help="directory for torch.profiler Chrome traces (rank 0)")
@@ -341,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
     for wire in args.wire:
         torch.manual_seed(args.seed)
         cfg = MoELayerConfig(hidden=args.hidden, d_expert=args.d_expert, num_experts=args.experts,
-                             top_k=args.topk, wire=wire, grad_wire="raw", wire_check=args.dynamic_check)
+                             top_k=args.topk, wire=wire, grad_wire="raw",
+                             wire_check=True if args.dynamic_check else None)
         full = MoELayer(cfg)  # same weights on every rank; each keeps its experts
         layer = MoELayer(cfg, group=group)
         local = layer.dispatcher.local_experts

@@ -12,7 +12,7 @@ One step is three calls, so that a precomputed (static) plan can replace the fir
 2. `dispatch(x, layout) -> x_local [N_local, H]`: gather rows in send order, all-to-all through
    `mxa2a.comm` with `wire` (gradients go back with `grad_wire`), regroup the received rows by local
    expert. No host sync in this module; `mxa2a.comm`'s cross-rank header check reads a small
-   all-gather on the host unless `wire_check=False`.
+   all-gather on the host when `wire_check=True`; by default only on the first call of a signature.
 3. `combine(y_local, layout, gates) -> y [T, H]`: undo the regrouping, all-to-all back with `wire`,
    unpermute, and take the gate-weighted sum over the k slots of each token. No host sync in this
    module (as for 2).
@@ -140,13 +140,14 @@ class ExpertParallelDispatcher:
     `[r * E_local, (r + 1) * E_local)`. `wire` / `grad_wire` / `scale_mode` are passed to
     `mxa2a.comm.all_to_all_autograd` for both all-to-alls of a step (dispatch and combine); each
     moves `N` rows of `H` elements, i.e. `N * row_bytes(wire, H)` bytes per direction.
-    `wire_check=False` skips comm's cross-rank header check (`check=False`: no host sync inside the
-    all-to-alls; for static plans, once the setup is known to agree on every rank).
+    `wire_check` is comm's `check`: None (default) uses comm's policy, which verifies the format once
+    per call signature (no per-call host sync); True checks every call (a host sync each: debug);
+    False never checks. Static layouts never check.
     """
 
     def __init__(self, num_experts: int, hidden: int, group: Any = None, *, wire: Any = "raw",
                  grad_wire: Any = "raw", scale_mode: str = "rceil", emulate_wire: bool = False,
-                 wire_check: bool = True) -> None:
+                 wire_check: bool | None = None) -> None:
         self.group = group
         self.ep_size = dist.get_world_size(group) if group is not None else 1
         self.ep_rank = dist.get_rank(group) if group is not None else 0

@@ -32,8 +32,9 @@ class MoELayerConfig:
     - `wire` / `grad_wire` / `scale_mode`: what the expert-parallel all-to-alls send (see
       `mxa2a.comm`); the hidden size must suit them (multiple of 32 for mxfp4, 128 for fp8).
     - `emulate_wire`: with EP size 1, quantize-dequantize where the all-to-alls would be.
-    - `wire_check`: let `mxa2a.comm` check that all ranks agree on the wire format (one small
-      host-synchronizing all-gather per all-to-all); False skips it.
+    - `wire_check`: comm's `check` for the all-to-alls: None (default) = comm's policy (the format is
+      verified on the first call of each signature, then no per-call host sync), True = every call
+      (debug; one host sync each), False = never.
     - `return_intermediates`: put the SwiGLU intermediates `[T, k, d_expert]` into the routing record
       (needed by the specialization loss; with EP they travel back over a "raw" all-to-all).
     - `use_grouped_mm`: None = `torch._grouped_mm` for bf16 CUDA inputs, a loop otherwise.
@@ -52,7 +53,7 @@ class MoELayerConfig:
     grad_wire: Any = "raw"
     scale_mode: str = "rceil"
     emulate_wire: bool = False
-    wire_check: bool = True
+    wire_check: bool | None = None
     return_intermediates: bool = False
     use_grouped_mm: bool | None = None
 
