@@ -75,6 +75,60 @@ def _fp8_to_mxfp4_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
 
 
 @triton.jit
+def _fp8_to_mxfp4_v1_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
+                            stride_q, stride_qs, stride_x, stride_xs,
+                            RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Variant 1: every value of an MXFP4 block lies in one FP8 tile, so the block maximum is the
+    # largest magnitude code (integer max; E4M3 codes are ordered like values) decoded once per block,
+    # and each value is scaled by the single per-block factor 2^(k - e): one multiply per value less.
+    NT: tl.constexpr = BLOCK_K // 128
+    NB: tl.constexpr = BLOCK_K // 32
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = row_ok[:, None] & (cols < K)[None, :]
+    code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :], mask=mask, other=0,
+                   eviction_policy="evict_first").to(tl.int32)
+    tiles = pid_k * NT + tl.arange(0, NT)
+    tmask = row_ok[:, None] & (tiles < K // 128)[None, :]
+    tbyte = tl.load(qs_ptr + r64[:, None] * stride_qs + tiles[None, :], mask=tmask, other=0).to(tl.int32)
+    bbyte = tl.reshape(tl.broadcast_to(tbyte[:, :, None], (BLOCK_M, NT, 4)), (BLOCK_M, NB))
+
+    mag = tl.reshape(code & 0x7F, (BLOCK_M, NB, 32))
+    mmax = tl.max(mag, axis=2)
+    k = tl.minimum(bbyte, 254) - 127
+    # The two-step maximum |v| = |q|max * 2^k in fp32 (Inf from 2^128 on), per block.
+    amax = (e4m3_abs_f32(mmax) * pow2_f32(k)).to(tl.int32, bitcast=True)
+    bad = (amax >= 0x7F800000) | (mmax == 0x7F) | (bbyte == 255)  # Inf, E4M3 NaN, NaN tile
+    e = (amax >> 23) - 129  # floor(log2 amax) - 2
+    if RCEIL:
+        e += ((amax & 0x7FFFFF) > 0x400000).to(tl.int32)
+    e = tl.where(amax < 0x800000, -127, e)
+    e = tl.minimum(tl.maximum(e, -127), 127)
+    # |q| * 2^(k - e) equals the two-step |v| * 2^-e wherever bad is false: k - e lies in [-7, 11] for
+    # a normal maximum and in [0, 10] for a zero / subnormal one (e = -127), so both products are exact.
+    f = pow2_f32(tl.minimum(tl.maximum(k - e, -127), 127))
+    c = e2m1_round(e4m3_abs_f32(mag) * f[:, :, None])
+    if not RCEIL:
+        c = tl.minimum(c, 7)
+    c = tl.where(bad[:, :, None], 0, c | tl.reshape((code >> 4) & 8, (BLOCK_M, NB, 32)))
+
+    lo, hi = tl.split(tl.reshape(c, (BLOCK_M, BLOCK_K // 2, 2)))
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    pcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    pmask = row_ok[:, None] & (pcols < K // 2)[None, :]
+    tl.store(x_ptr + r64[:, None] * stride_x + pcols[None, :], packed, mask=pmask)
+    bcols = pid_k * NB + tl.arange(0, NB)
+    bmask = row_ok[:, None] & (bcols < K // 32)[None, :]
+    tl.store(xs_ptr + r64[:, None] * stride_xs + bcols[None, :], tl.where(bad, 255, e + 127).to(tl.uint8),
+             mask=bmask)
+
+
+@triton.jit
 def _mxfp4_to_fp8_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
                          stride_x, stride_xs, stride_q, stride_qs,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -140,9 +194,9 @@ def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
         return MXFP4Tensor(out.data, out.scales, scale_mode)
     cfg = CONFIGS["fp8_to_mxfp4"]
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
-    _fp8_to_mxfp4_kernel[grid](q, qs, x, xs, M, K, q.stride(0), qs.stride(0), x.stride(0), xs.stride(0),
-                               RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
-                               num_warps=cfg.num_warps)
+    kernel = _fp8_to_mxfp4_v1_kernel if cfg.variant == 1 else _fp8_to_mxfp4_kernel
+    kernel[grid](q, qs, x, xs, M, K, q.stride(0), qs.stride(0), x.stride(0), xs.stride(0),
+                 RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return MXFP4Tensor(out.data, out.scales, scale_mode)
 
 
