@@ -141,6 +141,7 @@ def main() -> None:
             best_us, best = min(times, key=lambda t: t[0])
             launch.CONFIGS[name] = best
             chosen[name] = {"block_m": best.block_m, "block_k": best.block_k, "num_warps": best.num_warps,
+                            "variant": best.variant,
                             "us": best_us, "all": [{"cfg": str(c), "us": t} for t, c in times]}
             print(f"# {name}: best {best} at M={rows_list[0]}: {best_us:.1f} us "
                   f"(of {len(times)} configurations)")
