@@ -173,6 +173,57 @@ def _mxfp4_to_fp8_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     tl.store(qs_ptr + r64[:, None] * stride_qs + tiles[None, :], sbyte, mask=tmask)
 
 
+@triton.jit
+def _mxfp4_to_fp8_v1_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
+                            stride_x, stride_xs, stride_q, stride_qs,
+                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Variant 1: block maxima from the integer maximum of the E2M1 codes (ordered like values), decoded
+    # once per block; every value is scaled by the one per-block factor 2^(b - 127 - k): one multiply
+    # per value less than `_mxfp4_to_fp8_kernel`.
+    NT: tl.constexpr = BLOCK_K // 128
+    NB: tl.constexpr = BLOCK_K // 32
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+
+    pcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    pmask = row_ok[:, None] & (pcols < K // 2)[None, :]
+    packed = tl.load(x_ptr + r64[:, None] * stride_x + pcols[None, :], mask=pmask, other=0,
+                     eviction_policy="evict_first").to(tl.int32)
+    code = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_M, NB, 32))
+    bcols = pid_k * NB + tl.arange(0, NB)
+    bmask = row_ok[:, None] & (bcols < K // 32)[None, :]
+    bbyte = tl.load(xs_ptr + r64[:, None] * stride_xs + bcols[None, :], mask=bmask, other=0).to(tl.int32)
+    b = tl.minimum(bbyte, 254) - 127
+    cmax = tl.max(code & 7, axis=2)  # [BLOCK_M, NB]
+    # The two-step block maximum |x|max * 2^b in fp32 (Inf from 2^128 on), then the tile maximum.
+    bmax = (e2m1_abs_f32(cmax) * pow2_f32(b)).to(tl.int32, bitcast=True)
+    amax = tl.max(tl.reshape(bmax, (BLOCK_M, NT, 4)), axis=2)
+    nan_tile = (amax >= 0x7F800000) | (tl.max(tl.reshape((bbyte == 255).to(tl.int32), (BLOCK_M, NT, 4)),
+                                                 axis=2) > 0)
+    k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
+    k = tl.where(amax < 0x800000, -127, k)
+    k = tl.minimum(tl.maximum(k, -127), 127)
+    # |x| * 2^(b - k) is the two-step |v| * 2^-k: b - k <= 7 for a block with a nonzero code; below
+    # -127 both products are < 2^-124 and round to code 0; a clamp only ever meets zero codes otherwise.
+    kb = tl.reshape(tl.broadcast_to(k[:, :, None], (BLOCK_M, NT, 4)), (BLOCK_M, NB))
+    f = pow2_f32(tl.minimum(tl.maximum(b - kb, -127), 127))
+    c = e4m3_round(e2m1_abs_f32(code & 7) * f[:, :, None]) | ((code & 8) << 4)
+    nan_b = tl.reshape(tl.broadcast_to(nan_tile[:, :, None], (BLOCK_M, NT, 4)), (BLOCK_M, NB))
+    c = tl.where(nan_b[:, :, None], 0, c)
+
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = row_ok[:, None] & (cols < K)[None, :]
+    tl.store(q_ptr + r64[:, None] * stride_q + cols[None, :],
+             tl.reshape(c, (BLOCK_M, BLOCK_K)).to(tl.uint8), mask=mask)
+    tiles = pid_k * NT + tl.arange(0, NT)
+    tmask = row_ok[:, None] & (tiles < K // 128)[None, :]
+    tl.store(qs_ptr + r64[:, None] * stride_qs + tiles[None, :],
+             tl.where(nan_tile, 255, k + 127).to(tl.uint8), mask=tmask)
+
+
 
 
 def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
@@ -217,6 +268,7 @@ def mxfp4_to_fp8_triton(t: MXFP4Tensor, *, out: FP8Tensor | None = None) -> FP8T
         return out
     cfg = CONFIGS["mxfp4_to_fp8"]
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
-    _mxfp4_to_fp8_kernel[grid](x, xs, q, qs, M, K, x.stride(0), xs.stride(0), q.stride(0), qs.stride(0),
-                               BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+    kernel = _mxfp4_to_fp8_v1_kernel if cfg.variant == 1 else _mxfp4_to_fp8_kernel
+    kernel[grid](x, xs, q, qs, M, K, x.stride(0), xs.stride(0), q.stride(0), qs.stride(0),
+                 BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return out

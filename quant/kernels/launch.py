@@ -20,7 +20,7 @@ class LaunchConfig:
     `mxfp4_rowwise_to_colwise` needs both multiples of 32. All powers of two.
 
     `variant` picks a kernel body where a conversion has several (same bits, different schedule):
-    0 is the original; 1 for `fp8_to_mxfp4` takes each block maximum from the integer maximum of its
+    0 is the original; 1 for `fp8_to_mxfp4` / `mxfp4_to_fp8` takes each block maximum from the integer maximum of its
     codes and scales every value by one per-block power of two; 1 for the MXFP4 transposes quantizes in the input layout (even / odd column
     nibble planes, column-wise block maxima as reductions over rows) and transposes only the output
     bytes, instead of interleaving the nibbles and transposing fp32 values."""
@@ -45,8 +45,9 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                           [(16, 256, 4, 0), (32, 256, 8, 0), (16, 512, 8, 0), (4, 1024, 4, 0),
                            (16, 256, 4, 1), (32, 256, 8, 1), (16, 512, 8, 1), (4, 1024, 4, 1), (8, 1024, 8, 1),
                            (8, 512, 4, 1)]),
-    "mxfp4_to_fp8": tuple(LaunchConfig(m, k, w) for m, k, w in
-                          [(16, 256, 4), (32, 256, 8), (16, 512, 8), (4, 1024, 4), (8, 1024, 8)]),
+    "mxfp4_to_fp8": tuple(LaunchConfig(m, k, w, v) for m, k, w, v in
+                          [(16, 256, 4, 0), (32, 256, 8, 0), (4, 1024, 4, 0),
+                           (16, 256, 4, 1), (32, 256, 8, 1), (4, 1024, 4, 1), (8, 1024, 8, 1)]),
     "fp8_rowwise_to_colwise": tuple(LaunchConfig(128, k, w) for k, w in
                                     [(64, 4), (64, 8), (128, 8), (128, 16)]),
     "mxfp4_rowwise_to_colwise": tuple(LaunchConfig(m, k, w, v) for m, k, w, v in
