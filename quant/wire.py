@@ -50,6 +50,27 @@ def _codecs():
     return quant
 
 
+# Tests set this to run the direct Triton path below on CPU tensors under TRITON_INTERPRET=1.
+_TRITON_ON_CPU = False
+
+
+def _direct(t: Rows) -> bool:
+    """Whether to launch the Triton wrapper directly. The public codecs would pick Triton for CUDA
+    tensors too; going straight to `mxa2a.quant.kernels` skips their argument checks, which the comm
+    layer has already made once per call (`check_input` / `check_output`) and which cost ~50 us of
+    host time per launch on a loaded CPU. Same kernels, same bits."""
+    return t.device.type == "cuda" or _TRITON_ON_CPU
+
+
+def _trusted(cls: type, **fields):
+    """A frozen container over views this module cut from a wire buffer, without `__post_init__`'s checks:
+    the views are right by construction (`_view`), and building a checked container costs ~15 us a launch."""
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, value)
+    return obj
+
+
 def _pad(nbytes: int) -> int:
     return -(-nbytes // ROW_ALIGN) * ROW_ALIGN
 
@@ -181,13 +202,16 @@ class FP8Wire(WireCodec):
         # row_bytes = 129 t + pad (t = H/128 tiles, pad < 16 < 129), so t = row_bytes // 129.
         t = rows.shape[1] // (FP8_TILE + 1)
         h = t * FP8_TILE
-        return FP8Tensor(rows[:, :h].view(E4M3_DTYPE), rows[:, h:h + t])
+        return _trusted(FP8Tensor, data=rows[:, :h].view(E4M3_DTYPE), scales=rows[:, h:h + t])
 
     def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
         dst = self._view(out_rows)
         if isinstance(x, FP8Tensor):
             dst.data.copy_(x.data)
             dst.scales.copy_(x.scales)
+        elif _direct(x):
+            from .kernels.fp8 import fp8_quantize_triton
+            fp8_quantize_triton(x, out=dst)
         else:
             _codecs().quantize_fp8(x, out=dst)
 
@@ -196,6 +220,9 @@ class FP8Wire(WireCodec):
         if isinstance(out, FP8Tensor):
             out.data.copy_(src.data)
             out.scales.copy_(src.scales)
+        elif _direct(out):
+            from .kernels.fp8 import fp8_dequantize_triton
+            fp8_dequantize_triton(src, out.dtype, out=out)
         else:
             _codecs().dequantize_fp8(src, out.dtype, out=out)
 
@@ -239,19 +266,33 @@ class MXFP4Wire(WireCodec):
         # row_bytes = 17 b + pad (b = H/32 blocks, pad < 16 < 17), so b = row_bytes // 17.
         b = rows.shape[1] // 17
         h2 = b * 16
-        return MXFP4Tensor(rows[:, :h2], rows[:, h2:h2 + b], self.scale_mode)
+        return _trusted(MXFP4Tensor, data=rows[:, :h2], scales=rows[:, h2:h2 + b], scale_mode=self.scale_mode)
 
     def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
         dst = self._view(out_rows)
         if isinstance(x, FP8Tensor):
-            _codecs().fp8_to_mxfp4(x, scale_mode=self.scale_mode, out=dst)
+            if _direct(x):
+                from .kernels.convert import fp8_to_mxfp4_triton
+                fp8_to_mxfp4_triton(x, self.scale_mode, out=dst)
+            else:
+                _codecs().fp8_to_mxfp4(x, scale_mode=self.scale_mode, out=dst)
+        elif _direct(x):
+            from .kernels.mxfp4 import mxfp4_quantize_triton
+            mxfp4_quantize_triton(x, self.scale_mode, out=dst)
         else:
             _codecs().quantize_mxfp4(x, scale_mode=self.scale_mode, out=dst)
 
     def decode(self, rows: torch.Tensor, out: Rows) -> None:
         src = self._view(rows)
         if isinstance(out, FP8Tensor):
-            _codecs().mxfp4_to_fp8(src, out=out)
+            if _direct(out):
+                from .kernels.convert import mxfp4_to_fp8_triton
+                mxfp4_to_fp8_triton(src, out=out)
+            else:
+                _codecs().mxfp4_to_fp8(src, out=out)
+        elif _direct(out):
+            from .kernels.mxfp4 import mxfp4_dequantize_triton
+            mxfp4_dequantize_triton(src, out.dtype, out=out)
         else:
             _codecs().dequantize_mxfp4(src, out.dtype, out=out)
 

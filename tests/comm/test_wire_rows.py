@@ -36,3 +36,26 @@ def test_encode_decode_leave_the_pad_alone(codec, h, seed):
     out = torch.empty(5, h, dtype=torch.float32)
     codec.decode(rows, out)
     assert torch.equal(out, expect)
+
+
+@pytest.mark.parametrize("codec", [FP8Wire(), MXFP4Wire("rceil")], ids=lambda c: c.name)
+def test_direct_triton_path_matches_the_public_codecs(codec, monkeypatch, seed):
+    """The wire's direct Triton launch (used for CUDA tensors) gives the reference's bytes and values."""
+    from mxa2a.quant import wire
+    monkeypatch.setattr(wire, "_TRITON_ON_CPU", True)
+    h = 256
+    x = torch.randn(3, h, dtype=torch.float32, generator=torch.Generator().manual_seed(seed))
+    x[1, 5] = float("nan")
+    rb = codec.row_bytes(h, x.dtype)
+    fast = torch.zeros(3, rb, dtype=torch.uint8)
+    codec.encode(x, fast)
+    monkeypatch.setattr(wire, "_TRITON_ON_CPU", False)
+    ref = torch.zeros(3, rb, dtype=torch.uint8)
+    codec.encode(x, ref)  # CPU tensors: the public codecs' torch reference
+    assert torch.equal(fast, ref)
+    want = torch.empty(3, h, dtype=torch.bfloat16)
+    codec.decode(ref, want)
+    monkeypatch.setattr(wire, "_TRITON_ON_CPU", True)
+    got = torch.empty(3, h, dtype=torch.bfloat16)
+    codec.decode(fast, got)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
