@@ -88,6 +88,25 @@ class _WireLoopback(torch.autograd.Function):
         return wire_roundtrip(grad.contiguous(), ctx.grad_wire, ctx.scale_mode), None, None, None
 
 
+class _GatherTokenRows(torch.autograd.Function):
+    """`x [T, H] -> x[token_index] [T * k, H]` whose backward sums each token's k row gradients in slot
+    order. (The backward of `index_select`, `index_add_`, sums them with atomics on CUDA, in an order
+    that changes from run to run: input gradients would not be reproducible bit for bit.)"""
+
+    @staticmethod
+    def forward(ctx, x, token_index, inverse_permutation, top_k):
+        ctx.save_for_backward(inverse_permutation)
+        ctx.shape = (x.shape[0], top_k, x.shape[1])
+        return x.index_select(0, token_index)
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        (inverse_permutation,) = ctx.saved_tensors
+        # Row t * k + s (token t, slot s) was sent at position inverse_permutation[t * k + s].
+        grad_x = grad_rows.index_select(0, inverse_permutation).view(ctx.shape).sum(1)
+        return grad_x, None, None, None
+
+
 @dataclass(frozen=True)
 class DispatchLayout:
     """Where each (token, slot) row of one micro-batch goes, for one EP rank.
@@ -231,7 +250,7 @@ class ExpertParallelDispatcher:
         if x.dim() != 2 or x.shape[0] != layout.num_tokens or x.shape[1] != self.hidden:
             raise ValueError(f"x must be [T={layout.num_tokens}, H={self.hidden}], got {tuple(x.shape)}")
         index = layout.token_index if layout.token_index is not None else layout.permutation // layout.top_k
-        return x.index_select(0, index)
+        return _GatherTokenRows.apply(x, index, layout.inverse_permutation, layout.top_k)
 
     def send(self, rows: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
         """The dispatch all-to-all (encode + transfer + decode): rows in send order -> received rows
