@@ -190,6 +190,58 @@ def _streams(device: torch.device) -> tuple:
     return streams
 
 
+class _StagingBuffer:
+    """The packed-row buffer of blocking calls on one CUDA device, reused from call to call.
+
+    A fresh `torch.empty` per call cost host time on a GPU: ProcessGroupNCCL records its stream on the
+    buffer, so the caching allocator cannot hand the block to the next call until the transfer is over,
+    and allocating a new 0.3-1.5 GB block each call made the host wait for the GPU (host issue time close
+    to the GPU time on 2x H100). Reuse is ordered on the device: a call's stream waits for the event
+    recorded at the end of the previous call (no host sync). Async calls, whose lifetime the caller
+    controls, allocate their own. The buffer keeps the largest size asked for; `release_staging_buffers()`
+    frees it.
+    """
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+        self.done: torch.cuda.Event | None = None
+
+    def take(self, rows: int, row_bytes: int, device: torch.device) -> torch.Tensor:
+        if self.done is not None:
+            torch.cuda.current_stream(device).wait_event(self.done)
+        nbytes = rows * row_bytes
+        if self.buf is None or self.buf.numel() < nbytes:
+            self.buf = None  # back to the allocator before the larger block is taken
+            self.buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        return self.buf[:nbytes].view(rows, row_bytes)
+
+    def release(self, device: torch.device) -> None:
+        """Called at the end of a blocking call, in the caller's stream order."""
+        self.done = torch.cuda.Event()
+        self.done.record(torch.cuda.current_stream(device))
+
+
+_staging: dict[torch.device, _StagingBuffer] = {}
+
+
+def _staging_rows(rows: int, row_bytes: int, device: torch.device, async_op: bool) -> torch.Tensor:
+    """A `[rows, row_bytes]` uint8 buffer: the device's staging buffer for blocking CUDA calls (release
+    it with `_release_staging` at the end of the call), else a new tensor."""
+    if async_op or device.type != "cuda":
+        return torch.empty((rows, row_bytes), dtype=torch.uint8, device=device)
+    return _staging.setdefault(device, _StagingBuffer()).take(rows, row_bytes, device)
+
+
+def _release_staging(device: torch.device, async_op: bool) -> None:
+    if not async_op and device.type == "cuda":
+        _staging[device].release(device)
+
+
+def release_staging_buffers() -> None:
+    """Free the staging buffers kept for blocking calls (e.g. after the last exchange of a phase)."""
+    _staging.clear()
+
+
 class _Exchange:
     """One planned exchange of the logical rows `in_parts` (concatenated) into `out_parts`."""
 
@@ -221,18 +273,20 @@ class _Exchange:
 
     def run_single(self, async_op: bool) -> AllToAllWork | None:
         n, m = self.in_off[-1], self.out_off[-1]
-        send = self._zero_copy(self.in_parts)
+        send_direct, recv_direct = self._zero_copy(self.in_parts), self._zero_copy(self.out_parts)
+        staged = (n if send_direct is None else 0) + (m if recv_direct is None else 0)
+        buf = _staging_rows(staged, self.row_bytes, self.device, async_op)
+        send = send_direct
         if send is None:
-            send = torch.empty((n, self.row_bytes), dtype=torch.uint8, device=self.device)
+            send = buf[:n]
             self._encode(0, n, send)
-        recv_direct = self._zero_copy(self.out_parts)
-        recv = recv_direct if recv_direct is not None else torch.empty(
-            (m, self.row_bytes), dtype=torch.uint8, device=self.device)
+        recv = recv_direct if recv_direct is not None else buf[staged - m:]
         work = dist.all_to_all_single(recv, send, self.out_splits, self.in_splits, group=self.group,
                                       async_op=async_op)
         if not async_op:
             if recv_direct is None:
                 self._decode(recv, 0, m)
+            _release_staging(self.device, async_op)
             return None
 
         def finish(_send: torch.Tensor = send) -> None:  # holds the send buffer until the transfer is over
@@ -254,7 +308,7 @@ class _Exchange:
         n_send = self.in_off[-1] - own
         n_recv = self.out_off[-1] - own
         # One allocation for everything: [send (chunk-major) | recv (chunk-major) | own rows].
-        buf = torch.empty((n_send + n_recv + own, rb), dtype=torch.uint8, device=dev)
+        buf = _staging_rows(n_send + n_recv + own, rb, dev, async_op)
         send, recv, mine = buf[:n_send], buf[n_send:n_send + n_recv], buf[n_send + n_recv:]
 
         cuda = dev.type == "cuda"
@@ -335,6 +389,7 @@ class _Exchange:
 
         if not async_op:
             join()
+            _release_staging(dev, async_op)
             return None
         return AllToAllWork(join, lambda: done[0].query() and done[1].query())
 
