@@ -60,10 +60,48 @@ def _needs_cuda(group: Any) -> bool:
     return "nccl" in backend and "gloo" not in backend and "mpi" not in backend
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
+class _PinnedUpload:
+    """Host -> device copies of a plan's index tensors through ONE reused pinned buffer and ONE copy.
+
+    `pin_memory()` per tensor allocated page-locked memory for each of a plan's ~7 tensors, which took
+    about a second per plan on a 2x H100 VM; here the pinned buffer grows once and is reused. Before it
+    is overwritten, the host waits for the previous upload's copy (enqueued a step earlier, long done).
+    """
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+        self.copied: torch.cuda.Event | None = None
+
+    def __call__(self, tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
+        if device.type == "cpu":
+            return tensors
+        offsets, total = [], 0
+        for t in tensors:
+            offsets.append(total)
+            if t is not None:
+                total += -(-t.numel() * t.element_size() // 16) * 16  # 16-byte aligned slots
+        if self.copied is not None:
+            self.copied.synchronize()
+        if self.buf is None or self.buf.numel() < total:
+            self.buf = torch.empty(max(total, 1), dtype=torch.uint8).pin_memory()
+        for t, off in zip(tensors, offsets):
+            if t is not None:
+                n = t.numel() * t.element_size()
+                self.buf[off:off + n].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        on_device = self.buf[:total].to(device, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+        out = []
+        for t, off in zip(tensors, offsets):
+            if t is None:
+                out.append(None)
+                continue
+            n = t.numel() * t.element_size()
+            out.append(on_device[off:off + n].view(t.dtype).view(t.shape))
+        return out
+
+
+_upload = _PinnedUpload()
 
 
 def _host_ids(topk_ids: Any, num_experts: int, name: str = "topk_ids") -> torch.Tensor:
@@ -179,7 +217,7 @@ def build_plans(topk_ids: Sequence[Any], num_experts: int, *, group: Any = None,
             if g.numel() != ids.numel() or g.shape[-1] != ids.shape[1]:
                 raise ValueError(f"gates[{m}] must have the shape of topk_ids[{m}], got {tuple(g.shape)}")
             g = g.detach().reshape(ids.shape).to(torch.float32)
-            g = g.to(device, non_blocking=True) if g.device.type != "cpu" else _to_device(g, device)
+            g = g.to(device, non_blocking=True) if g.device.type != "cpu" else _upload([g], device)[0]
         plans.append(_plan_one(ids, counts[m], recv[:, m].contiguous(), num_experts, ep_size, ep_rank,
                                device, g))
     return plans
@@ -209,9 +247,10 @@ def _plan_one(ids: torch.Tensor, counts: torch.Tensor, recv_counts: torch.Tensor
         regroup = torch.argsort(local_expert_of_row, stable=True)
         inverse_regroup = _inverse(regroup)
         offsets = recv_counts.view(ep_size, n_loc).sum(0).cumsum(0).to(torch.int32)
-    dev = (lambda t: None if t is None else _to_device(t, device))  # noqa: E731
-    layout = DispatchLayout(num_tokens, top_k, dev(permutation), dev(_inverse(permutation)), send_splits,
-                            recv_splits, dev(regroup), dev(inverse_regroup), per_expert, dev(offsets),
-                            static=True, token_index=dev(permutation // top_k))
+    (perm_d, inv_d, regroup_d, inv_regroup_d, offsets_d, token_index_d, ids_d) = _upload(
+        [permutation, _inverse(permutation), regroup, inverse_regroup, offsets, permutation // top_k, ids],
+        device)
+    layout = DispatchLayout(num_tokens, top_k, perm_d, inv_d, send_splits, recv_splits, regroup_d,
+                            inv_regroup_d, per_expert, offsets_d, static=True, token_index=token_index_d)
     return DispatchPlan(num_experts, ep_size, ep_rank, ids, counts, recv_counts.view(ep_size, n_loc), layout,
-                        dev(ids), gates, device)
+                        ids_d, gates, device)
