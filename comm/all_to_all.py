@@ -227,14 +227,21 @@ _staging: dict[torch.device, _StagingBuffer] = {}
 def _staging_rows(rows: int, row_bytes: int, device: torch.device, async_op: bool) -> torch.Tensor:
     """A `[rows, row_bytes]` uint8 buffer: the device's staging buffer for blocking CUDA calls (release
     it with `_release_staging` at the end of the call), else a new tensor."""
-    if async_op or device.type != "cuda":
+    if not _uses_staging(device, async_op):
         return torch.empty((rows, row_bytes), dtype=torch.uint8, device=device)
     return _staging.setdefault(device, _StagingBuffer()).take(rows, row_bytes, device)
 
 
 def _release_staging(device: torch.device, async_op: bool) -> None:
-    if not async_op and device.type == "cuda":
+    if _uses_staging(device, async_op):
         _staging[device].release(device)
+
+
+def _uses_staging(device: torch.device, async_op: bool) -> bool:
+    # Under CUDA-graph capture the graph's own memory pool allocates, and waiting on an event recorded
+    # outside the capture is not allowed: captured calls allocate like async ones.
+    return (not async_op and device.type == "cuda"
+            and not torch.cuda.is_current_stream_capturing())
 
 
 def release_staging_buffers() -> None:
