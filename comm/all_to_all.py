@@ -38,7 +38,9 @@ from ..quant.formats import FP8Tensor
 from ..quant.wire import RawWire, Rows, WireCodec, get_codec
 from .header import agree, call_signature, resolve_check
 
-# chunks=None means this. 1 until a measurement on GPUs shows a pipelined default to be faster.
+# chunks=None means this. Measured on 2x H100 (NVLink, 1 GiB per rank, benchmarks/results/
+# profile_a2a_2xh100.txt): mxfp4 1682 us at chunks=1, 2059 at 2, 3056 at 4: issuing the pipelined
+# call costs as much host time as the GPU work it would hide, so 1 stays the default.
 DEFAULT_CHUNKS = 1
 
 
