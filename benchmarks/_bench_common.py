@@ -109,6 +109,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_or_spawn(parser: "argparse.ArgumentParser", args: "argparse.Namespace",
+                 run: Callable[["argparse.Namespace"], int]) -> int:
+    """The benchmarks' entry: with `--nproc N`, outside a launcher and not already a spawned rank, start N
+    local ranks of this script (`spawn_local`); otherwise `run(args)` in this process."""
+    if args.nproc is not None and os.environ.get(SPAWNED_ENV) != "1":
+        if launcher() is not None:
+            parser.error(f"--nproc starts its own ranks; it cannot run under {launcher()}")
+        try:
+            nproc = resolve_nproc(args.nproc)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return spawn_local(nproc)
+    return run(args)
+
+
 def spawn_local(nproc: int, argv: Sequence[str] | None = None, *, grace_s: float = 30.0) -> int:
     """Run this script again as `nproc` local ranks with the torchrun environment (RANK, WORLD_SIZE,
     LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and wait for them; returns the worst exit

@@ -502,15 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    if args.nproc is not None and os.environ.get(bc.SPAWNED_ENV) != "1":
-        if bc.launcher() is not None:
-            parser.error(f"--nproc starts its own ranks; it cannot run under {bc.launcher()}")
-        try:
-            nproc = bc.resolve_nproc(args.nproc)
-        except ValueError as exc:
-            parser.error(str(exc))
-        return bc.spawn_local(nproc)
-    return run(args)
+    return bc.run_or_spawn(parser, args, run)
 
 
 if __name__ == "__main__":

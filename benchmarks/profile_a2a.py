@@ -282,15 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.profile_calls < 0 or args.hidden < 1:
         parser.error("--iters must be >= 1, --warmup and --profile-calls >= 0, --hidden >= 1")
-    if args.nproc is not None and os.environ.get(bc.SPAWNED_ENV) != "1":
-        if bc.launcher() is not None:
-            parser.error(f"--nproc starts its own ranks; it cannot run under {bc.launcher()}")
-        try:
-            nproc = bc.resolve_nproc(args.nproc)
-        except ValueError as exc:
-            parser.error(str(exc))
-        return bc.spawn_local(nproc)
-    return run(args)
+    return bc.run_or_spawn(parser, args, run)
 
 
 if __name__ == "__main__":
