@@ -1,4 +1,4 @@
-"""Run a test body on N local processes joined by a gloo process group.
+"""Run a test body on N local processes joined by a gloo (or NCCL: one GPU a rank) process group.
 
 `run_distributed(body, world_size, *args)` spawns the ranks, calls `body(rank, world_size, *args)` in
 each, and raises in the parent with every failing rank's traceback. A rank that has not finished by
@@ -25,14 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_entry(rank: int, world_size: int, port: int, pg_timeout_s: float,
+def _rank_entry(rank: int, world_size: int, port: int, pg_timeout_s: float, backend: str,
                 body: Callable[..., Any], args: tuple, results) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=pg_timeout_s))
+        extra = {}
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+            extra["device_id"] = torch.device("cuda", rank)
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=pg_timeout_s), **extra)
         body(rank, world_size, *args)
         results.put((rank, None))
     except BaseException:  # report everything, including assertion failures, to the parent
@@ -42,14 +46,16 @@ def _rank_entry(rank: int, world_size: int, port: int, pg_timeout_s: float,
             dist.destroy_process_group()
 
 
-def run_distributed(body: Callable[..., Any], world_size: int, *args: Any,
+def run_distributed(body: Callable[..., Any], world_size: int, *args: Any, backend: str = "gloo",
                     timeout_s: float = 120.0, pg_timeout_s: float = 30.0) -> None:
-    """Run `body(rank, world_size, *args)` on `world_size` gloo ranks; raise if any rank fails or hangs."""
+    """Run `body(rank, world_size, *args)` on `world_size` ranks of a `backend` ("gloo", or "nccl" with
+    GPU `rank` for rank `rank`); raise if any rank fails or hangs."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_rank_entry,
-                         args=(r, world_size, port, pg_timeout_s, body, args, results), daemon=True)
+                         args=(r, world_size, port, pg_timeout_s, backend, body, args, results),
+                         daemon=True)
              for r in range(world_size)]
     for p in procs:
         p.start()

@@ -9,15 +9,11 @@ it initializes NCCL communicators and compiles the Triton codecs, which is setup
 
 from __future__ import annotations
 
-import datetime
-import os
-import traceback
 from contextlib import contextmanager
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mxa2a.moe import DispatchPlan, MoELayer, MoELayerConfig
 
@@ -123,44 +119,9 @@ def test_static_layer_captures_in_a_cuda_graph_ep1(seed, kwargs, dtype):
 
 # --- EP size 2 over NCCL ---------------------------------------------------------------------------
 
-def _nccl_entry(rank: int, world: int, port: int, body, args: tuple, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    try:
-        torch.cuda.set_device(rank)
-        dist.init_process_group("nccl", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120),
-                                device_id=torch.device("cuda", rank))
-        body(rank, world, *args)
-        results.put((rank, None))
-    except BaseException:
-        results.put((rank, traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _run_nccl(body, world: int, *args, timeout_s: float = 300.0) -> None:
-    from dist_testing import free_port
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_nccl_entry, args=(r, world, port, body, args, results), daemon=True)
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    errors = {}
-    try:
-        for _ in range(world):
-            rank, err = results.get(timeout=timeout_s)
-            if err is not None:
-                errors[rank] = err
-    except Exception:  # queue.Empty: a rank hung
-        errors[-1] = f"a rank did not finish in {timeout_s:.0f} s"
-    for p in procs:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-    if errors:
-        raise AssertionError("\n".join(f"--- rank {r} ---\n{e}" for r, e in sorted(errors.items())))
+    from dist_testing import run_distributed
+    run_distributed(body, world, *args, backend="nccl", timeout_s=timeout_s, pg_timeout_s=120.0)
 
 
 def _ep_layer(kwargs: dict, dtype, seed: int) -> MoELayer:
