@@ -33,7 +33,7 @@ def _run(cmd: list[str], n: int) -> None:
     proc = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     # Ranks share stdout, so one rank's line may land inside another's: match the records, not lines.
-    lines = sorted(re.findall(r"OK \d+/\d+ \d+ \w+", proc.stdout))
+    lines = sorted(re.findall(r"OK \d+/\d+ \d+ (?:cpu|cuda:\d+)", proc.stdout))
     assert lines == sorted(f"OK {r}/{n} {r} cpu" for r in range(n)), proc.stdout + proc.stderr
 
 
