@@ -220,7 +220,7 @@ def skewed_setup():
     with torch.no_grad():
         h = torch.cat([g.features(b).reshape(-1, 32) for b in batches]).mean(0)
         g.score.weight.normal_(0, 0.5)
-        g.score.weight[:2] += 3 * h / h.norm()  # experts 0, 1 aligned with the mean feature
+        g.score.weight[:2] += 4 * h / h.norm()  # experts 0, 1 aligned with the mean feature
     return g, batches
 
 
@@ -235,11 +235,13 @@ def test_tuning_lowers_maxvio_and_changes_only_the_score_layer(seed):
     g, batches = skewed_setup()
     before = {n: t.clone() for n, t in g.state_dict().items()}
     lines = []
-    result = gt.tune_score_layer(g, batches, steps=30, lr=3e-2, log_every=10, log=lines.append)
+    # 4x alignment and 60 steps: over 300 seeds MaxVio before >= 2.32 and after/before <= 0.48 (with 3x
+    # and 30 steps one seed in CI gave MaxVio 1.96 before, failing the skew precondition).
+    result = gt.tune_score_layer(g, batches, steps=60, lr=3e-2, log_every=20, log=lines.append)
     assert result.maxvio_before > 2.0, result  # the setup really is skewed
     assert result.maxvio_after < 0.6 * result.maxvio_before, result
     assert result.maxvio_after == gt.routing_max_violation(g, batches)
-    assert len(result.losses) == 30 and result.losses[-1] < result.losses[0]
+    assert len(result.losses) == 60 and result.losses[-1] < result.losses[0]
     assert "MaxVio before" in lines[0] and "MaxVio after" in lines[-1]
     after = g.state_dict()
     assert not torch.equal(after["score.weight"], before["score.weight"])
