@@ -166,7 +166,8 @@ class DispatchPlan:
         `logits` are None: the router distribution belongs to the (frozen) Grouter, not to the model."""
         if self.gates is None:
             raise ValueError("this plan was built without gates; pass gates= to DispatchPlan.build")
-        return RoutingRecord(probs=None, logits=None, topk_ids=self.topk_ids_device, gates=self.gates)
+        return RoutingRecord(probs=None, logits=None, topk_ids=self.topk_ids_device, gates=self.gates,
+                             static_num_experts=self.num_experts)
 
     @classmethod
     def build(cls, topk_ids: Any, num_experts: int, *, group: Any = None, gates: Any = None,

@@ -30,17 +30,24 @@ class RoutingRecord:
     - `intermediates`: `[T, k, d_expert]` SwiGLU intermediates `silu(x W_gate) * (x W_up)` of the
       routed expert of each (token, slot), in the layer's dtype, or None when not requested.
       Differentiable with respect to the experts and the input.
+    - `static_num_experts`: E for a record made from a static plan (`DispatchPlan.routing()`), whose
+      `probs` and `logits` are None: the router distribution belongs to the frozen Grouter.
     """
 
-    probs: torch.Tensor
-    logits: torch.Tensor
+    probs: torch.Tensor | None
+    logits: torch.Tensor | None
     topk_ids: torch.Tensor
     gates: torch.Tensor
     intermediates: torch.Tensor | None = None
+    static_num_experts: int | None = None
 
     @property
     def num_experts(self) -> int:
-        return self.probs.shape[-1]
+        if self.probs is not None:
+            return self.probs.shape[-1]
+        if self.static_num_experts is None:
+            raise ValueError("this RoutingRecord has no router distribution and no static_num_experts")
+        return self.static_num_experts
 
     @property
     def top_k(self) -> int:

@@ -302,3 +302,11 @@ def _body(rank: int, ws: int, seed: int) -> None:
 
 def test_static_dispatch_ep2_gloo(seed):
     run_distributed(_body, 2, seed, timeout_s=150)
+
+
+def test_static_routing_record_knows_its_expert_count():
+    ids = torch.stack([torch.randperm(8)[:2] for _ in range(10)])
+    plan = DispatchPlan.build(ids, 8, gates=torch.full((10, 2), 0.5))
+    record = plan.routing()
+    assert record.probs is None and record.num_experts == 8
+    assert torch.equal(record.expert_counts(), torch.bincount(ids.reshape(-1), minlength=8))
