@@ -41,7 +41,7 @@ def exchange_counts(counts: torch.Tensor, group: Any) -> torch.Tensor:
     CPU) -> `[ep, M, E_local]`: what each source rank sends to this rank's experts, CPU.
 
     One `all_to_all_single` of `M * E` int64 over `group`. CPU backend: host only. NCCL-only group: one
-    pinned H2D copy, the collective, and one D2H copy that syncs the host (the one sync of the step).
+    H2D copy, the collective, and one D2H copy that syncs the host (the one sync of the step).
     """
     send = counts.reshape(-1).contiguous()
     if _needs_cuda(group):
