@@ -18,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..checks import check_float_input, check_out_dtype, rows_in, rows_out
+from ..checks import check_float_input, rows_in, rows_out
 from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor
-from .mxfp4 import PERSISTENT_STAGES, _BITS_VIEW, _IN_KIND, _load_f32_bits, _store_from_f32_bits, launch_grid
+from .mxfp4 import (PERSISTENT_STAGES, _BITS_VIEW, _IN_KIND, _load_f32_bits, _store_from_f32_bits, decode_output,
+                    launch_grid)
 
 
 @triton.jit
@@ -164,14 +165,9 @@ def fp8_dequantize_triton(t: FP8Tensor, dtype: torch.dtype = torch.bfloat16, *,
     fn = "dequantize_fp8"
     if not isinstance(t, FP8Tensor):
         raise TypeError(f"{fn}: t must be a FP8Tensor, got {type(t).__name__}")
-    check_out_dtype(dtype, fn)
     shape = tuple(t.shape)
     k = shape[-1]
-    if out is None:
-        out = torch.empty(shape, dtype=dtype, device=t.device)
-    elif tuple(out.shape) != shape or out.dtype != dtype or out.device != t.device:
-        raise ValueError(f"{fn}: out must be {dtype} {shape} on {t.device}, "
-                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    out = decode_output(shape, dtype, t.device, out, fn)
     dr = rows_in(t.data.view(torch.uint8))
     sr = rows_in(t.scales)
     orow = rows_out(out, fn, "out").view(_BITS_VIEW[dtype])

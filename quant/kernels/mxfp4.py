@@ -232,6 +232,18 @@ def mxfp4_quantize_triton(x: torch.Tensor, scale_mode: str = "rceil", *, out: MX
     return MXFP4Tensor(out.data, out.scales, scale_mode)
 
 
+def decode_output(shape: tuple, dtype: torch.dtype, device: torch.device, out: torch.Tensor | None,
+                  fn: str) -> torch.Tensor:
+    """The tensor a decode kernel writes: `out` if it is `dtype` `[*shape]` on `device`, else a new one."""
+    check_out_dtype(dtype, fn)
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != shape or out.dtype != dtype or out.device != device:
+        raise ValueError(f"{fn}: out must be {dtype} {shape} on {device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    return out
+
+
 def mxfp4_dequantize_triton(t: MXFP4Tensor, dtype: torch.dtype = torch.bfloat16, *,
                             out: torch.Tensor | None = None, block_m: int | None = None,
                             block_k: int | None = None, num_warps: int | None = None,
@@ -241,14 +253,9 @@ def mxfp4_dequantize_triton(t: MXFP4Tensor, dtype: torch.dtype = torch.bfloat16,
     fn = "dequantize_mxfp4"
     if not isinstance(t, MXFP4Tensor):
         raise TypeError(f"{fn}: t must be a MXFP4Tensor, got {type(t).__name__}")
-    check_out_dtype(dtype, fn)
     shape = tuple(t.shape)
     k = shape[-1]
-    if out is None:
-        out = torch.empty(shape, dtype=dtype, device=t.device)
-    elif tuple(out.shape) != shape or out.dtype != dtype or out.device != t.device:
-        raise ValueError(f"{fn}: out must be {dtype} {shape} on {t.device}, "
-                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    out = decode_output(shape, dtype, t.device, out, fn)
     dr = rows_in(t.data)
     sr = rows_in(t.scales)
     orow = rows_out(out, fn, "out").view(_BITS_VIEW[dtype])
