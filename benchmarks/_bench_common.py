@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import argparse
 import os
 import platform
 import re
@@ -50,6 +51,14 @@ def parse_size(text: str | int) -> int:
     if value <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
     return value
+
+
+def size_arg(text: str) -> int:
+    """`parse_size` as an argparse `type=` (bad sizes become usage errors)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def format_size(nbytes: int) -> str:

@@ -124,19 +124,13 @@ def _csv(choices: tuple[str, ...], name: str) -> Callable[[str], list[str]]:
     return parse
 
 
-def _size(text: str) -> int:
-    try:
-        return bc.parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="All-to-all bandwidth of mxa2a.comm per wire format (nccl-tests style).",
         epilog="Defaults: on GPU -b 1M -e 1G -f 2 -n 20 -w 5; on CPU -b 64K -e 1M -f 4 -n 3 -w 1.")
-    p.add_argument("-b", "--minbytes", type=_size, help="smallest logical bf16 bytes per rank (1M, 256K, ...)")
-    p.add_argument("-e", "--maxbytes", type=_size, help="largest logical bf16 bytes per rank")
+    p.add_argument("-b", "--minbytes", type=bc.size_arg,
+                   help="smallest logical bf16 bytes per rank (1M, 256K, ...)")
+    p.add_argument("-e", "--maxbytes", type=bc.size_arg, help="largest logical bf16 bytes per rank")
     p.add_argument("-f", "--stepfactor", type=float, help="size multiplication factor")
     p.add_argument("-n", "--iters", type=int, help="timed iterations per row")
     p.add_argument("-w", "--warmup_iters", type=int, help="untimed warm-up calls per row")

@@ -60,17 +60,10 @@ def _csv_wires(text: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _size(text: str) -> int:
-    try:
-        return bc.parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Time and profile mxa2a.comm.all_to_all_single per wire and chunks.")
-    p.add_argument("--size", type=_size,
+    p.add_argument("--size", type=bc.size_arg,
                    help="logical bf16 bytes each rank sends (default 1G on GPU, 64K on CPU)")
     p.add_argument("--hidden", type=int, default=7168, help="row length H (7168)")
     p.add_argument("--wire", type=_csv_wires, default=["mxfp4"],
