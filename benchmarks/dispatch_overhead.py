@@ -23,7 +23,7 @@ the same name, visible in Nsight Systems; timed by CUDA events, perf_counter on 
     experts     the SwiGLU experts (grouped GEMM on CUDA bf16)
     ungroup     the inverse of regroup
     combine_a2a the combine all-to-all (encode + transfer + decode)
-    unpermute   back to (token, slot) order and the gate-weighted sum
+    unpermute   back to (token, slot) order and the gate-weighted sum (one fused pass)
 `disp+comb` = every phase but route and experts: the cost of moving rows, which static planning cuts.
 Each number is the median over `--iters` iterations, then the slowest rank's. `layer_fwd` / `fwd_bwd`
 time the whole layer call (and its backward) without the phase events.
@@ -162,7 +162,7 @@ def phased_forward(layer, x: torch.Tensor, mode: str, plan, timer: PhaseTimer) -
     with timer("combine_a2a"):
         y_local = d.send_back(y_local, layout)
     with timer("unpermute"):
-        y = d.weighted_sum(d.unpermute(y_local, layout), record.gates)
+        y = d.unpermute_weighted(y_local, layout, record.gates)
     return y
 
 

@@ -14,8 +14,8 @@ One step is three calls, so that a precomputed (static) plan can replace the fir
    expert. No host sync in this module; `mxa2a.comm`'s cross-rank header check reads a small
    all-gather on the host when `wire_check=True`; by default only on the first call of a signature.
 3. `combine(y_local, layout, gates) -> y [T, H]`: undo the regrouping, all-to-all back with `wire`,
-   unpermute, and take the gate-weighted sum over the k slots of each token. No host sync in this
-   module (as for 2).
+   then unpermute and take the gate-weighted sum over the k slots of each token in one fused pass
+   (`moe/weighted_unpermute.py`). No host sync in this module (as for 2).
 
 A static plan (`moe/plan.py`: `DispatchPlan`, built on the host from pre-dispatched or Grouter routing
 with one count exchange per step) builds a `DispatchLayout` with `static=True`, its splits on the host
@@ -40,6 +40,7 @@ import torch.distributed as dist
 from ..comm import all_to_all_autograd
 from ..quant import dequantize_fp8, dequantize_mxfp4, quantize_fp8, quantize_mxfp4
 from ..quant.formats import FP8_TILE, MXFP4_BLOCK
+from .weighted_unpermute import weighted_unpermute
 
 WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")
 _WIRE_BLOCK = {"mxfp4": MXFP4_BLOCK, "fp8": FP8_TILE}
@@ -265,14 +266,19 @@ class ExpertParallelDispatcher:
     def combine(self, y_local: torch.Tensor, layout: DispatchLayout, gates: torch.Tensor
                 ) -> torch.Tensor:
         """Expert outputs `[N_local, H]` (expert order) and gates fp32 `[T, k]` ->
-        `y [T, H] = sum_slots gate * expert_output` in y_local's dtype. Differentiable; no host sync
-        here (see `mxa2a.comm`; none at all with a static layout)."""
-        return self.weighted_sum(self.return_rows(y_local, layout), gates)
+        `y [T, H] = sum_slots gate * expert_output` in y_local's dtype (fp32 products added in slot
+        order, see `moe/weighted_unpermute.py`). Differentiable; no host sync here (see `mxa2a.comm`;
+        none at all with a static layout). Equals `unpermute_weighted(send_back(ungroup(y_local)))`."""
+        rows = self.send_back(self.ungroup(y_local, layout), layout)
+        return self.unpermute_weighted(rows, layout, gates)
 
     @staticmethod
-    def weighted_sum(y_slots: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """`[T, k, H]` and gates fp32 `[T, k]` -> `[T, H]`, the gate-weighted sum in fp32, cast back."""
-        return (y_slots.float() * gates.unsqueeze(-1)).sum(1).to(y_slots.dtype)
+    def unpermute_weighted(rows: torch.Tensor, layout: DispatchLayout, gates: torch.Tensor) -> torch.Tensor:
+        """Rows in send order `[T * k, H]` and gates fp32 `[T, k]` -> `[T, H]`: each token's k rows
+        gathered and gate-weighted-summed in one pass (Triton on CUDA)."""
+        if gates.shape != (layout.num_tokens, layout.top_k):
+            raise ValueError(f"gates must be [T={layout.num_tokens}, k={layout.top_k}], got {tuple(gates.shape)}")
+        return weighted_unpermute(rows, layout.inverse_permutation, layout.permutation, gates)
 
     def return_rows(self, rows: torch.Tensor, layout: DispatchLayout, *, wire: Any = None,
                     grad_wire: Any = None) -> torch.Tensor:
