@@ -16,9 +16,11 @@ dynamic path of `ExpertParallelDispatcher.plan`).
 2. the count exchange: one `torch.distributed.all_to_all_single` of `E` int64 counts (`E * 8` bytes
    sent per rank). On a group with a CPU backend (gloo, or "cpu:gloo,cuda:nccl") it runs on host
    tensors and touches no GPU; on an NCCL-only group the counts go to the GPU and back, which is one
-   device->host synchronization per plan (per micro-batch), outside every layer;
-3. the index tensors are copied to `device` once, from pinned memory with `non_blocking=True` (no host
-   sync), and the split sizes stay host ints.
+   device->host synchronization per `build_plans` call (per step), outside every layer; it also waits
+   for the GPU work queued before it, so a trainer that plans ahead of the GPU gives the planner a CPU
+   group (e.g. `dist.new_group(backend="gloo")`);
+3. the index tensors and gates of all the micro-batches are copied to `device` in one asynchronous copy
+   from a reused pinned buffer (no host sync), and the split sizes stay host ints.
 
 `build_plans([ids, ...])` plans several micro-batches (e.g. those of one optimizer step) with a single
 count exchange. The plan's `layout` is the `DispatchLayout` every layer hands to the dispatcher
@@ -43,13 +45,13 @@ def exchange_counts(counts: torch.Tensor, group: Any) -> torch.Tensor:
     """The one collective of a plan: `counts` int64 `[ep, M, E_local]` (rows for each destination rank,
     CPU) -> `[ep, M, E_local]`: what each source rank sends to this rank's experts, CPU.
 
-    One `all_to_all_single` of `M * E` int64 over `group`. CPU backend: host only. NCCL-only group: one
-    H2D copy, the collective, and one D2H copy that syncs the host (the one sync of the step).
+    One `all_to_all_single` of `M * E` int64 over `group`. CPU backend: host only. NCCL-only group: an
+    asynchronous H2D copy through the plans' pinned staging buffer (a pageable copy would block the
+    host: a second sync), the collective, and one D2H copy that syncs the host (the one sync of the step).
     """
     send = counts.reshape(-1).contiguous()
     if _needs_cuda(group):
-        dev = torch.device("cuda", torch.cuda.current_device())
-        send_d = send.to(dev)  # a few hundred bytes: not worth page-locking (pin_memory was slow on the VM)
+        send_d = _upload([send], torch.device("cuda", torch.cuda.current_device()))[0]
         recv_d = torch.empty_like(send_d)
         dist.all_to_all_single(recv_d, send_d, group=group)
         return recv_d.cpu().view(counts.shape)  # the one device->host sync of the plan
@@ -64,16 +66,23 @@ def _needs_cuda(group: Any) -> bool:
 
 
 class _PinnedUpload:
-    """Host -> device copies of a plan's index tensors through ONE reused pinned buffer and ONE copy.
+    """Host -> device copies through a small ring of reused pinned buffers: one asynchronous copy per
+    call, however many tensors (a plan build makes one call for all its micro-batches, plus one for the
+    counts on an NCCL group).
 
-    `pin_memory()` per tensor allocated page-locked memory for each of a plan's ~7 tensors, which took
-    about a second per plan on a 2x H100 VM; here the pinned buffer grows once and is reused. Before it
-    is overwritten, the host waits for the previous upload's copy (enqueued a step earlier, long done).
+    `pin_memory()` per tensor page-locked fresh memory for each tensor, which took about a second per plan
+    on a 2x H100 VM; the buffers here grow once and are reused. Before a buffer is overwritten the host
+    waits for the copy made from it `SLOTS` calls earlier, which is long done when plans are built a step
+    ahead (waiting on the previous call's copy instead would stall the host until the GPU had finished
+    everything queued before it).
     """
 
+    SLOTS = 4
+
     def __init__(self) -> None:
-        self.buf: torch.Tensor | None = None
-        self.copied: torch.cuda.Event | None = None
+        self.bufs: list[torch.Tensor | None] = [None] * self.SLOTS
+        self.copied: list[torch.cuda.Event | None] = [None] * self.SLOTS
+        self.next = 0
 
     def __call__(self, tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
         if device.type == "cpu":
@@ -83,18 +92,20 @@ class _PinnedUpload:
             offsets.append(total)
             if t is not None:
                 total += -(-t.numel() * t.element_size() // 16) * 16  # 16-byte aligned slots
-        if self.copied is not None:
-            self.copied.synchronize()
-        if self.buf is None or self.buf.numel() < total:
-            self.buf = torch.empty(max(total, 1), dtype=torch.uint8).pin_memory()
-        staging = self.buf.numpy()  # host copies in numpy: see the module docstring (thread pools)
+        slot, self.next = self.next, (self.next + 1) % self.SLOTS
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()
+        if self.bufs[slot] is None or self.bufs[slot].numel() < total:
+            self.bufs[slot] = torch.empty(max(total, 1), dtype=torch.uint8).pin_memory()
+        buf = self.bufs[slot]
+        staging = buf.numpy()  # host copies in numpy: see the module docstring (thread pools)
         for t, off in zip(tensors, offsets):
             if t is not None:
                 n = t.numel() * t.element_size()
                 staging[off:off + n] = t.contiguous().reshape(-1).view(torch.uint8).numpy()
-        on_device = self.buf[:total].to(device, non_blocking=True)
-        self.copied = torch.cuda.Event()
-        self.copied.record()
+        on_device = buf[:total].to(device, non_blocking=True)
+        self.copied[slot] = torch.cuda.Event()
+        self.copied[slot].record()
         out = []
         for t, off in zip(tensors, offsets):
             if t is None:
@@ -218,7 +229,7 @@ def build_plans(topk_ids: Sequence[Any], num_experts: int, *, group: Any = None,
         by_dest = counts.view(len(ids_list), ep_size, n_loc).transpose(0, 1).contiguous()  # (ep, M, E_loc)
         recv = exchange_counts(by_dest, group)                                               # (ep src, M, E_loc)
 
-    plans = []
+    host_gates: list[torch.Tensor | None] = []
     for m, ids in enumerate(ids_list):
         g = None
         if gates is not None:
@@ -230,17 +241,47 @@ def build_plans(topk_ids: Sequence[Any], num_experts: int, *, group: Any = None,
             if g.numel() != ids.size or g.shape[-1] != ids.shape[1]:
                 raise ValueError(f"gates[{m}] must have the shape of topk_ids[{m}], got {tuple(g.shape)}")
             g = g.detach().reshape(ids.shape).to(torch.float32)
-            g = g.to(device, non_blocking=True) if g.device.type != "cpu" else _upload([g], device)[0]
-        plans.append(_plan_one(ids, counts[m], recv[:, m].contiguous(), num_experts, ep_size, ep_rank,
-                               device, g))
+        host_gates.append(g)
+
+    host = [_host_layout(ids, counts[m], recv[:, m].contiguous(), num_experts, ep_size)
+            for m, ids in enumerate(ids_list)]
+    # Everything goes to the device in one copy; gates already on a GPU are moved directly.
+    uploads = [torch.from_numpy(a) if a is not None else None for h in host for a in h.arrays]
+    uploads += [g if g is not None and g.device.type == "cpu" else None for g in host_gates]
+    on_device = _upload(uploads, device)
+    plans = []
+    for m, (h, ids) in enumerate(zip(host, ids_list)):
+        perm_d, inv_d, regroup_d, inv_regroup_d, offsets_d, token_index_d, ids_d = \
+            on_device[m * _HostLayout.NUM_ARRAYS:(m + 1) * _HostLayout.NUM_ARRAYS]
+        g = host_gates[m]
+        if g is not None:
+            g = on_device[len(host) * _HostLayout.NUM_ARRAYS + m] if g.device.type == "cpu" else \
+                g.to(device, non_blocking=True)
+        num_tokens, top_k = ids.shape
+        layout = DispatchLayout(num_tokens, top_k, perm_d, inv_d, h.send_splits, h.recv_splits, regroup_d,
+                                inv_regroup_d, h.per_expert, offsets_d, static=True, token_index=token_index_d)
+        plans.append(DispatchPlan(num_experts, ep_size, ep_rank, torch.from_numpy(ids), counts[m],
+                                  recv[:, m].contiguous().view(ep_size, n_loc), layout, ids_d, g, device))
     return plans
 
 
-def _plan_one(ids: np.ndarray, counts: torch.Tensor, recv_counts: torch.Tensor, num_experts: int,
-              ep_size: int, ep_rank: int, device: torch.device, gates: torch.Tensor | None) -> DispatchPlan:
+@dataclass(frozen=True)
+class _HostLayout:
+    """A micro-batch's layout on the host: `arrays` = (permutation, inverse permutation, regroup,
+    inverse regroup, expert offsets, token index, ids), the index arrays that go to the device."""
+
+    NUM_ARRAYS = 7
+    arrays: tuple[np.ndarray | None, ...]
+    send_splits: tuple[int, ...]
+    recv_splits: tuple[int, ...]
+    per_expert: tuple[int, ...]
+
+
+def _host_layout(ids: np.ndarray, counts: torch.Tensor, recv_counts: torch.Tensor, num_experts: int,
+                 ep_size: int) -> _HostLayout:
     """The integer work of `ExpertParallelDispatcher.plan`, on the host in numpy: the same stable sorts,
     so the same permutation and regrouping (a stable sort's result is unique)."""
-    num_tokens, top_k = ids.shape
+    top_k = ids.shape[1]
     flat = ids.reshape(-1)
     n_loc = num_experts // ep_size
     permutation = _stable_argsort(flat, num_experts)
@@ -260,11 +301,5 @@ def _plan_one(ids: np.ndarray, counts: torch.Tensor, recv_counts: torch.Tensor, 
         regroup = _stable_argsort(local_expert_of_row, n_loc)
         inverse_regroup = _inverse(regroup)
         offsets = np.cumsum(recv_np.reshape(ep_size, n_loc).sum(0)).astype(np.int32)
-    host = [permutation, _inverse(permutation), regroup, inverse_regroup, offsets, permutation // top_k, ids]
-    (perm_d, inv_d, regroup_d, inv_regroup_d, offsets_d, token_index_d, ids_d) = _upload(
-        [None if a is None else torch.from_numpy(a) for a in host], device)
-    layout = DispatchLayout(num_tokens, top_k, perm_d, inv_d, send_splits, recv_splits, regroup_d,
-                            inv_regroup_d, per_expert, offsets_d, static=True, token_index=token_index_d)
-    ids_t = torch.from_numpy(ids)
-    return DispatchPlan(num_experts, ep_size, ep_rank, ids_t, counts, recv_counts.view(ep_size, n_loc), layout,
-                        ids_d, gates, device)
+    arrays = (permutation, _inverse(permutation), regroup, inverse_regroup, offsets, permutation // top_k, ids)
+    return _HostLayout(arrays, send_splits, recv_splits, per_expert)
