@@ -126,7 +126,7 @@ def fp8_rowwise_to_colwise(t: FP8Tensor, *, backend: str = "auto") -> FP8Tensor:
     _check_transpose_rows(t.shape, FP8_TILE, fn)
     if pick_backend(backend, t.device, fn) == "torch":
         return ref.fp8_rowwise_to_colwise(t)
-    from .kernels.transpose import fp8_rowwise_to_colwise_triton
+    from .kernels.transpose_fp8 import fp8_rowwise_to_colwise_triton
     return fp8_rowwise_to_colwise_triton(t)
 
 

@@ -9,6 +9,17 @@ or more is Inf in fp32, so its block / tile becomes NaN; fp32-subnormal maxima g
 
 Both kernels take a row stride for every operand, so inputs and outputs may be strided 2-D views such as
 the halves of a packed wire row `uint8 [N, K/2 + K/32]`.
+
+Variants (`CONFIGS[name].variant`; same bits): 0 decodes every value to fp32; 1 takes block maxima from
+integer code maxima and scales by one per-block power of two; 2 is integer-only and works on four codes per
+32-bit word (SWAR): the scale from the maximum code's exponent field, the element codes from a shift of the
+code by a per-block amount (FP8 -> MXFP4: `RNE(m / 4) + 2d`, small values by two threshold compares;
+MXFP4 -> FP8: `4c + 8(6 + d)`), with a constexpr EVEN specialization (no masks) for whole tiles. A
+program whose data leaves variant 2's fast case (FP8 -> MXFP4: a nonzero block whose largest code is
+below ~2^-3 * 2^k, i.e. 2^12 under its tile's range, or tile scales at the bottom of E8M0; MXFP4 -> FP8: a
+nonzero block whose values would become E4M3 subnormals, ~2^14 under its tile's largest) runs the
+variant-1 body instead, row by row, decided per program. Variant 2 needs
+4-byte aligned rows (2-byte for MXFP4 output); the wrappers fall back to variant 1 otherwise.
 """
 
 from __future__ import annotations
@@ -78,13 +89,18 @@ def _fp8_to_mxfp4_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
 def _fp8_to_mxfp4_v1_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
                             stride_q, stride_qs, stride_x, stride_xs,
                             RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    _fp8_to_mxfp4_v1_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x, stride_xs,
+                          tl.program_id(0), tl.program_id(1), RCEIL, BLOCK_M, BLOCK_K)
+
+
+@triton.jit
+def _fp8_to_mxfp4_v1_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x, stride_xs,
+                          pid_m, pid_k, RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     # Variant 1: every value of an MXFP4 block lies in one FP8 tile, so the block maximum is the
     # largest magnitude code (integer max; E4M3 codes are ordered like values) decoded once per block,
     # and each value is scaled by the single per-block factor 2^(k - e): one multiply per value less.
     NT: tl.constexpr = BLOCK_K // 128
     NB: tl.constexpr = BLOCK_K // 32
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     r64 = rows.to(tl.int64)
@@ -177,13 +193,18 @@ def _mxfp4_to_fp8_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
 def _mxfp4_to_fp8_v1_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
                             stride_x, stride_xs, stride_q, stride_qs,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                          tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
+
+
+@triton.jit
+def _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                          pid_m, pid_k, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     # Variant 1: block maxima from the integer maximum of the E2M1 codes (ordered like values), decoded
     # once per block; every value is scaled by the one per-block factor 2^(b - 127 - k): one multiply
     # per value less than `_mxfp4_to_fp8_kernel`.
     NT: tl.constexpr = BLOCK_K // 128
     NB: tl.constexpr = BLOCK_K // 32
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     r64 = rows.to(tl.int64)
@@ -225,6 +246,215 @@ def _mxfp4_to_fp8_v1_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
 
 
 
+@triton.jit
+def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
+                            stride_q, stride_qs, stride_x, stride_xs,
+                            RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                            EVEN: tl.constexpr):
+    # Variant 2: integer-only, four E4M3 codes per 32-bit word, no fp32 per element. Tensors are
+    # [rows, tiles, 4 blocks, 4 words]; a block's 8 words are loaded as two such halves so that one
+    # thread holds the whole block. Needs 4-byte aligned input rows and 2-byte aligned output rows.
+    NT: tl.constexpr = BLOCK_K // 128
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    r64 = rows.to(tl.int64)
+    tiles = pid_k * NT + tl.arange(0, NT)
+    t3 = tiles[None, :, None]
+    b3 = tl.arange(0, 4)[None, None, :]
+    qrow = (q_ptr + r64 * stride_q).to(tl.pointer_type(tl.uint32))
+    lo_ptrs = qrow[:, None, None, None] + (t3 * 32 + b3 * 8)[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
+    ts_ptrs = qs_ptr + r64[:, None, None] * stride_qs + t3
+    if EVEN:
+        w_lo = tl.load(lo_ptrs, eviction_policy="evict_first")
+        w_hi = tl.load(lo_ptrs + 4, eviction_policy="evict_first")
+        tb = tl.load(ts_ptrs).to(tl.int32)
+    else:
+        ok = (rows < M)[:, None, None] & (t3 < K // 128)
+        w_lo = tl.load(lo_ptrs, mask=ok[:, :, :, None], other=0, eviction_policy="evict_first")
+        w_hi = tl.load(lo_ptrs + 4, mask=ok[:, :, :, None], other=0, eviction_policy="evict_first")
+        tb = tl.load(ts_ptrs, mask=ok, other=0).to(tl.int32)
+
+    # Largest magnitude code of each block (E4M3 codes are ordered like values): the 32-bit maximum
+    # of the words shifted so that each byte lane in turn is the top byte.
+    m_lo = w_lo & 0x7F7F7F7F
+    m_hi = w_hi & 0x7F7F7F7F
+    mmax = tl.maximum(tl.maximum(_top_byte_max(m_lo, m_hi, 0), _top_byte_max(m_lo, m_hi, 8)),
+                      tl.maximum(_top_byte_max(m_lo, m_hi, 16), _top_byte_max(m_lo, m_hi, 24))).to(tl.int32)
+    ex = mmax >> 3  # exponent field of the largest code
+    if RCEIL:
+        g = (mmax + 3) >> 3  # e + 9 - k: exponent plus [significand above 1.5]
+    else:
+        g = ex
+    # With a normal largest code the two-step amax = code value * 2^k is an fp32 normal iff ex + tb >= 8
+    # and Inf iff ex + tb >= 262; the scale byte is e + 127 = g + tb - 9.
+    bad = (mmax == 0x7F) | (tb == 255) | (ex + tb >= 262)
+    zero = mmax == 0
+    special = bad | zero
+    slow = (~special) & ((g < 4) | (ex + tb < 9))
+    if tl.max(slow.to(tl.int32)) != 0:
+        # Rare (a nonzero block whose largest code is under ~2^-3, i.e. 2^12 below its tile's range, or
+        # scales at the bottom of E8M0): the general path, one row at a time so that its registers do not
+        # lower the occupancy of the fast path.
+        for r in range(BLOCK_M):
+            _fp8_to_mxfp4_v1_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x, stride_xs,
+                                  pid_m * BLOCK_M + r, pid_k, RCEIL, 1, BLOCK_K)
+    else:
+        # Per block, with d = 3 - g (the exponent shift from E4M3 to E2M1 codes): an element whose value
+        # y = |v| 2^-e is >= 1 has E2M1 code RNE(m / 4) + 2d (a shift of the 7-bit code m); below 1 the
+        # code is [y > 0.25] + [y >= 0.75], i.e. m >= t1 plus m >= t2. Lanes compute
+        #   c = [m >= t1] + [m >= t2] + relu(RNE(m / 4) + 2d - 2)
+        # with relu read from bit 5 of RNE(m / 4) + 2d + 30 (bias 4 * (30 + 2d) + 1 added before the shift).
+        # NaN and zero blocks use bias 1 and thresholds 128, which give code 0.
+        cb = (tl.where(special, 1, 145 - 8 * g).to(tl.uint32) * 0x01010101)[:, :, :, None]
+        u1 = (tl.where(special, 0, 128 - tl.maximum(8 * g - 31, 5)).to(tl.uint32) * 0x01010101)[:, :, :, None]
+        u2 = (tl.where(special, 0, 148 - 8 * g).to(tl.uint32) * 0x01010101)[:, :, :, None]
+        sm = tl.where(bad, 0, 0x08080808).to(tl.uint32)[:, :, :, None]
+        c_lo = _e4m3x4_to_e2m1x4(w_lo, m_lo, cb, u1, u2, sm, RCEIL)
+        c_hi = _e4m3x4_to_e2m1x4(w_hi, m_hi, cb, u1, u2, sm, RCEIL)
+        xrow = (x_ptr + r64 * stride_x).to(tl.pointer_type(tl.uint16))
+        out_ptrs = xrow[:, None, None, None] + (t3 * 32 + b3 * 8)[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
+        xs_ptrs = xs_ptr + r64[:, None, None] * stride_xs + t3 * 4 + b3
+        sbyte = tl.where(bad, 255, tl.where(zero, 0, g + tb - 9)).to(tl.uint8)
+        if EVEN:
+            tl.store(out_ptrs, c_lo)
+            tl.store(out_ptrs + 4, c_hi)
+            tl.store(xs_ptrs, sbyte)
+        else:
+            tl.store(out_ptrs, c_lo, mask=ok[:, :, :, None])
+            tl.store(out_ptrs + 4, c_hi, mask=ok[:, :, :, None])
+            tl.store(xs_ptrs, sbyte, mask=ok)
+
+
+@triton.jit
+def _top_byte_max(m_lo, m_hi, SHIFT: tl.constexpr):
+    """Per block: the largest byte lane `3 - SHIFT / 8` of its 8 words, as the top byte's value."""
+    return tl.maximum(tl.max(m_lo << SHIFT, axis=3), tl.max(m_hi << SHIFT, axis=3)) >> 24
+
+
+@triton.jit
+def _e4m3x4_to_e2m1x4(w, m, cb, u1, u2, sm, RCEIL: tl.constexpr):
+    """Four E4M3 codes (bytes of `w`; `m` = magnitudes) -> four E2M1 codes packed into 16 bits."""
+    x1 = m + ((w >> 2) & 0x01010101) + cb        # m + RNE bit + bias, per byte
+    xb = (x1 >> 2) & 0x3F3F3F3F                  # RNE(m / 4) + 2d + 30
+    h = xb & 0x20202020
+    c = (xb & (h - (h >> 5))) + (((m + u1) >> 7) & 0x01010101) + (((m + u2) >> 7) & 0x01010101)
+    if not RCEIL:
+        c -= (c >> 3) & 0x01010101               # floor: 8 saturates to 6 (code 7)
+    c |= (w >> 4) & sm                           # sign bit (cleared in NaN blocks)
+    p = (c | (c >> 4)) & 0x00FF00FF              # [c0 | c1 << 4, 0, c2 | c3 << 4, 0]
+    return (p | (p >> 8)).to(tl.uint16)
+
+
+@triton.jit
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _mxfp4_to_fp8_v2_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
+                            stride_x, stride_xs, stride_q, stride_qs,
+                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    # Variant 2: integer-only, four codes per 32-bit word. Tensors are [rows, tiles, 4 blocks, words]:
+    # a thread holds whole 16-byte blocks (4 words of 8 nibbles). Needs 4-byte aligned rows (wrapper).
+    NT: tl.constexpr = BLOCK_K // 128
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    r64 = rows.to(tl.int64)
+    tiles = pid_k * NT + tl.arange(0, NT)
+    t3 = tiles[None, :, None]
+    b3 = tl.arange(0, 4)[None, None, :]
+    xrow = (x_ptr + r64 * stride_x).to(tl.pointer_type(tl.uint32))
+    xw_ptrs = xrow[:, None, None, None] + (t3 * 16 + b3 * 4)[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
+    xs_ptrs = xs_ptr + r64[:, None, None] * stride_xs + t3 * 4 + b3
+    if EVEN:
+        w = tl.load(xw_ptrs, eviction_policy="evict_first")
+        bbyte = tl.load(xs_ptrs).to(tl.int32)
+    else:
+        ok = (rows < M)[:, None, None] & (t3 < K // 128)
+        w = tl.load(xw_ptrs, mask=ok[:, :, :, None], other=0, eviction_policy="evict_first")
+        bbyte = tl.load(xs_ptrs, mask=ok, other=0).to(tl.int32)
+
+    # Block maximum exponent from OR-reductions: some |code| >= 2, >= 4, >= 6 (bits 1|2, bit 2, bits 1&2).
+    o = tl.reduce(w, 3, _or)
+    a = tl.reduce(w & (w << 1), 3, _or)
+    nz = (o & 0x77777777) != 0
+    ebits = (((o & 0x66666666) != 0).to(tl.int32) + ((o & 0x44444444) != 0).to(tl.int32)
+             + ((a & 0x44444444) != 0).to(tl.int32))  # floor(log2 |x|max) + 1 for a nonzero block
+    # p = floor(log2 block max) + 128 (0 for a zero block, 512 for a NaN block); the tile's largest p
+    # gives k + 127 = p - 9 (E2M1 significands are never above 1.75), p >= 256 is fp32 Inf -> NaN tile.
+    p = tl.where(bbyte == 255, 512, tl.where(nz, ebits + bbyte, 0))
+    pmax = tl.max(p, axis=2)
+    nan_t = pmax >= 256
+    kbyte = tl.maximum(pmax - 9, 0)
+    delta = bbyte - kbyte[:, :, None]  # block exponent - tile exponent
+    slow = nz & (delta < -5) & (pmax < 256)[:, :, None]  # a value below 2^-6 after scaling: E4M3 subnormal
+    if tl.max(slow.to(tl.int32)) != 0:
+        # Rare (a nonzero block ~2^14 below its tile's largest: E4M3 subnormals): the general path, one
+        # row at a time so that its registers do not lower the occupancy of the fast path.
+        for r in range(BLOCK_M):
+            _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                                  pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
+    else:
+        # Every nonzero value is an E4M3 normal: code = 4c + 8(6 + delta) for c >= 2, 8(6 + delta) for
+        # c = 1 (0.5), 0 for c = 0; per byte lane: n2 = [c >= 2], n1 = [c >= 1].
+        x = w & tl.where(nan_t, 0, -1).to(tl.uint32, bitcast=True)[:, :, None, None]
+        dq = (delta * 2 + 11).to(tl.uint32, bitcast=True)
+        xa, xb = tl.split(tl.reshape(x, (BLOCK_M, NT, 4, 2, 2)))  # words 0, 2 and words 1, 3 of a block
+        x0, x2 = tl.split(xa)
+        x1, x3 = tl.split(xb)
+        # Output words 0..3 of a block come from input words 0, 1; output words 4..7 from 2, 3.
+        out_a = tl.reshape(_four_out_words(x0, x1, dq), (BLOCK_M, NT, 4, 4))
+        out_b = tl.reshape(_four_out_words(x2, x3, dq), (BLOCK_M, NT, 4, 4))
+        qrow = (q_ptr + r64 * stride_q).to(tl.pointer_type(tl.uint32))
+        qw_ptrs = (qrow[:, None, None, None] + (t3 * 32 + b3 * 8)[:, :, :, None]
+                   + tl.arange(0, 4)[None, None, None, :])
+        # The tile scale byte is stored by the thread of the tile's first block (no layout change).
+        qs_ptrs = qs_ptr + r64[:, None, None] * stride_qs + t3 + b3 * 0
+        sbyte = tl.where(nan_t, 255, kbyte).to(tl.uint8)[:, :, None] + tl.zeros_like(b3).to(tl.uint8)
+        if EVEN:
+            tl.store(qw_ptrs, out_a)
+            tl.store(qw_ptrs + 4, out_b)
+            tl.store(qs_ptrs, sbyte, mask=b3 == 0)
+        else:
+            tl.store(qw_ptrs, out_a, mask=ok[:, :, :, None])
+            tl.store(qw_ptrs + 4, out_b, mask=ok[:, :, :, None])
+            tl.store(qs_ptrs, sbyte, mask=ok & (b3 == 0))
+
+
+@triton.jit
+def _e2m1x4_to_e4m3x4(v, dq):
+    """Four E2M1 codes (one per byte, sign in bit 3) -> four E4M3 codes, for values that land in the
+    E4M3 normal range: |code| = 4c + 4[c >= 2] + 4[c >= 1] * dq, dq = 2 * (6 + delta) - 1."""
+    vm = v & 0x07070707
+    c4 = vm << 2
+    n2 = ((vm << 1) | vm) & 0x04040404  # 4 [c >= 2]
+    n1 = (c4 | n2) & 0x04040404         # 4 [c >= 1]
+    return (c4 + n2 + n1 * dq) | ((v << 4) & 0x80808080)
+
+
+@triton.jit
+def _four_out_words(wa, wb, dq):
+    """Two words of packed E2M1 (16 codes) -> four words of E4M3 codes, in order, as [..., 2, 2]."""
+    # Even / odd bytes first ([b0, 0, b2, 0] and [b1, 0, b3, 0]), one nibble per byte, convert, then
+    # pair the 16-bit halves back into element order.
+    ea = _e2m1x4_to_e4m3x4(_spread_nibbles(wa & 0x00FF00FF), dq)
+    oa = _e2m1x4_to_e4m3x4(_spread_nibbles((wa >> 8) & 0x00FF00FF), dq)
+    eb = _e2m1x4_to_e4m3x4(_spread_nibbles(wb & 0x00FF00FF), dq)
+    ob = _e2m1x4_to_e4m3x4(_spread_nibbles((wb >> 8) & 0x00FF00FF), dq)
+    o0 = (ea & 0xFFFF) | (oa << 16)
+    o1 = (ea >> 16) | (oa & 0xFFFF0000)
+    o2 = (eb & 0xFFFF) | (ob << 16)
+    o3 = (eb >> 16) | (ob & 0xFFFF0000)
+    return tl.join(tl.join(o0, o2), tl.join(o1, o3))
+
+
+@triton.jit
+def _spread_nibbles(t):
+    """Bytes [b0, 0, b1, 0] -> one nibble per byte [b0 & 15, b0 >> 4, b1 & 15, b1 >> 4]."""
+    return (t | (t << 4)) & 0x0F0F0F0F
+
 
 def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
                         out: MXFP4Tensor | None = None) -> MXFP4Tensor:
@@ -245,9 +475,15 @@ def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
         return MXFP4Tensor(out.data, out.scales, scale_mode)
     cfg = CONFIGS["fp8_to_mxfp4"]
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
-    kernel = _fp8_to_mxfp4_v1_kernel if cfg.variant == 1 else _fp8_to_mxfp4_kernel
-    kernel[grid](q, qs, x, xs, M, K, q.stride(0), qs.stride(0), x.stride(0), xs.stride(0),
-                 RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+    args = (q, qs, x, xs, M, K, q.stride(0), qs.stride(0), x.stride(0), xs.stride(0))
+    if cfg.variant == 2 and _words_ok(q) and _words_ok(x, 2):
+        _fp8_to_mxfp4_v2_kernel[grid](*args, RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m,
+                                      BLOCK_K=cfg.block_k, EVEN=M % cfg.block_m == 0 and K % cfg.block_k == 0,
+                                      num_warps=cfg.num_warps)
+        return MXFP4Tensor(out.data, out.scales, scale_mode)
+    kernel = _fp8_to_mxfp4_v1_kernel if cfg.variant >= 1 else _fp8_to_mxfp4_kernel
+    kernel[grid](*args, RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
+                 num_warps=cfg.num_warps)
     return MXFP4Tensor(out.data, out.scales, scale_mode)
 
 
@@ -268,7 +504,17 @@ def mxfp4_to_fp8_triton(t: MXFP4Tensor, *, out: FP8Tensor | None = None) -> FP8T
         return out
     cfg = CONFIGS["mxfp4_to_fp8"]
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
-    kernel = _mxfp4_to_fp8_v1_kernel if cfg.variant == 1 else _mxfp4_to_fp8_kernel
-    kernel[grid](x, xs, q, qs, M, K, x.stride(0), xs.stride(0), q.stride(0), qs.stride(0),
-                 BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+    args = (x, xs, q, qs, M, K, x.stride(0), xs.stride(0), q.stride(0), qs.stride(0))
+    if cfg.variant == 2 and _words_ok(x) and _words_ok(q):
+        _mxfp4_to_fp8_v2_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
+                                      EVEN=M % cfg.block_m == 0 and K % cfg.block_k == 0, num_warps=cfg.num_warps)
+        return out
+    kernel = _mxfp4_to_fp8_v1_kernel if cfg.variant >= 1 else _mxfp4_to_fp8_kernel
+    kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return out
+
+
+def _words_ok(rows: torch.Tensor, size: int = 4) -> bool:
+    """Whether uint8 rows `[M, W]` can be read / written as `size`-byte words (variant 2): aligned start
+    and row stride; otherwise the wrapper falls back to the byte-wise variant 1."""
+    return rows.data_ptr() % size == 0 and (rows.stride(0) % size == 0 or rows.shape[0] <= 1)

@@ -6,13 +6,19 @@ scale each value to its column-wise tile by an exact power of two and round it w
 `minifloat.py`, and write the quantized `[K, M]` output once; no BF16/FP32 tensor ever touches global
 memory. Results equal the references in `reference_conversions.py` bit for bit:
 
-- `fp8_rowwise_to_colwise`: for each 128x128 tile the column-wise scale is the largest of the 128 row
+- `fp8_rowwise_to_colwise` (in `transpose_fp8.py`): for each 128x128 tile the column-wise scale is the largest of the 128 row
   scales; values are shifted down to it and rounded to E4M3 (subnormals rounded, NaN kept as NaN).
 - `mxfp4_rowwise_to_colwise`: `quantize_mxfp4(dequantize_mxfp4(x).T)` on 32x32 tiles.
 - `mxfp4_rowwise_to_fp8_colwise`: `quantize_fp8(dequantize_mxfp4(x).T)` on 32x128 -> 128x32 tiles.
 
 The input may be a strided 2-D view (any row stride, contiguous last dimension); outputs are new
 contiguous tensors.
+
+The MXFP4 transposes have three bodies (`LaunchConfig.variant`, same bits): 0 decodes, transposes
+fp32 values through shared memory and re-rounds; 1 quantizes in the input layout and transposes only
+output bytes; 2 gives each thread one packed input word (8 columns) of 32 rows, so column maxima,
+rounding and nibble/byte packing all stay in registers (no shared memory), decoding and re-encoding
+with fp32 bit tricks and fused multiply-adds (see the variant-2 section below).
 """
 
 from __future__ import annotations
@@ -24,39 +30,7 @@ import triton.language as tl
 from ..checks import rows_in
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 from .launch import CONFIGS
-from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32, e4m3_round, pow2_f32
-
-
-@triton.jit
-def _fp8_rowwise_to_colwise_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
-                                   stride_q, stride_qs, stride_o, stride_os,
-                                   BLOCK_K: tl.constexpr):
-    # One program: input rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K), inside one tile.
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_m * 128 + tl.arange(0, 128)
-    row_ok = rows < M
-    r64 = rows.to(tl.int64)
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    col_ok = cols < K
-    code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :],
-                   mask=row_ok[:, None] & col_ok[None, :], other=0).to(tl.int32)
-    tile = (pid_k * BLOCK_K) // 128
-    rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=row_ok, other=0).to(tl.int32)
-    kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
-
-    mag = code & 0x7F
-    # |q| * 2^(k_row - kt) <= 448, exact in fp32 (a shift clamped at -127 leaves < 2^-118: code 0 either way)
-    shift = pow2_f32(tl.maximum(rbyte - kt, -127))
-    c = e4m3_round(e4m3_abs_f32(mag) * shift[:, None]) | (code & 0x80)
-    col_nan = (tl.max(mag, axis=0) == 0x7F) | (kt == 255)  # 0x7F (NaN) is the largest code
-    c = tl.where(col_nan[None, :], 0, c)
-
-    c_t = tl.trans(c.to(tl.uint8))  # [BLOCK_K, 128]: output rows are input columns
-    c64 = cols.to(tl.int64)
-    tl.store(o_ptr + c64[:, None] * stride_o + rows[None, :], c_t,
-             mask=col_ok[:, None] & row_ok[None, :])
-    tl.store(os_ptr + c64 * stride_os + pid_m, tl.where(col_nan, 255, kt).to(tl.uint8), mask=col_ok)
+from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_round, pow2_f32
 
 
 @triton.jit
@@ -249,25 +223,278 @@ def _mxfp4_rowwise_to_fp8_colwise_v1_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     _fp8_colwise_plane(hi, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 1, M, K, stride_o, stride_os, BLOCK_K)
 
 
+# --- Variant 2: one thread per packed input word (8 columns) x 32 rows; no shared memory -------------
+# Every load is a 1-D row of `NW = BLOCK_K / 8` int32 words (one per thread); the 32 rows of a block are
+# stacked into in-thread dimensions with `tl.join`, so each thread holds a whole 32-row x 8-column
+# block and the column-wise maxima are in-thread reductions. E2M1 codes stay in the packed words; each
+# column is decoded with one shift and mask straight into the fp32 bit pattern `c << 22` (= |E2M1| *
+# 2^-126), and the output code comes back the same way: two fused multiply-adds round `|v| * 2^-e` to
+# the E2M1 grid (a magic constant for the half-integer spacing below 2; values from 1 up are exact)
+# and rescale it so that its fp32 bits are again `code << 22`. Packing adds codes pairwise, in
+# integers. Needs 4-byte-aligned input rows (the wrapper falls back to variant 1 otherwise).
 
-def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
-    """FP8 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
-    (contract and argument checks: `mxa2a.quant.conversions.fp8_rowwise_to_colwise`). Asynchronous on the
-    current CUDA stream (no host sync)."""
-    q = rows_in(t.data.view(torch.uint8))
-    qs = rows_in(t.scales)
-    M, K = q.shape
-    out = FP8Tensor(torch.empty(K, M, dtype=E4M3_DTYPE, device=t.device),
-                    torch.empty(K, M // FP8_TILE, dtype=torch.uint8, device=t.device))
-    if M == 0 or K == 0:
-        return out
-    o = out.data.view(torch.uint8)
-    cfg = CONFIGS["fp8_rowwise_to_colwise"]
-    grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
-    _fp8_rowwise_to_colwise_kernel[grid](q, qs, o, out.scales, M, K, q.stride(0), qs.stride(0),
-                                         o.stride(0), out.scales.stride(0), BLOCK_K=cfg.block_k,
-                                         num_warps=cfg.num_warps)
-    return out
+_TWO_126 = tl.constexpr(8.507059173023462e37)      # 2^126: (c << 22) read as fp32 is |E2M1(c)| * 2^-126
+_TWO_M126 = tl.constexpr(1.1754943508222875e-38)   # 2^-126
+_E2M1_MAGIC = tl.constexpr(6291456.0)              # 1.5 * 2^22: ulp 0.5, the E2M1 spacing below 2
+_E2M1_MAGIC_LOW = tl.constexpr(7.395570986446986e-32)  # 1.5 * 2^22 * 2^-126
+
+
+@triton.jit
+def _mx_word_row(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    """Row `row` (< 32, relative to the pointers) of the packed words `w` (int32, 8 codes each) and
+    their block scale bytes. 32-bit row offsets: 32 * stride fits, and the loop-invariant per-row terms
+    stay scalar 32-bit values instead of 64-bit pointers per row."""
+    if EVEN:
+        word = tl.load(x32 + (row * stride_x4 + w))
+        sb = tl.load(xs_ptr + (row * stride_xs + w // 4)).to(tl.int32)
+    else:
+        word = tl.load(x32 + (row * stride_x4 + w), mask=w_ok, other=0)
+        sb = tl.load(xs_ptr + (row * stride_xs + w // 4), mask=w_ok, other=0).to(tl.int32)
+    return word, sb
+
+
+@triton.jit
+def _mx_rows2(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_word_row(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_word_row(x32, xs_ptr, row + 16, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows4(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_rows2(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows2(x32, xs_ptr, row + 8, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows8(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_rows4(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows4(x32, xs_ptr, row + 4, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows16(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_rows8(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows8(x32, xs_ptr, row + 2, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows32(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, NW: tl.constexpr, EVEN: tl.constexpr):
+    """Rows `row + i`, i < 32 (callers pass pointers at the block's first row and `row` = 0), of words
+    `w`: `[NW, 32]` words and scale bytes, rows in natural order (the join tree puts row bit 4 in the
+    outermost joined dimension and bit 0 in the innermost)."""
+    a, sa = _mx_rows16(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows16(x32, xs_ptr, row + 1, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.reshape(tl.join(a, b), (NW, 32)), tl.reshape(tl.join(sa, sb), (NW, 32))
+
+
+@triton.jit
+def _nibble_at_22(words, J: tl.constexpr):
+    """The words shifted so that nibble J (column 8w + J) sits at bits 22..25."""
+    if J <= 5:
+        return words << (22 - 4 * J)
+    else:
+        return words >> (4 * J - 22)
+
+
+@triton.jit
+def _nibble_at_24(words, J: tl.constexpr):
+    """The words shifted so that nibble J sits at bits 24..27."""
+    if J <= 6:
+        return words << (24 - 4 * J)
+    else:
+        return words >> 4
+
+
+@triton.jit
+def _mx_abs_values(words, scale, J: tl.constexpr):
+    """|decoded value| of column J of every word (fp32, exact; Inf from 2^128 on) and the shifted words."""
+    sh = _nibble_at_22(words, J)
+    cf = (sh & 0x1C00000).to(tl.float32, bitcast=True)
+    return cf * _TWO_126 * scale, sh
+
+
+@triton.jit
+def _pack_nibble_rows(zb, NW: tl.constexpr):
+    """`[NW, 32]` int32 holding `code << 22` per row -> `[NW, 4]` words of 8 rows each (row 8q + i in
+    nibble i)."""
+    even, odd = tl.split(tl.reshape(zb, (NW, 4, 4, 2)))
+    byte = (even + odd * 16) >> 22                       # [NW, 4, 4]: rows 2k, 2k + 1 of word q
+    lo, hi = tl.split(tl.reshape(byte, (NW, 4, 2, 2)))
+    half = lo + hi * 256                                 # [NW, 4, 2]
+    h0, h1 = tl.split(half)
+    return h0 + h1 * 65536
+
+
+@triton.jit
+def _mxfp4_colwise_v2_column(words, scale, nan_row, o32, os_ptr, pid_m, w, w_ok, stride_o4, stride_os,
+                             J: tl.constexpr, NW: tl.constexpr):
+    v, sh = _mx_abs_values(words, scale, J)
+    amax = tl.max(v.to(tl.int32, bitcast=True), axis=1)  # [NW]; fp32 bits are ordered like |v|
+    nan = nan_row | (amax >= 0x7F800000)
+    # A decoded maximum has significand 1 or 1.5: floor and rceil both give e = floor(log2 amax) - 2;
+    # a zero or fp32-subnormal maximum gives (amax >> 23) - 129 <= -129, clamped to -127.
+    e = tl.maximum((amax >> 23) - 129, -127)
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2^-e, e in [-127, 126]
+    # v * 2^-e <= 6 is exact; + 1.5 * 2^22 rounds it to a multiple of 1/2 (RNE), which is the E2M1 grid
+    # below 2 and leaves the exact values from 1 up alone; (t - C) * 2^-126 then has fp32 bits code << 22.
+    t = v * inv[:, None] + _E2M1_MAGIC
+    z = t * _TWO_M126 - _E2M1_MAGIC_LOW
+    zb = z.to(tl.int32, bitcast=True) | (sh & 0x2000000)  # the sign bit (nibble bit 3) sits at bit 25
+    packed = tl.where(nan[:, None], 0, _pack_nibble_rows(zb, NW))
+    k64 = (8 * w + J).to(tl.int64)
+    q = tl.arange(0, 4)
+    tl.store(o32 + k64[:, None] * stride_o4 + pid_m * 4 + q[None, :], packed, mask=w_ok[:, None])
+    tl.store(os_ptr + k64 * stride_os + pid_m, tl.where(nan, 255, e + 127).to(tl.uint8), mask=w_ok)
+
+
+@triton.jit
+def _mxfp4_rowwise_to_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                        stride_x, stride_xs, stride_o, stride_os,
+                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    # One program: rows [BLOCK_M*pid_m, +BLOCK_M) (32-row blocks one after another) x columns
+    # [BLOCK_K*pid_k, +BLOCK_K); each thread owns one packed word (8 columns) of every row.
+    NW: tl.constexpr = BLOCK_K // 8
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    w = pid_k * NW + tl.arange(0, NW)
+    w_ok = w < K // 8
+    x32 = x_ptr.to(tl.pointer_type(tl.int32))
+    o32 = o_ptr.to(tl.pointer_type(tl.int32))
+    nblk = tl.minimum(BLOCK_M // 32, M // 32 - pid_m * (BLOCK_M // 32))  # the last program may be short
+    for blk in tl.range(0, nblk, loop_unroll_factor=1):
+        bm = pid_m * (BLOCK_M // 32) + blk
+        r64 = (bm * 32).to(tl.int64)
+        words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
+                                  stride_x // 4, stride_xs, NW, EVEN)
+        nan_row = tl.max(sbyte, axis=1) == 255
+        scale = tl.maximum(sbyte << 23, 0x400000).to(tl.float32, bitcast=True)  # 2^(b-127); b=0: 2^-127
+        for j in tl.static_range(8):
+            _mxfp4_colwise_v2_column(words, scale, nan_row, o32, os_ptr, bm, w, w_ok, stride_o // 4,
+                                     stride_os, j, NW)
+
+
+_TWO_M120 = tl.constexpr(7.52316384526264e-37)     # 2^-120: |E4M3| * 2^-120 has fp32 bits code << 20
+_E4M3_MAGIC = tl.constexpr(24576.0)                # 1.5 * 2^14: ulp 2^-9, the E4M3 subnormal spacing
+_E4M3_MAGIC_LOW = tl.constexpr(1.8488927466117464e-32)  # 1.5 * 2^14 * 2^-120
+
+
+@triton.jit
+def _join8(m0, m1, m2, m3, m4, m5, m6, m7, NW: tl.constexpr):
+    """Eight `[NW]` tensors -> `[NW, 8]` (index j), the new dimension in-thread."""
+    a = tl.join(tl.join(m0, m4), tl.join(m2, m6))
+    b = tl.join(tl.join(m1, m5), tl.join(m3, m7))
+    return tl.reshape(tl.join(a, b), (NW, 8))  # flattened index j
+
+
+@triton.jit
+def _split8(x, NW: tl.constexpr):
+    """Inverse of `_join8`."""
+    a, b = tl.split(tl.reshape(x, (NW, 2, 2, 2)))
+    a04, a26 = tl.split(a)
+    b15, b37 = tl.split(b)
+    m0, m4 = tl.split(a04)
+    m2, m6 = tl.split(a26)
+    m1, m5 = tl.split(b15)
+    m3, m7 = tl.split(b37)
+    return m0, m1, m2, m3, m4, m5, m6, m7
+
+
+@triton.jit
+def _fp8_colmax_chunk(words, scale, NW: tl.constexpr):
+    """`[NW, 8]`: the largest |decoded value| (fp32 bits) of each of the 8 columns over 32 rows."""
+    m0 = tl.max(_mx_abs_values(words, scale, 0)[0].to(tl.int32, bitcast=True), axis=1)
+    m1 = tl.max(_mx_abs_values(words, scale, 1)[0].to(tl.int32, bitcast=True), axis=1)
+    m2 = tl.max(_mx_abs_values(words, scale, 2)[0].to(tl.int32, bitcast=True), axis=1)
+    m3 = tl.max(_mx_abs_values(words, scale, 3)[0].to(tl.int32, bitcast=True), axis=1)
+    m4 = tl.max(_mx_abs_values(words, scale, 4)[0].to(tl.int32, bitcast=True), axis=1)
+    m5 = tl.max(_mx_abs_values(words, scale, 5)[0].to(tl.int32, bitcast=True), axis=1)
+    m6 = tl.max(_mx_abs_values(words, scale, 6)[0].to(tl.int32, bitcast=True), axis=1)
+    m7 = tl.max(_mx_abs_values(words, scale, 7)[0].to(tl.int32, bitcast=True), axis=1)
+    return _join8(m0, m1, m2, m3, m4, m5, m6, m7, NW)
+
+
+@triton.jit
+def _fp8_colwise_v2_column(words, scale, inv, nan, o32, pid_m, g, w, w_ok, stride_o4,
+                           J: tl.constexpr, NW: tl.constexpr):
+    """E4M3 codes of column J for 32 rows (chunk g of the 128-row tile), stored as 8 words."""
+    v, sh = _mx_abs_values(words, scale, J)
+    # v * 2^-k <= 448 is exact; + 1.5 * 2^14 rounds it to a multiple of 2^-9 (RNE: E4M3 subnormals;
+    # normal E4M3 values are exact there), and (t - C) * 2^-120 has fp32 bits code << 20.
+    t = v * inv[:, None] + _E4M3_MAGIC
+    z = t * _TWO_M120 - _E4M3_MAGIC_LOW
+    zb = z.to(tl.int32, bitcast=True) | (_nibble_at_24(words, J) & 0x8000000)  # sign: nibble bit 3 -> 27
+    lo, hi = tl.split(tl.reshape(zb, (NW, 8, 2, 2)))             # rows 4a + {0, 2} and 4a + {1, 3}
+    p0, p1 = tl.split((lo >> 8) + hi)                            # codes at bits 12 and 20
+    packed = tl.where(nan[:, None], 0, (p0 >> 12) + (p1 << 4))   # [NW, 8]: rows 4a .. 4a + 3
+    # Two 16-byte stores of 4 words each (one 32-byte store would be split over two threads).
+    first, second = tl.split(tl.permute(tl.reshape(packed, (NW, 2, 4)), (0, 2, 1)))
+    k64 = (8 * w + J).to(tl.int64)
+    a = tl.arange(0, 4)
+    base = o32 + k64[:, None] * stride_o4 + pid_m * 32 + g * 8 + a[None, :]
+    tl.store(base, first, mask=w_ok[:, None])
+    tl.store(base + 4, second, mask=w_ok[:, None])
+
+
+@triton.jit
+def _mxfp4_rowwise_to_fp8_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                            stride_x, stride_xs, stride_o, stride_os,
+                                            BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    # One program: rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K); each thread owns one
+    # packed word (8 columns) of every row and walks the tile in four 32-row chunks twice: first for
+    # the column maxima, then (reloading the chunk, an L1/L2 hit) for the codes.
+    NW: tl.constexpr = BLOCK_K // 8
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    w = pid_k * NW + tl.arange(0, NW)
+    w_ok = w < K // 8
+    x32 = x_ptr.to(tl.pointer_type(tl.int32))
+    o32 = o_ptr.to(tl.pointer_type(tl.int32))
+    bmax = tl.zeros((NW,), dtype=tl.int32)
+    amax = _join8(bmax, bmax, bmax, bmax, bmax, bmax, bmax, bmax, NW)  # [NW, 8] zeros, j in-thread
+    # Runtime loops, not unrolled: each chunk's loads and values stay in their iteration (registers).
+    for g in tl.range(0, 4, loop_unroll_factor=1):
+        r64 = (pid_m * 128 + g * 32).to(tl.int64)
+        words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
+                                  stride_x // 4, stride_xs, NW, EVEN)
+        bmax = tl.maximum(bmax, tl.max(sbyte, axis=1))
+        scale = tl.maximum(sbyte << 23, 0x400000).to(tl.float32, bitcast=True)
+        amax = tl.maximum(amax, _fp8_colmax_chunk(words, scale, NW))
+    nan = (bmax[:, None] == 255) | (amax >= 0x7F800000)
+    # k = ceil(log2(amax / 448)) = floor(log2 amax) - 8: a decoded maximum has significand 1 or 1.5
+    # (never above 1.75); a zero or fp32-subnormal maximum gives <= -135, clamped to -127.
+    k = tl.maximum((amax >> 23) - 135, -127)
+    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, k in [-127, 120]
+    kbyte = tl.where(nan, 255, k + 127).to(tl.uint8)
+    s0, s1, s2, s3, s4, s5, s6, s7 = _split8(kbyte, NW)
+    k64 = (8 * w).to(tl.int64) * stride_os + pid_m
+    tl.store(os_ptr + k64, s0, mask=w_ok)
+    tl.store(os_ptr + k64 + stride_os, s1, mask=w_ok)
+    tl.store(os_ptr + k64 + 2 * stride_os, s2, mask=w_ok)
+    tl.store(os_ptr + k64 + 3 * stride_os, s3, mask=w_ok)
+    tl.store(os_ptr + k64 + 4 * stride_os, s4, mask=w_ok)
+    tl.store(os_ptr + k64 + 5 * stride_os, s5, mask=w_ok)
+    tl.store(os_ptr + k64 + 6 * stride_os, s6, mask=w_ok)
+    tl.store(os_ptr + k64 + 7 * stride_os, s7, mask=w_ok)
+    i0, i1, i2, i3, i4, i5, i6, i7 = _split8(inv, NW)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _split8(nan, NW)
+    for g in tl.range(0, 4, loop_unroll_factor=1):
+        r64 = (pid_m * 128 + g * 32).to(tl.int64)
+        words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
+                                  stride_x // 4, stride_xs, NW, EVEN)
+        scale = tl.maximum(sbyte << 23, 0x400000).to(tl.float32, bitcast=True)
+        _fp8_colwise_v2_column(words, scale, i0, n0, o32, pid_m, g, w, w_ok, stride_o // 4, 0, NW)
+        _fp8_colwise_v2_column(words, scale, i1, n1, o32, pid_m, g, w, w_ok, stride_o // 4, 1, NW)
+        _fp8_colwise_v2_column(words, scale, i2, n2, o32, pid_m, g, w, w_ok, stride_o // 4, 2, NW)
+        _fp8_colwise_v2_column(words, scale, i3, n3, o32, pid_m, g, w, w_ok, stride_o // 4, 3, NW)
+        _fp8_colwise_v2_column(words, scale, i4, n4, o32, pid_m, g, w, w_ok, stride_o // 4, 4, NW)
+        _fp8_colwise_v2_column(words, scale, i5, n5, o32, pid_m, g, w, w_ok, stride_o // 4, 5, NW)
+        _fp8_colwise_v2_column(words, scale, i6, n6, o32, pid_m, g, w, w_ok, stride_o // 4, 6, NW)
+        _fp8_colwise_v2_column(words, scale, i7, n7, o32, pid_m, g, w, w_ok, stride_o // 4, 7, NW)
+
 
 
 def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
@@ -282,10 +509,16 @@ def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
     if M == 0 or K == 0:
         return out
     cfg = CONFIGS["mxfp4_rowwise_to_colwise"]
+    variant = cfg.variant
+    if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
+        variant = 1  # variant 2 reads int32 words
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
-    kernel = _mxfp4_rowwise_to_colwise_v1_kernel if cfg.variant == 1 else _mxfp4_rowwise_to_colwise_kernel
+    kernel = {0: _mxfp4_rowwise_to_colwise_kernel, 1: _mxfp4_rowwise_to_colwise_v1_kernel,
+              2: _mxfp4_rowwise_to_colwise_v2_kernel}[variant]
+    extra = {"EVEN": K % cfg.block_k == 0} if variant == 2 else {}  # EVEN: no column masks
     kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0), out.data.stride(0),
-                 out.scales.stride(0), BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+                 out.scales.stride(0), BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                 **extra)
     return out
 
 
@@ -302,9 +535,13 @@ def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
         return out
     o = out.data.view(torch.uint8)
     cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
+    variant = cfg.variant
+    if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
+        variant = 1  # variant 2 reads int32 words
     grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
-    kernel = (_mxfp4_rowwise_to_fp8_colwise_v1_kernel if cfg.variant == 1
-              else _mxfp4_rowwise_to_fp8_colwise_kernel)
+    kernel = {0: _mxfp4_rowwise_to_fp8_colwise_kernel, 1: _mxfp4_rowwise_to_fp8_colwise_v1_kernel,
+              2: _mxfp4_rowwise_to_fp8_colwise_v2_kernel}[variant]
+    extra = {"EVEN": K % cfg.block_k == 0} if variant == 2 else {}  # EVEN: no column masks
     kernel[grid](x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0), o.stride(0), out.scales.stride(0),
-                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, **extra)
     return out

@@ -1,0 +1,252 @@
+"""The scaling-aware FP8 row-wise -> column-wise transpose (`fp8_rowwise_to_colwise`) in Triton.
+
+For each 128x128 tile the column-wise scale byte is the largest of the 128 row scale bytes `kt`; every
+value is shifted down by `d = kt - k_row >= 0` binades, rounded to E4M3 (subnormals rounded to nearest
+even, never flushed) and written transposed; a NaN row scale or an E4M3 NaN element makes its
+column-wise tile NaN (scale 255, data bytes 0). Results equal `reference_conversions.fp8_rowwise_to_colwise`
+bit for bit. The input may be a strided 2-D view (any row stride, contiguous last dimension); outputs
+are new contiguous tensors.
+
+Kernel variants (`CONFIGS["fp8_rowwise_to_colwise"].variant`, same bits, different schedule):
+- 0: decodes each code to fp32, scales it and rounds it with the fp32 helpers of `minifloat.py`, and
+  transposes the output bytes (`tl.trans` of uint8, one byte per shared-memory read).
+- 1: integer rounding (`_shift_round`): a shifted value that stays normal is the code minus `d << 3`;
+  one that falls below 2^-6 is rounded by one fp32 multiply into the fp32 subnormal range, whose
+  spacing there is the E4M3 subnormal step, so the product's bits are the code. Byte transpose as 0.
+- 2: as 1, but the rows are loaded in an order that puts 4 consecutive rows in one thread, so each
+  output word (4 bytes of an output row) is packed in registers and only int32 words are transposed
+  through shared memory; the NaN column test is reduced over rows as OR of words holding 4 columns.
+- 3: as 2 with one program per 128x128 tile, looping over it BLOCK_K columns at a time (the per-row
+  scale work is done once per tile).
+Variants 1-3 drop the masks when the tiles are full (always, for valid containers: M and K are
+multiples of 128).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..checks import rows_in
+from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor
+from .launch import CONFIGS
+from .minifloat import e4m3_abs_f32, e4m3_round, pow2_f32
+
+
+@triton.jit
+def _fp8_rowwise_to_colwise_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
+                                   stride_q, stride_qs, stride_o, stride_os,
+                                   BLOCK_K: tl.constexpr):
+    # One program: input rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K), inside one tile.
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * 128 + tl.arange(0, 128)
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    col_ok = cols < K
+    code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :],
+                   mask=row_ok[:, None] & col_ok[None, :], other=0).to(tl.int32)
+    tile = (pid_k * BLOCK_K) // 128
+    rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=row_ok, other=0).to(tl.int32)
+    kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
+
+    mag = code & 0x7F
+    # |q| * 2^(k_row - kt) <= 448, exact in fp32 (a shift clamped at -127 leaves < 2^-118: code 0 either way)
+    shift = pow2_f32(tl.maximum(rbyte - kt, -127))
+    c = e4m3_round(e4m3_abs_f32(mag) * shift[:, None]) | (code & 0x80)
+    col_nan = (tl.max(mag, axis=0) == 0x7F) | (kt == 255)  # 0x7F (NaN) is the largest code
+    c = tl.where(col_nan[None, :], 0, c)
+
+    c_t = tl.trans(c.to(tl.uint8))  # [BLOCK_K, 128]: output rows are input columns
+    c64 = cols.to(tl.int64)
+    tl.store(o_ptr + c64[:, None] * stride_o + rows[None, :], c_t,
+             mask=col_ok[:, None] & row_ok[None, :])
+    tl.store(os_ptr + c64 * stride_os + pid_m, tl.where(col_nan, 255, kt).to(tl.uint8), mask=col_ok)
+
+
+@triton.jit
+def _shift_round(mag, dd, g):
+    """E4M3 magnitude code of |q| * 2^-d, rounded to nearest even, for magnitude codes `mag` (0..0x7E),
+    `dd = d << 3` and `g` = 2^(-20-d) as fp32 (0 when that is below 2^-149), per row.
+
+    If the shifted value stays normal (exponent field E > d) its code is `mag - dd` exactly. Otherwise
+    the value is below 2^-6 and its code is RNE(|q| * 2^-d / 2^-9) (8 when it rounds up to 2^-6): the
+    fp32 `mag << 20` is |q| * 2^-120 (E4M3 subnormals land on fp32 subnormals), times 2^(-20-d) it is
+    |q| * 2^-d * 2^-140 < 2^-126, and fp32 rounds that product to a multiple of 2^-149, i.e. to the
+    E4M3 subnormal step 2^-9 scaled by 2^-140; its bits are the code. For a normal result those bits
+    are the value / 2^-9 >= the code, and `mag - dd >= 8`; for a subnormal one `mag - dd < 8`, so
+    `min(bits, max(mag - dd, 8))` picks the right one in both cases."""
+    n = ((mag << 20).to(tl.float32, bitcast=True) * g[:, None]).to(tl.int32, bitcast=True)
+    return tl.minimum(n, tl.maximum(mag - dd[:, None], 8))
+
+
+@triton.jit
+def _fp8_rowwise_to_colwise_v1_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
+                                      stride_q, stride_qs, stride_o, stride_os,
+                                      BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * 128 + tl.arange(0, 128)
+    r64 = rows.to(tl.int64)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    tile = (pid_k * BLOCK_K) // 128
+    if EVEN:
+        code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :]).to(tl.int32)
+        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile).to(tl.int32)
+    else:
+        row_ok = rows < M
+        code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :],
+                       mask=row_ok[:, None] & (cols < K)[None, :], other=0).to(tl.int32)
+        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=row_ok, other=0).to(tl.int32)
+    kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
+    d = kt - rbyte  # >= 0
+    e = -20 - d  # exponent of g; below -149 g is 0 (|q| * 2^-d < 2^-120 rounds to 0 either way)
+    g_bits = tl.where(e >= -126, (e + 127) << 23, tl.where(e >= -149, 1 << (tl.maximum(e, -149) + 149), 0))
+    g = g_bits.to(tl.float32, bitcast=True)
+    dd = tl.minimum(d, 16) << 3  # d >= 16 leaves no normal result: mag - 128 < 8 picks the product
+
+    mag = code & 0x7F
+    c = _shift_round(mag, dd, g) | (code & 0x80)
+    col_nan = (tl.max(mag, axis=0) == 0x7F) | (kt == 255)  # 0x7F (NaN) is the largest code
+    c = tl.where(col_nan[None, :], 0, c)
+
+    c_t = tl.trans(c.to(tl.uint8))  # [BLOCK_K, 128]: output rows are input columns
+    c64 = cols.to(tl.int64)
+    oscale = tl.where(col_nan, 255, kt).to(tl.uint8)
+    if EVEN:
+        tl.store(o_ptr + c64[:, None] * stride_o + rows[None, :], c_t)
+        tl.store(os_ptr + c64 * stride_os + pid_m, oscale)
+    else:
+        col_ok = cols < K
+        tl.store(o_ptr + c64[:, None] * stride_o + rows[None, :], c_t,
+                 mask=col_ok[:, None] & (rows < M)[None, :])
+        tl.store(os_ptr + c64 * stride_os + pid_m, oscale, mask=col_ok)
+
+
+@triton.jit
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _nan_columns(mag, BLOCK_K: tl.constexpr):
+    """1 for the columns of `mag` [128, BLOCK_K] (rows ordered as in the v2/v3 kernels) holding the
+    E4M3 NaN magnitude 0x7F. The column maxima of each thread's 4 rows are packed 4 columns to a word
+    (little endian), a byte's top bit set by +1 only at 0x7F, so the cross-thread reduction over rows
+    is an OR of BLOCK_K / 4 words instead of a maximum of BLOCK_K values."""
+    m4 = tl.max(tl.reshape(mag, (4, 32, BLOCK_K)), axis=0)  # [32, BLOCK_K], max of rows 4j .. 4j + 3
+    pk = tl.sum(tl.reshape(m4, (32, BLOCK_K // 4, 4)) << (8 * tl.arange(0, 4))[None, None, :], axis=2)
+    flags = tl.reduce((pk + 0x01010101) & -0x7F7F7F80, 0, _or)  # [BLOCK_K / 4]; -0x7F7F7F80 is 0x80808080
+    return tl.reshape((flags[:, None] >> (8 * tl.arange(0, 4) + 7)[None, :]) & 1, (BLOCK_K,)) != 0
+
+
+@triton.jit
+def _packed_rows(pid_m, M, qs_ptr, stride_qs, tile, EVEN: tl.constexpr):
+    """Rows of one 128-row block in the v2/v3 order and their per-row factors: tensor row i holds
+    memory row 4 * (i % 32) + i // 32, so the rows a thread holds (i, i + 32, ...) are 4 consecutive
+    memory rows and their output bytes pack into one int32 word in registers; only words go through
+    the shared-memory transpose. Returns rows, int64 rows, kt, dd and g of `_shift_round`."""
+    i = tl.arange(0, 128)
+    rows = pid_m * 128 + 4 * (i % 32) + i // 32
+    r64 = rows.to(tl.int64)
+    if EVEN:
+        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile).to(tl.int32)
+    else:
+        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=rows < M, other=0).to(tl.int32)
+    kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
+    d = kt - rbyte  # >= 0
+    e = -20 - d  # exponent of g; below -149 g is 0 (|q| * 2^-d < 2^-120 rounds to 0 either way)
+    g_bits = tl.where(e >= -126, (e + 127) << 23, tl.where(e >= -149, 1 << (tl.maximum(e, -149) + 149), 0))
+    dd = tl.minimum(d, 16) << 3  # d >= 16 leaves no normal result: mag - 128 < 8 picks the product
+    return rows, r64, kt, dd, g_bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _packed_chunk(q_ptr, o_ptr, os_ptr, rows, r64, kt, dd, g, pid_m, cols, M, K, stride_q, stride_o,
+                  stride_os, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """Converts input columns `cols` [BLOCK_K] of the 128 rows `rows` (order of `_packed_rows`) and
+    stores them as output rows: 4 output bytes per int32 word, transposed as words."""
+    if EVEN:
+        code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :]).to(tl.int32)
+    else:
+        code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :],
+                       mask=(rows < M)[:, None] & (cols < K)[None, :], other=0).to(tl.int32)
+    mag = code & 0x7F
+    c = _shift_round(mag, dd, g) | (code & 0x80)
+    col_nan = _nan_columns(mag, BLOCK_K) | (kt == 255)
+    # Word (j, col) = output bytes of memory rows 4j .. 4j + 3 of that column, little endian.
+    word = tl.sum(tl.reshape(c, (4, 32, BLOCK_K)) << (8 * tl.arange(0, 4))[:, None, None], axis=0)
+    word = tl.where(col_nan[None, :], 0, word)
+    w_t = tl.trans(word)  # [BLOCK_K, 32]: output row = input column, 32 words = its 128 bytes
+    c64 = cols.to(tl.int64)
+    o32 = o_ptr.to(tl.pointer_type(tl.int32))  # the output is ours: contiguous, M % 128 == 0
+    ocols = pid_m * 32 + tl.arange(0, 32)
+    oscale = tl.where(col_nan, 255, kt).to(tl.uint8)
+    if EVEN:
+        tl.store(o32 + c64[:, None] * (stride_o // 4) + ocols[None, :], w_t)
+        tl.store(os_ptr + c64 * stride_os + pid_m, oscale)
+    else:
+        col_ok = cols < K
+        tl.store(o32 + c64[:, None] * (stride_o // 4) + ocols[None, :], w_t,
+                 mask=col_ok[:, None] & (ocols < M // 4)[None, :])
+        tl.store(os_ptr + c64 * stride_os + pid_m, oscale, mask=col_ok)
+
+
+@triton.jit
+def _fp8_rowwise_to_colwise_v2_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
+                                      stride_q, stride_qs, stride_o, stride_os,
+                                      BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows, r64, kt, dd, g = _packed_rows(pid_m, M, qs_ptr, stride_qs, (pid_k * BLOCK_K) // 128, EVEN)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    _packed_chunk(q_ptr, o_ptr, os_ptr, rows, r64, kt, dd, g, pid_m, cols, M, K, stride_q, stride_o,
+                  stride_os, BLOCK_K, EVEN)
+
+
+@triton.jit
+def _fp8_rowwise_to_colwise_v3_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
+                                      stride_q, stride_qs, stride_o, stride_os,
+                                      BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    # One program: a whole 128x128 tile, BLOCK_K columns at a time (the per-row work done once).
+    pid_m = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    rows, r64, kt, dd, g = _packed_rows(pid_m, M, qs_ptr, stride_qs, pid_t, EVEN)
+    for k0 in range(0, 128, BLOCK_K):
+        cols = pid_t * 128 + k0 + tl.arange(0, BLOCK_K)
+        _packed_chunk(q_ptr, o_ptr, os_ptr, rows, r64, kt, dd, g, pid_m, cols, M, K, stride_q, stride_o,
+                      stride_os, BLOCK_K, EVEN)
+
+
+def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
+    """FP8 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
+    (contract and argument checks: `mxa2a.quant.conversions.fp8_rowwise_to_colwise`). Asynchronous on the
+    current CUDA stream (no host sync)."""
+    q = rows_in(t.data.view(torch.uint8))
+    qs = rows_in(t.scales)
+    M, K = q.shape
+    out = FP8Tensor(torch.empty(K, M, dtype=E4M3_DTYPE, device=t.device),
+                    torch.empty(K, M // FP8_TILE, dtype=torch.uint8, device=t.device))
+    if M == 0 or K == 0:
+        return out
+    o = out.data.view(torch.uint8)
+    cfg = CONFIGS["fp8_rowwise_to_colwise"]
+    args = (q, qs, o, out.scales, M, K, q.stride(0), qs.stride(0), o.stride(0), out.scales.stride(0))
+    grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
+    if cfg.variant == 0:
+        _fp8_rowwise_to_colwise_kernel[grid](*args, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+        return out
+    kernels = {1: _fp8_rowwise_to_colwise_v1_kernel, 2: _fp8_rowwise_to_colwise_v2_kernel,
+               3: _fp8_rowwise_to_colwise_v3_kernel}
+    if cfg.variant not in kernels:
+        raise ValueError(f"fp8_rowwise_to_colwise: unknown kernel variant {cfg.variant} in "
+                         f"CONFIGS['fp8_rowwise_to_colwise'] (expected 0, 1, 2 or 3)")
+    # Valid containers always give full tiles (M and K are multiples of 128); the masked bodies
+    # are there for safety only.
+    even = M % FP8_TILE == 0 and K % FP8_TILE == 0
+    if cfg.variant == 3:
+        grid = (M // FP8_TILE, triton.cdiv(K, FP8_TILE))  # one program per 128x128 tile
+    kernels[cfg.variant][grid](*args, BLOCK_K=cfg.block_k, EVEN=even, num_warps=cfg.num_warps)
+    return out
