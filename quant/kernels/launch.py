@@ -31,13 +31,14 @@ class LaunchConfig:
     variant: int = 0
 
 
-# The winners of the sweep on an H100 at M = 8192, K = 7168 (benchmarks/results/conversion_throughput_h100.json).
+# The winners of the sweep on 2x H200 (one GPU used) at M = 16384, K = 7168, 2026-11-25
+# (benchmarks/results/conversion_throughput_h200.json).
 CONFIGS: dict[str, LaunchConfig] = {
-    "fp8_to_mxfp4": LaunchConfig(8, 1024, 8, 1),
-    "mxfp4_to_fp8": LaunchConfig(8, 1024, 8, 1),
-    "fp8_rowwise_to_colwise": LaunchConfig(128, 64, 4),
-    "mxfp4_rowwise_to_colwise": LaunchConfig(64, 64, 4),
-    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 64, 4, 1),
+    "fp8_to_mxfp4": LaunchConfig(4, 1024, 4, 2),
+    "mxfp4_to_fp8": LaunchConfig(4, 1024, 4, 0),
+    "fp8_rowwise_to_colwise": LaunchConfig(128, 32, 2, 3),
+    "mxfp4_rowwise_to_colwise": LaunchConfig(32, 256, 1, 2),
+    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 2048, 8, 2),
 }
 
 # Alternatives for the benchmark's --sweep, per kernel (all satisfy the constraints above).

@@ -145,9 +145,10 @@ def test_v2_strided_wire_rows(seed, monkeypatch, pad):
     qv = FP8Tensor(fp8_rows[:, :k].view(E4M3_DTYPE), q.scales)
     wire = torch.full((n, k // 2 + k // 32 + pad), 0xAA, dtype=torch.uint8, device=TRITON_DEVICE)
     out = MXFP4Tensor(wire[:, :k // 2], wire[:, k // 2:k // 2 + k // 32])
-    got = _f2m(qv, "rceil", cfg, monkeypatch, out=out)
-    assert got.data.data_ptr() == wire.data_ptr()
-    assert_same_bits(got, fp8_to_mxfp4(q, backend="torch"), f"into wire rows, pad {pad}")
+    monkeypatch.setitem(launch.CONFIGS, "fp8_to_mxfp4", cfg)
+    got = fp8_to_mxfp4(to_device(qv, TRITON_DEVICE), scale_mode="rceil", backend="triton", out=out)
+    assert got.data.data_ptr() == wire.data_ptr()  # written in place, on the device of `wire`
+    assert_same_bits(to_device(got, "cpu"), fp8_to_mxfp4(q, backend="torch"), f"into wire rows, pad {pad}")
     assert (wire[:, k // 2 + k // 32:].cpu() == 0xAA).all()
     check_m2f(MXFP4Tensor(wire[:, :k // 2].cpu(), wire[:, k // 2:k // 2 + k // 32].cpu()), monkeypatch,
               tiles=[(2, 128, 2), (4, 256, 4)], what=f"from wire rows, pad {pad}")
