@@ -13,10 +13,11 @@ function on these inputs, against the two-step path over the whole tensor.
 Targets (issue 3): direct >= 1.6x faster than two-step, and >= 70% of the copy roofline.
 `--sweep` first times every launch configuration of `mxa2a.quant.kernels.launch.SWEEP` at the first size
 and uses the fastest for the table (printed, and saved in the JSON); copy the winners into
-`launch.CONFIGS` to make them the defaults.
+`launch.CONFIGS` to make them the defaults. Sweep at a size well above the L2 (65536 x 7168 moves
+~0.7 GB): at 16384 rows part of the data stays in the H200's 50 MB L2 between repeats and the ranking changes.
 
     python benchmarks/conversion_throughput.py                       # M = 8192..65536, K = 7168
-    python benchmarks/conversion_throughput.py -m 16384 -k 7168 --sweep --json results/conversions.json
+    python benchmarks/conversion_throughput.py -m 65536 16384 --sweep --json results/conversions.json
 Without CUDA it runs a tiny smoke test under the Triton interpreter (no meaningful times).
 """
 

@@ -18,8 +18,12 @@ MXFP4 -> FP8: `4c + 8(6 + d)`), with a constexpr EVEN specialization (no masks) 
 program whose data leaves variant 2's fast case (FP8 -> MXFP4: a nonzero block whose largest code is
 below ~2^-3 * 2^k, i.e. 2^12 under its tile's range, or tile scales at the bottom of E8M0; MXFP4 -> FP8: a
 nonzero block whose values would become E4M3 subnormals, ~2^14 under its tile's largest) runs the
-variant-1 body instead, row by row, decided per program. Variant 2 needs
-4-byte aligned rows (2-byte for MXFP4 output); the wrappers fall back to variant 1 otherwise.
+variant-1 body instead, one row's 128-column tile at a time, decided per program. Variant 3 of MXFP4 -> FP8
+keeps variant 2's scales and fast-path test and replaces the per-code arithmetic by table lookups: in a
+block of the fast path the E4M3 magnitudes of the eight E2M1 codes are eight bytes made by two
+multiply-adds, and one byte permute (`byteperm.py`) looks up four codes. Variants 2 and 3 need
+4-byte aligned rows (2-byte for MXFP4 output; variant 3 also aligned scale rows); the wrappers fall back
+to variant 1 otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import triton.language as tl
 
 from ..checks import rows_in, rows_out
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
+from .byteperm import byte_perm, use_asm
 from .launch import CONFIGS
 from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32, e4m3_round, pow2_f32
 
@@ -294,11 +299,11 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
     slow = (~special) & ((g < 4) | (ex + tb < 9))
     if tl.max(slow.to(tl.int32)) != 0:
         # Rare (a nonzero block whose largest code is under ~2^-3, i.e. 2^12 below its tile's range, or
-        # scales at the bottom of E8M0): the general path, one row at a time so that its registers do not
-        # lower the occupancy of the fast path.
-        for r in range(BLOCK_M):
+        # scales at the bottom of E8M0): the general path, one row's tile at a time so that its registers
+        # do not lower the occupancy of the fast path.
+        for i in range(BLOCK_M * NT):
             _fp8_to_mxfp4_v1_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x, stride_xs,
-                                  pid_m * BLOCK_M + r, pid_k, RCEIL, 1, BLOCK_K)
+                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, RCEIL, 1, 128)
     else:
         # Per block, with d = 3 - g (the exponent shift from E4M3 to E2M1 codes): an element whose value
         # y = |v| 2^-e is >= 1 has E2M1 code RNE(m / 4) + 2d (a shift of the 7-bit code m); below 1 the
@@ -392,10 +397,10 @@ def _mxfp4_to_fp8_v2_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     slow = nz & (delta < -5) & (pmax < 256)[:, :, None]  # a value below 2^-6 after scaling: E4M3 subnormal
     if tl.max(slow.to(tl.int32)) != 0:
         # Rare (a nonzero block ~2^14 below its tile's largest: E4M3 subnormals): the general path, one
-        # row at a time so that its registers do not lower the occupancy of the fast path.
-        for r in range(BLOCK_M):
+        # row's tile at a time so that its registers do not lower the occupancy of the fast path.
+        for i in range(BLOCK_M * NT):
             _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
-                                  pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
+                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
     else:
         # Every nonzero value is an E4M3 normal: code = 4c + 8(6 + delta) for c >= 2, 8(6 + delta) for
         # c = 1 (0.5), 0 for c = 0; per byte lane: n2 = [c >= 2], n1 = [c >= 1].
@@ -456,6 +461,96 @@ def _spread_nibbles(t):
     return (t | (t << 4)) & 0x0F0F0F0F
 
 
+@triton.jit
+def _mxfp4_to_fp8_v3_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
+                            stride_x, stride_xs, stride_q, stride_qs,
+                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+                            ASM: tl.constexpr):
+    # Variant 3: variant 2's scales and fast-path test, then a table lookup per code: in a block of the
+    # fast path every nonzero code c becomes |E4M3| = T[c] = 4c + 4[c >= 2] + 4(2 (6 + delta) - 1)
+    # (T[0] = 0), eight bytes built with two multiply-adds per block, and `byte_perm` looks up four codes
+    # at once. A thread holds one block: 4 words in, 8 words out.
+    # Register layouts: every tensor is [4 blocks, NT tiles, BLOCK_M rows, 4], and every load and store
+    # moves 4 consecutive words or bytes per thread, so that Triton gives all of them one layout (lanes
+    # over blocks, then tiles; the last dimension in registers) and never exchanges data through shared
+    # memory. Hence the tiles in descending order (no contiguity across tiles), the tile's 4 scale bytes
+    # loaded by every block's thread, and each input word loaded twice (an L1 hit), once per output word
+    # it makes.
+    # Needs 4-byte aligned rows, scale rows included (wrapper).
+    NT: tl.constexpr = BLOCK_K // 128
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    b3 = tl.arange(0, 4)[:, None, None]
+    t3 = (pid_k * NT + NT - 1 - tl.arange(0, NT))[None, :, None]
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    r64 = rows.to(tl.int64)[None, None, :]
+    j4 = tl.arange(0, 4)[None, None, None, :]
+    # wa holds input words 0, 0, 1, 1 of the block, wb words 2, 2, 3, 3: output word j of each half is
+    # computed from the input word at its own position (no data movement between registers).
+    xa_ptrs = ((x_ptr + r64 * stride_x).to(tl.pointer_type(tl.uint32)) + t3 * 16 + b3 * 4)[:, :, :, None] + j4 // 2
+    s_offs = (r64 * stride_xs + t3 * 4 + b3 * 0)[:, :, :, None] + j4
+    xs_ptrs = xs_ptr + tl.max_contiguous(tl.multiple_of(s_offs, [1, 1, 1, 4]), [1, 1, 1, 4])
+    if EVEN:
+        wa = tl.load(xa_ptrs, eviction_policy="evict_first")
+        wb = tl.load(xa_ptrs + 2, eviction_policy="evict_first")
+        sb4 = tl.load(xs_ptrs).to(tl.int32)
+    else:
+        ok = (rows < M)[None, None, :] & (t3 < K // 128)
+        wa = tl.load(xa_ptrs, mask=ok[:, :, :, None], other=0, eviction_policy="evict_first")
+        wb = tl.load(xa_ptrs + 2, mask=ok[:, :, :, None], other=0, eviction_policy="evict_first")
+        sb4 = tl.load(xs_ptrs, mask=ok[:, :, :, None], other=0).to(tl.int32)
+    bbyte = tl.max(tl.where(j4 == b3[:, :, :, None], sb4, 0), axis=3)  # this block's scale byte
+
+    # Scales exactly as in variant 2 (p = floor(log2 block max) + 128; see there).
+    o = tl.reduce(wa | wb, 3, _or)
+    a = tl.reduce((wa & (wa << 1)) | (wb & (wb << 1)), 3, _or)
+    nz = (o & 0x77777777) != 0
+    ebits = (((o & 0x66666666) != 0).to(tl.int32) + ((o & 0x44444444) != 0).to(tl.int32)
+             + ((a & 0x44444444) != 0).to(tl.int32))
+    p = tl.where(bbyte == 255, 512, tl.where(nz, ebits + bbyte, 0))
+    pmax = tl.max(p, axis=0)
+    nan_t = pmax >= 256
+    kbyte = tl.maximum(pmax - 9, 0)
+    delta = bbyte - kbyte[None, :, :]
+    slow = nz & (delta < -5) & (pmax < 256)[None, :, :]
+    if tl.max(slow.to(tl.int32)) != 0:
+        for i in range(BLOCK_M * NT):  # the general path, one row's tile at a time (as in variant 2)
+            _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
+    else:
+        keep = tl.where(nan_t, 0, -1).to(tl.uint32, bitcast=True)[None, :, :, None]  # NaN tile: codes 0
+        # Bytes of 4(2 (6 + delta) - 1) added to T's constant part; no byte carries (T[c] < 256), and a
+        # zero block's negative delta leaves T[0] = 0 (the multiplier's low byte is 0).
+        dq4 = (delta * 8 + 44).to(tl.uint32, bitcast=True)[:, :, :, None]
+        t_lo = 0x100C0400 + dq4 * 0x01010100
+        t_hi = 0x201C1814 + dq4 * 0x01010101
+        qw_ptrs = ((q_ptr + r64 * stride_q).to(tl.pointer_type(tl.uint32)) + t3 * 32 + b3 * 8)[:, :, :, None] + j4
+        sbyte = tl.where(nan_t, 255, kbyte).to(tl.uint8)[None, :, :, None] + tl.zeros_like(j4).to(tl.uint8)
+        sbyte = tl.broadcast_to(sbyte, (4, NT, BLOCK_M, 4))
+        qs_ptrs = qs_ptr + (r64 * stride_qs + t3 + b3 * 0)[:, :, :, None] + j4 * 0
+        first = (b3 == 0)[:, :, :, None] & (j4 == 0)  # the tile's scale byte: lane 0 of its first block
+        if EVEN:
+            tl.store(qw_ptrs, _e4m3_words(wa & keep, t_lo, t_hi, ASM))
+            tl.store(qw_ptrs + 4, _e4m3_words(wb & keep, t_lo, t_hi, ASM))
+            tl.store(qs_ptrs, sbyte, mask=first)
+        else:
+            tl.store(qw_ptrs, _e4m3_words(wa & keep, t_lo, t_hi, ASM), mask=ok[:, :, :, None])
+            tl.store(qw_ptrs + 4, _e4m3_words(wb & keep, t_lo, t_hi, ASM), mask=ok[:, :, :, None])
+            tl.store(qs_ptrs, sbyte, mask=ok[:, :, :, None] & first)
+
+
+@triton.jit
+def _e4m3_words(src, t_lo, t_hi, ASM: tl.constexpr):
+    """`[..., 4]` words of E2M1 codes, the last dimension in registers, holding input words (u, u, v, v)
+    -> the E4M3 codes of codes 0-3 of u, 4-7 of u, 0-3 of v, 4-7 of v, looked up in `t_hi:t_lo`."""
+    odd = (tl.arange(0, 4) & 1) == 1
+    m = (src & 0x77777777) >> tl.where(odd, 16, 0).to(tl.uint32)
+    code = byte_perm(t_lo, t_hi, m, ASM)
+    # The sign of code i (bit 4i + 3) goes to bit 8i + 7: byte i / 2 of w << 4 (i even) or of w (i odd).
+    sel = tl.where(odd, 0x7362, 0x5140).to(tl.uint32)
+    return code | (byte_perm(src << 4, src, sel + tl.zeros_like(src), ASM) & 0x80808080)
+
+
 def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
                         out: MXFP4Tensor | None = None) -> MXFP4Tensor:
     """FP8 `[..., K]` -> MXFP4 `[..., K]` in one Triton pass; contract and argument checks in
@@ -505,9 +600,14 @@ def mxfp4_to_fp8_triton(t: MXFP4Tensor, *, out: FP8Tensor | None = None) -> FP8T
     cfg = CONFIGS["mxfp4_to_fp8"]
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
     args = (x, xs, q, qs, M, K, x.stride(0), xs.stride(0), q.stride(0), qs.stride(0))
+    even = M % cfg.block_m == 0 and K % cfg.block_k == 0
     if cfg.variant == 2 and _words_ok(x) and _words_ok(q):
-        _mxfp4_to_fp8_v2_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
-                                      EVEN=M % cfg.block_m == 0 and K % cfg.block_k == 0, num_warps=cfg.num_warps)
+        _mxfp4_to_fp8_v2_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, EVEN=even,
+                                      num_warps=cfg.num_warps)
+        return out
+    if cfg.variant == 3 and _words_ok(x) and _words_ok(q) and _words_ok(xs):
+        _mxfp4_to_fp8_v3_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, EVEN=even, ASM=use_asm(),
+                                      num_warps=cfg.num_warps)
         return out
     kernel = _mxfp4_to_fp8_v1_kernel if cfg.variant >= 1 else _mxfp4_to_fp8_kernel
     kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)

@@ -19,7 +19,9 @@ class LaunchConfig:
     `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32;
     `mxfp4_rowwise_to_colwise` needs both multiples of 32. All powers of two.
 
-    `variant` picks a kernel body where a conversion has several (same bits, different schedule):
+    `variant` picks a kernel body where a conversion has several (same bits, different schedule); variant 3
+    of `mxfp4_to_fp8` (table lookups with a byte permute) needs `block_m * block_k / 128` to be a multiple of
+    8 * `num_warps` (a thread per 32-block);
     0 is the original; 1 for `fp8_to_mxfp4` / `mxfp4_to_fp8` takes each block maximum from the integer maximum of its
     codes and scales every value by one per-block power of two; 1 for the MXFP4 transposes quantizes in the input layout (even / odd column
     nibble planes, column-wise block maxima as reductions over rows) and transposes only the output
@@ -31,14 +33,14 @@ class LaunchConfig:
     variant: int = 0
 
 
-# The winners of the sweep on 2x H200 (one GPU used) at M = 16384, K = 7168, 2026-11-25
-# (benchmarks/results/conversion_throughput_h200.json).
+# The winners of the sweep on one H200 at M = 65536, K = 7168 (inputs 4x the L2; at 16384 the L2 holds part
+# of them and skews the ranking), 2026-11-26 (benchmarks/results/conversion_throughput_h200.json).
 CONFIGS: dict[str, LaunchConfig] = {
-    "fp8_to_mxfp4": LaunchConfig(4, 1024, 4, 2),
-    "mxfp4_to_fp8": LaunchConfig(4, 1024, 4, 0),
+    "fp8_to_mxfp4": LaunchConfig(1, 1024, 1, 2),
+    "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
     "fp8_rowwise_to_colwise": LaunchConfig(128, 32, 2, 3),
     "mxfp4_rowwise_to_colwise": LaunchConfig(32, 256, 1, 2),
-    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 2048, 8, 2),
+    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 512, 2, 2),
 }
 
 # Alternatives for the benchmark's --sweep, per kernel (all satisfy the constraints above).
@@ -48,12 +50,15 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                            (16, 256, 4, 1), (32, 256, 8, 1), (16, 512, 8, 1), (4, 1024, 4, 1), (8, 1024, 8, 1),
                            (8, 512, 4, 1),
                            (8, 1024, 8, 2), (4, 1024, 4, 2), (16, 512, 8, 2), (8, 512, 4, 2), (16, 256, 4, 2),
-                           (32, 256, 8, 2), (16, 1024, 8, 2)]),
+                           (32, 256, 8, 2), (16, 1024, 8, 2), (1, 1024, 1, 2), (2, 1024, 2, 2), (8, 1024, 4, 2),
+                           (2, 512, 1, 2)]),
     "mxfp4_to_fp8": tuple(LaunchConfig(m, k, w, v) for m, k, w, v in
                           [(16, 256, 4, 0), (32, 256, 8, 0), (4, 1024, 4, 0),
                            (16, 256, 4, 1), (32, 256, 8, 1), (4, 1024, 4, 1), (8, 1024, 8, 1),
                            (8, 1024, 8, 2), (4, 1024, 4, 2), (16, 512, 8, 2), (8, 512, 4, 2), (16, 256, 4, 2),
-                           (32, 256, 8, 2)]),
+                           (32, 256, 8, 2),
+                           (4, 1024, 4, 3), (8, 1024, 8, 3), (2, 1024, 2, 3), (1, 1024, 1, 3), (4, 512, 2, 3),
+                           (8, 512, 4, 3), (8, 1024, 4, 3), (16, 1024, 4, 3), (16, 512, 4, 3), (4, 1024, 1, 3)]),
     "fp8_rowwise_to_colwise": tuple(LaunchConfig(128, k, w, v) for k, w, v in
                                     [(64, 4, 0), (64, 8, 0), (128, 8, 0), (128, 16, 0), (64, 4, 1),
                                      (32, 2, 2), (64, 4, 2), (128, 4, 2), (128, 8, 2),

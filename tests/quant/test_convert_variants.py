@@ -1,5 +1,5 @@
-"""Variant 2 of the direct conversions (`quant/kernels/convert.py`: integer-only, four codes per 32-bit
-word, a general path for rare programs) equals the two-step references bit for bit: random bytes over
+"""Variants 2 and 3 of the direct conversions (`quant/kernels/convert.py`: integer-only, four codes per
+32-bit word or table lookups, a general path for rare programs) equal the two-step references bit for bit: random bytes over
 every scale range, activation-like data, every E4M3 / E2M1 code against every block exponent offset,
 NaN / Inf / zero / subnormal corners, partial tiles (non-EVEN), strided and misaligned row views; and
 the word-wise fast path alone is exact on the data it claims."""
@@ -46,7 +46,9 @@ def check_f2m(t: FP8Tensor, monkeypatch, tiles=TILES, modes=("rceil", "floor"), 
 def check_m2f(t: MXFP4Tensor, monkeypatch, tiles=TILES, what=""):
     want = mxfp4_to_fp8(t, backend="torch")
     for m, k, w in tiles:
-        assert_same_bits(_m2f(t, LaunchConfig(m, k, w, 2), monkeypatch), want, f"mxfp4_to_fp8 v2 {m}x{k} {what}")
+        for v in (2, 3):
+            assert_same_bits(_m2f(t, LaunchConfig(m, k, w, v), monkeypatch), want,
+                             f"mxfp4_to_fp8 v{v} {m}x{k} {what}")
 
 
 def activation_like(rows: int, k: int) -> torch.Tensor:
@@ -183,7 +185,9 @@ def test_v2_fast_path_alone_is_exact_where_taken(seed, monkeypatch):
         assert_same_bits(_f2m(q, mode, cfg, monkeypatch, out=out), fp8_to_mxfp4(q, scale_mode=mode, backend="torch"),
                          f"fast path alone {mode}")
     xm = reference.quantize_mxfp4(x)
-    assert_same_bits(_m2f(xm, cfg, monkeypatch), mxfp4_to_fp8(xm, backend="torch"), "fast path alone")
+    for v in (2, 3):
+        assert_same_bits(_m2f(xm, LaunchConfig(4, 256, 4, v), monkeypatch), mxfp4_to_fp8(xm, backend="torch"),
+                         f"fast path alone, v{v}")
 
     tiny = q.data.view(torch.uint8).clone()
     tiny[0, :32] = 0x01  # a block of subnormals next to 448-sized values: general path
@@ -192,5 +196,6 @@ def test_v2_fast_path_alone_is_exact_where_taken(seed, monkeypatch):
     assert (_f2m(qt, "rceil", cfg, monkeypatch, out=out).scales[:4, :8] == 0xAA).all()  # that program only
     far = MXFP4Tensor(xm.data, xm.scales.clone())
     far.scales[0, 1] = far.scales[0, 0] - 20  # a block 2^20 below its tile: general path
-    with pytest.raises(AssertionError):
-        assert_same_bits(_m2f(far, cfg, monkeypatch), mxfp4_to_fp8(far, backend="torch"))
+    for v in (2, 3):
+        with pytest.raises(AssertionError):
+            assert_same_bits(_m2f(far, LaunchConfig(4, 256, 4, v), monkeypatch), mxfp4_to_fp8(far, backend="torch"))
