@@ -14,7 +14,9 @@ Variants (`CONFIGS[name].variant`; same bits): 0 decodes every value to fp32; 1 
 integer code maxima and scales by one per-block power of two; 2 is integer-only and works on four codes per
 32-bit word (SWAR): the scale from the maximum code's exponent field, the element codes from a shift of the
 code by a per-block amount (FP8 -> MXFP4: `RNE(m / 4) + 2d`, small values by two threshold compares;
-MXFP4 -> FP8: `4c + 8(6 + d)`), with a constexpr EVEN specialization (no masks) for whole tiles. A
+MXFP4 -> FP8: `4c + 8(6 + d)`), with a constexpr EVEN specialization (no masks) for whole tiles. FP8 ->
+MXFP4 is bound by the integer pipes: its block maximum uses 16-bit SIMD maxima (`max.u16x2`), byte masks
+and nibble packing are byte permutes, and right shifts are multiply-highs, which run on the FMA pipe. A
 program whose data leaves variant 2's fast case (FP8 -> MXFP4: a nonzero block whose largest code is
 below ~2^-3 * 2^k, i.e. 2^12 under its tile's range, or tile scales at the bottom of E8M0; MXFP4 -> FP8: a
 nonzero block whose values would become E4M3 subnormals, ~2^14 under its tile's largest) runs the
@@ -255,7 +257,7 @@ def _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_x
 def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
                             stride_q, stride_qs, stride_x, stride_xs,
                             RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                            EVEN: tl.constexpr):
+                            EVEN: tl.constexpr, ASM: tl.constexpr):
     # Variant 2: integer-only, four E4M3 codes per 32-bit word, no fp32 per element. Tensors are
     # [rows, tiles, 4 blocks, 4 words]; a block's 8 words are loaded as two such halves so that one
     # thread holds the whole block. Needs 4-byte aligned input rows and 2-byte aligned output rows.
@@ -280,12 +282,14 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
         w_hi = tl.load(lo_ptrs + 4, mask=ok[:, :, :, None], other=0, eviction_policy="evict_first")
         tb = tl.load(ts_ptrs, mask=ok, other=0).to(tl.int32)
 
-    # Largest magnitude code of each block (E4M3 codes are ordered like values): the 32-bit maximum
-    # of the words shifted so that each byte lane in turn is the top byte.
+    # Largest magnitude code of each block (E4M3 codes are ordered like values): a maximum of 16-bit
+    # lanes leaves the largest odd byte of each lane on top; of the words shifted by 8, the largest even one.
     m_lo = w_lo & 0x7F7F7F7F
     m_hi = w_hi & 0x7F7F7F7F
-    mmax = tl.maximum(tl.maximum(_top_byte_max(m_lo, m_hi, 0), _top_byte_max(m_lo, m_hi, 8)),
-                      tl.maximum(_top_byte_max(m_lo, m_hi, 16), _top_byte_max(m_lo, m_hi, 24))).to(tl.int32)
+    odd = _max_u16x2(_reduce_max_u16x2(m_lo, ASM), _reduce_max_u16x2(m_hi, ASM), ASM)
+    even = _max_u16x2(_reduce_max_u16x2(m_lo << 8, ASM), _reduce_max_u16x2(m_hi << 8, ASM), ASM)
+    top = _max_u16x2(odd, even, ASM)  # the block's largest byte in bits 8-15 or 24-31
+    mmax = tl.maximum((top >> 8) & 0xFF, top >> 24).to(tl.int32)
     ex = mmax >> 3  # exponent field of the largest code
     if RCEIL:
         g = (mmax + 3) >> 3  # e + 9 - k: exponent plus [significand above 1.5]
@@ -315,8 +319,8 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
         u1 = (tl.where(special, 0, 128 - tl.maximum(8 * g - 31, 5)).to(tl.uint32) * 0x01010101)[:, :, :, None]
         u2 = (tl.where(special, 0, 148 - 8 * g).to(tl.uint32) * 0x01010101)[:, :, :, None]
         sm = tl.where(bad, 0, 0x08080808).to(tl.uint32)[:, :, :, None]
-        c_lo = _e4m3x4_to_e2m1x4(w_lo, m_lo, cb, u1, u2, sm, RCEIL)
-        c_hi = _e4m3x4_to_e2m1x4(w_hi, m_hi, cb, u1, u2, sm, RCEIL)
+        c_lo = _e4m3x4_to_e2m1x4(w_lo, m_lo, cb, u1, u2, sm, RCEIL, ASM)
+        c_hi = _e4m3x4_to_e2m1x4(w_hi, m_hi, cb, u1, u2, sm, RCEIL, ASM)
         xrow = (x_ptr + r64 * stride_x).to(tl.pointer_type(tl.uint16))
         out_ptrs = xrow[:, None, None, None] + (t3 * 32 + b3 * 8)[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
         xs_ptrs = xs_ptr + r64[:, None, None] * stride_xs + t3 * 4 + b3
@@ -332,23 +336,48 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
 
 
 @triton.jit
-def _top_byte_max(m_lo, m_hi, SHIFT: tl.constexpr):
-    """Per block: the largest byte lane `3 - SHIFT / 8` of its 8 words, as the top byte's value."""
-    return tl.maximum(tl.max(m_lo << SHIFT, axis=3), tl.max(m_hi << SHIFT, axis=3)) >> 24
+def _max_u16x2(a, b, ASM: tl.constexpr):
+    """Lane-wise maximum of the two unsigned 16-bit halves of uint32 `a`, `b` (one `max.u16x2`)."""
+    if ASM:
+        return tl.inline_asm_elementwise("max.u16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.uint32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.maximum(a & 0xFFFF, b & 0xFFFF) | tl.maximum(a >> 16, b >> 16) << 16
 
 
 @triton.jit
-def _e4m3x4_to_e2m1x4(w, m, cb, u1, u2, sm, RCEIL: tl.constexpr):
+def _max_u16x2_asm(a, b):
+    return _max_u16x2(a, b, True)
+
+
+@triton.jit
+def _max_u16x2_py(a, b):
+    return _max_u16x2(a, b, False)
+
+
+@triton.jit
+def _reduce_max_u16x2(x, ASM: tl.constexpr):
+    """`_max_u16x2` over the last axis of a 4-D tensor."""
+    if ASM:
+        return tl.reduce(x, 3, _max_u16x2_asm)
+    else:
+        return tl.reduce(x, 3, _max_u16x2_py)
+
+
+@triton.jit
+def _e4m3x4_to_e2m1x4(w, m, cb, u1, u2, sm, RCEIL: tl.constexpr, ASM: tl.constexpr):
     """Four E4M3 codes (bytes of `w`; `m` = magnitudes) -> four E2M1 codes packed into 16 bits."""
-    x1 = m + ((w >> 2) & 0x01010101) + cb        # m + RNE bit + bias, per byte
-    xb = (x1 >> 2) & 0x3F3F3F3F                  # RNE(m / 4) + 2d + 30
-    h = xb & 0x20202020
-    c = (xb & (h - (h >> 5))) + (((m + u1) >> 7) & 0x01010101) + (((m + u2) >> 7) & 0x01010101)
+    # Right shifts as multiply-highs (x >> k = umulhi(x, 2^(32 - k))): they run on the FMA pipe and leave
+    # the integer ALU, which this kernel saturates, to the logic operations.
+    x1 = m + tl.umulhi(w & 0x04040404, 1 << 30) + cb   # m + RNE bit + bias; bit 7: RNE(m / 4) + 2d >= 2
+    keep = byte_perm(x1, x1, tl.full(x1.shape, 0xBA98, tl.uint32), ASM)  # 0xFF where bit 7 is set
+    c = ((tl.umulhi(x1, 1 << 30) & keep & 0x1F1F1F1F) + tl.umulhi((m + u1) & 0x80808080, 1 << 25)
+         + tl.umulhi((m + u2) & 0x80808080, 1 << 25))
     if not RCEIL:
         c -= (c >> 3) & 0x01010101               # floor: 8 saturates to 6 (code 7)
-    c |= (w >> 4) & sm                           # sign bit (cleared in NaN blocks)
-    p = (c | (c >> 4)) & 0x00FF00FF              # [c0 | c1 << 4, 0, c2 | c3 << 4, 0]
-    return (p | (p >> 8)).to(tl.uint16)
+    c |= tl.umulhi(w, 1 << 28) & sm              # sign bit (cleared in NaN blocks)
+    p = c | tl.umulhi(c, 1 << 28)                # [c0 | c1 << 4, *, c2 | c3 << 4, *]
+    return byte_perm(p, p, tl.full(p.shape, 0x2020, tl.uint32), ASM).to(tl.uint16)
 
 
 @triton.jit
@@ -574,7 +603,7 @@ def fp8_to_mxfp4_triton(t: FP8Tensor, scale_mode: str = "rceil", *,
     if cfg.variant == 2 and _words_ok(q) and _words_ok(x, 2):
         _fp8_to_mxfp4_v2_kernel[grid](*args, RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m,
                                       BLOCK_K=cfg.block_k, EVEN=M % cfg.block_m == 0 and K % cfg.block_k == 0,
-                                      num_warps=cfg.num_warps)
+                                      ASM=use_asm(), num_warps=cfg.num_warps)
         return MXFP4Tensor(out.data, out.scales, scale_mode)
     kernel = _fp8_to_mxfp4_v1_kernel if cfg.variant >= 1 else _fp8_to_mxfp4_kernel
     kernel[grid](*args, RCEIL=scale_mode == "rceil", BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k,
