@@ -27,10 +27,10 @@ def use_asm() -> bool:
 @triton.jit
 def byte_perm(a, b, sel, ASM: tl.constexpr):
     """Bytes `(sel >> 4n) & 7` (n = 0..3) of the 8-byte value `b:a`, sign-replicated where selector bit
-    `4n + 3` is set; uint32 tensors of one shape."""
+    `4n + 3` is set; 32-bit integer tensors of one shape and type (the result's)."""
     if ASM:
         return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, sel],
-                                         dtype=tl.uint32, is_pure=True, pack=1)
+                                         dtype=a.dtype, is_pure=True, pack=1)
     else:
         out = tl.zeros_like(sel)
         for n in tl.static_range(4):

@@ -21,7 +21,8 @@ class LaunchConfig:
 
     `variant` picks a kernel body where a conversion has several (same bits, different schedule); variant 3
     of `mxfp4_to_fp8` (table lookups with a byte permute) needs `block_m * block_k / 128` to be a multiple of
-    8 * `num_warps` (a thread per 32-block);
+    8 * `num_warps` (a thread per 32-block); variant 4 of `fp8_rowwise_to_colwise` works on 4x4-byte blocks
+    of int32 words (see `transpose_fp8.py`);
     0 is the original; 1 for `fp8_to_mxfp4` / `mxfp4_to_fp8` takes each block maximum from the integer maximum of its
     codes and scales every value by one per-block power of two; 1 for the MXFP4 transposes quantizes in the input layout (even / odd column
     nibble planes, column-wise block maxima as reductions over rows) and transposes only the output
@@ -38,7 +39,7 @@ class LaunchConfig:
 CONFIGS: dict[str, LaunchConfig] = {
     "fp8_to_mxfp4": LaunchConfig(2, 1024, 2, 2),
     "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
-    "fp8_rowwise_to_colwise": LaunchConfig(128, 32, 2, 3),
+    "fp8_rowwise_to_colwise": LaunchConfig(128, 128, 8, 4),
     "mxfp4_rowwise_to_colwise": LaunchConfig(32, 256, 1, 2),
     "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 512, 2, 2),
 }
@@ -62,7 +63,8 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
     "fp8_rowwise_to_colwise": tuple(LaunchConfig(128, k, w, v) for k, w, v in
                                     [(64, 4, 0), (64, 8, 0), (128, 8, 0), (128, 16, 0), (64, 4, 1),
                                      (32, 2, 2), (64, 4, 2), (128, 4, 2), (128, 8, 2),
-                                     (32, 1, 3), (32, 2, 3), (64, 2, 3), (64, 4, 3)]),
+                                     (32, 1, 3), (32, 2, 3), (64, 2, 3), (64, 4, 3),
+                                     (128, 4, 4), (128, 8, 4), (64, 2, 4), (64, 4, 4), (32, 1, 4), (32, 2, 4)]),
     "mxfp4_rowwise_to_colwise": tuple(LaunchConfig(m, k, w, v) for m, k, w, v in
                                       [(64, 64, 4, 0), (128, 128, 8, 0),
                                        (32, 64, 2, 1), (64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 4, 1),

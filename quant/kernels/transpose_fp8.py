@@ -18,6 +18,10 @@ Kernel variants (`CONFIGS["fp8_rowwise_to_colwise"].variant`, same bits, differe
   through shared memory; the NaN column test is reduced over rows as OR of words holding 4 columns.
 - 3: as 2 with one program per 128x128 tile, looping over it BLOCK_K columns at a time (the per-row
   scale work is done once per tile).
+- 4: as 3, but on int32 words from load to store: each thread holds 4x4-byte blocks (4 consecutive rows
+  of one input word), rounds each byte with 3's arithmetic (bytes picked by `byte_perm`), transposes the
+  block with 8 byte permutes into 4 output words, and finds NaN columns with per-byte flags OR-ed over
+  rows. Needs 4-byte aligned input rows (else it runs 3).
 Variants 1-3 drop the masks when the tiles are full (always, for valid containers: M and K are
 multiples of 128).
 """
@@ -30,7 +34,8 @@ import triton.language as tl
 
 from ..checks import rows_in
 from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor
-from .launch import CONFIGS
+from .byteperm import byte_perm, use_asm
+from .launch import CONFIGS, LaunchConfig
 from .minifloat import e4m3_abs_f32, e4m3_round, pow2_f32
 
 
@@ -220,6 +225,105 @@ def _fp8_rowwise_to_colwise_v3_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
                       stride_os, BLOCK_K, EVEN)
 
 
+@triton.jit
+def _row_word(code, mag, neg_dd, g, ASM: tl.constexpr):
+    """One input word (4 codes of one row, little endian; `mag` = code & 0x7F7F7F7F) -> the 4 rounded,
+    shifted codes of `_shift_round` packed the same way, sign bits included; `neg_dd` = -dd and `g`
+    broadcast per row."""
+    out = code & -0x7F7F7F80  # the sign bits (0x80808080)
+    zero = tl.zeros_like(mag)
+    for i in tl.static_range(4):
+        b = byte_perm(mag, zero, tl.full(mag.shape, 0x4440 + i, tl.int32), ASM)  # byte i of mag (0..0x7F)
+        n = ((b << 20).to(tl.float32, bitcast=True) * g).to(tl.int32, bitcast=True)
+        out += tl.minimum(n, tl.maximum(b + neg_dd, 8)) << (8 * i)  # < 0x80: adds into a clear byte
+    return out
+
+
+@triton.jit
+def _fp8_rowwise_to_colwise_v4_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
+                                      stride_q, stride_qs, stride_o, stride_os,
+                                      BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    # Variant 4: words throughout. One program per 128x128 tile, BLOCK_K columns at a time; tensors are
+    # [32 row groups, BLOCK_K / 4 word columns], one per row a of each group (rows 4g + a), so a thread
+    # holds 4x4-byte blocks: each row's word is rounded with `_shift_round`'s arithmetic per byte and
+    # repacked, then the 4x4 block is transposed with 8 byte permutes into 4 words that each hold 4
+    # consecutive rows of one column (an output word), and only words go through the shared-memory
+    # transpose. NaN columns come from an OR of per-byte NaN flags over the rows. Needs 4-byte aligned
+    # input rows and full tiles (wrapper; valid containers always give full tiles).
+    NW: tl.constexpr = BLOCK_K // 4
+    pid_m = tl.program_id(0)
+    pid_t = tl.program_id(1)
+    gi = tl.arange(0, 32)
+    q32 = q_ptr.to(tl.pointer_type(tl.int32))
+    o32 = o_ptr.to(tl.pointer_type(tl.int32))
+    r0 = pid_m * 128 + 4 * gi
+    rb0 = tl.load(qs_ptr + r0.to(tl.int64) * stride_qs + pid_t).to(tl.int32)
+    rb1 = tl.load(qs_ptr + (r0 + 1).to(tl.int64) * stride_qs + pid_t).to(tl.int32)
+    rb2 = tl.load(qs_ptr + (r0 + 2).to(tl.int64) * stride_qs + pid_t).to(tl.int32)
+    rb3 = tl.load(qs_ptr + (r0 + 3).to(tl.int64) * stride_qs + pid_t).to(tl.int32)
+    kt = tl.max(tl.maximum(tl.maximum(rb0, rb1), tl.maximum(rb2, rb3)), axis=0)  # NaN (255) is the largest
+    dd0, g0 = _row_factors(kt, rb0)
+    dd1, g1 = _row_factors(kt, rb1)
+    dd2, g2 = _row_factors(kt, rb2)
+    dd3, g3 = _row_factors(kt, rb3)
+    a0 = r0.to(tl.int64)[:, None] * (stride_q // 4)
+    a1 = a0 + stride_q // 4
+    a2 = a1 + stride_q // 4
+    a3 = a2 + stride_q // 4
+    ocols = pid_m * 32 + gi
+    for k0 in range(0, 128, BLOCK_K):
+        wc = (pid_t * 128 + k0) // 4 + tl.arange(0, NW)
+        x0 = tl.load(q32 + a0 + wc[None, :])
+        x1 = tl.load(q32 + a1 + wc[None, :])
+        x2 = tl.load(q32 + a2 + wc[None, :])
+        x3 = tl.load(q32 + a3 + wc[None, :])
+        m0 = x0 & 0x7F7F7F7F
+        m1 = x1 & 0x7F7F7F7F
+        m2 = x2 & 0x7F7F7F7F
+        m3 = x3 & 0x7F7F7F7F
+        # E4M3 NaN (0x7F) per byte: + 1 sets the byte's top bit only there.
+        flags = (m0 + 0x01010101) | (m1 + 0x01010101) | (m2 + 0x01010101) | (m3 + 0x01010101)
+        nan4 = tl.reduce(flags & -0x7F7F7F80, 0, _or)  # [NW]: bit 8b + 7 for NaN column 4c + b
+        y0 = _row_word(x0, m0, dd0[:, None], g0[:, None], ASM)
+        y1 = _row_word(x1, m1, dd1[:, None], g1[:, None], ASM)
+        y2 = _row_word(x2, m2, dd2[:, None], g2[:, None], ASM)
+        y3 = _row_word(x3, m3, dd3[:, None], g3[:, None], ASM)
+        # 4x4 byte transpose: c_b = byte b of y0, y1, y2, y3 (column 4c + b, rows 4g .. 4g + 3).
+        t0 = byte_perm(y0, y1, tl.full(y0.shape, 0x5140, tl.int32), ASM)
+        t1 = byte_perm(y0, y1, tl.full(y0.shape, 0x7362, tl.int32), ASM)
+        t2 = byte_perm(y2, y3, tl.full(y0.shape, 0x5140, tl.int32), ASM)
+        t3 = byte_perm(y2, y3, tl.full(y0.shape, 0x7362, tl.int32), ASM)
+        base = pid_t * 128 + k0 + 4 * tl.arange(0, NW)
+        _store_column_words(byte_perm(t0, t2, tl.full(y0.shape, 0x5410, tl.int32), ASM), nan4, 0, kt, base,
+                            o32, os_ptr, ocols, pid_m, stride_o, stride_os)
+        _store_column_words(byte_perm(t0, t2, tl.full(y0.shape, 0x7632, tl.int32), ASM), nan4, 1, kt, base,
+                            o32, os_ptr, ocols, pid_m, stride_o, stride_os)
+        _store_column_words(byte_perm(t1, t3, tl.full(y0.shape, 0x5410, tl.int32), ASM), nan4, 2, kt, base,
+                            o32, os_ptr, ocols, pid_m, stride_o, stride_os)
+        _store_column_words(byte_perm(t1, t3, tl.full(y0.shape, 0x7632, tl.int32), ASM), nan4, 3, kt, base,
+                            o32, os_ptr, ocols, pid_m, stride_o, stride_os)
+
+
+@triton.jit
+def _row_factors(kt, rbyte):
+    """`-dd` and `g` of `_shift_round` for rows with scale bytes `rbyte` in a tile of scale byte `kt`."""
+    d = kt - rbyte  # >= 0
+    e = -20 - d  # exponent of g; below -149 g is 0 (|q| * 2^-d < 2^-120 rounds to 0 either way)
+    g_bits = tl.where(e >= -126, (e + 127) << 23, tl.where(e >= -149, 1 << (tl.maximum(e, -149) + 149), 0))
+    return -(tl.minimum(d, 16) << 3), g_bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _store_column_words(words, nan4, B: tl.constexpr, kt, base, o32, os_ptr, ocols, pid_m, stride_o,
+                        stride_os):
+    """Stores output rows `base + B` (input columns 4c + B): `words` [32, NW] holds rows 4g .. 4g + 3."""
+    col_nan = (((nan4 >> (8 * B + 7)) & 1) != 0) | (kt == 255)
+    w_t = tl.trans(tl.where(col_nan[None, :], 0, words))  # [NW, 32]: one output row per line
+    k64 = (base + B).to(tl.int64)
+    tl.store(o32 + k64[:, None] * (stride_o // 4) + ocols[None, :], w_t)
+    tl.store(os_ptr + k64 * stride_os + pid_m, tl.where(col_nan, 255, kt).to(tl.uint8))
+
+
 def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
     """FP8 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
     (contract and argument checks: `mxa2a.quant.conversions.fp8_rowwise_to_colwise`). Asynchronous on the
@@ -240,12 +344,20 @@ def fp8_rowwise_to_colwise_triton(t: FP8Tensor) -> FP8Tensor:
         return out
     kernels = {1: _fp8_rowwise_to_colwise_v1_kernel, 2: _fp8_rowwise_to_colwise_v2_kernel,
                3: _fp8_rowwise_to_colwise_v3_kernel}
-    if cfg.variant not in kernels:
+    if cfg.variant not in kernels and cfg.variant != 4:
         raise ValueError(f"fp8_rowwise_to_colwise: unknown kernel variant {cfg.variant} in "
-                         f"CONFIGS['fp8_rowwise_to_colwise'] (expected 0, 1, 2 or 3)")
+                         f"CONFIGS['fp8_rowwise_to_colwise'] (expected 0, 1, 2, 3 or 4)")
+    full = M % FP8_TILE == 0 and K % FP8_TILE == 0
+    if cfg.variant == 4 and full and q.data_ptr() % 4 == 0 and q.stride(0) % 4 == 0:  # reads int32 words
+        grid = (M // FP8_TILE, K // FP8_TILE)  # one program per 128x128 tile
+        _fp8_rowwise_to_colwise_v4_kernel[grid](*args, BLOCK_K=cfg.block_k, ASM=use_asm(),
+                                                num_warps=cfg.num_warps)
+        return out
+    if cfg.variant == 4:
+        cfg = LaunchConfig(128, 32, cfg.num_warps, 3)  # misaligned rows: the byte-wise variant 3
     # Valid containers always give full tiles (M and K are multiples of 128); the masked bodies
     # are there for safety only.
-    even = M % FP8_TILE == 0 and K % FP8_TILE == 0
+    even = full
     if cfg.variant == 3:
         grid = (M // FP8_TILE, triton.cdiv(K, FP8_TILE))  # one program per 128x128 tile
     kernels[cfg.variant][grid](*args, BLOCK_K=cfg.block_k, EVEN=even, num_warps=cfg.num_warps)

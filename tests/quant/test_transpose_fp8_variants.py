@@ -15,7 +15,7 @@ from mxa2a.quant.kernels.launch import LaunchConfig
 # (block_k, num_warps, variant); block_m is always 128 for this kernel. The configurations proposed
 # for the benchmark sweep, plus a few more warp counts.
 CONFIGS = [(64, 4, 0), (128, 8, 0), (64, 4, 1), (32, 2, 1), (32, 2, 2), (64, 4, 2), (128, 4, 2), (128, 8, 2),
-           (32, 1, 3), (32, 2, 3), (64, 2, 3), (64, 4, 3), (128, 8, 3)]
+           (32, 1, 3), (32, 2, 3), (64, 2, 3), (64, 4, 3), (128, 8, 3), (128, 4, 4), (32, 1, 4)]
 IDS = [f"k{k}-w{w}-v{v}" for k, w, v in CONFIGS]
 
 
