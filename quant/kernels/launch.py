@@ -34,10 +34,11 @@ class LaunchConfig:
     variant: int = 0
 
 
-# The winners of the sweep on one H200 at M = 65536, K = 7168 (inputs 4x the L2; at 16384 the L2 holds part
-# of them and skews the ranking), 2026-11-26 (benchmarks/results/conversion_throughput_h200.json).
+# The winners of the sweeps on one H200 at M = 65536, K = 7168 (inputs ~10x the L2; at 16384 the L2 holds
+# part of them and skews the ranking), 2026-11-26 (benchmarks/results/conversion_throughput_h200_1126.*,
+# conversion_ncu_h200.txt).
 CONFIGS: dict[str, LaunchConfig] = {
-    "fp8_to_mxfp4": LaunchConfig(2, 1024, 2, 2),
+    "fp8_to_mxfp4": LaunchConfig(2, 1024, 1, 2),
     "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
     "fp8_rowwise_to_colwise": LaunchConfig(128, 128, 8, 4),
     "mxfp4_rowwise_to_colwise": LaunchConfig(32, 256, 1, 2),
@@ -52,7 +53,8 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                            (8, 512, 4, 1),
                            (8, 1024, 8, 2), (4, 1024, 4, 2), (16, 512, 8, 2), (8, 512, 4, 2), (16, 256, 4, 2),
                            (32, 256, 8, 2), (16, 1024, 8, 2), (1, 1024, 1, 2), (2, 1024, 2, 2), (8, 1024, 4, 2),
-                           (2, 512, 1, 2)]),
+                           (2, 512, 1, 2), (4, 1024, 2, 2), (2, 1024, 1, 2), (4, 512, 1, 2), (8, 1024, 2, 2),
+                           (4, 512, 2, 2)]),
     "mxfp4_to_fp8": tuple(LaunchConfig(m, k, w, v) for m, k, w, v in
                           [(16, 256, 4, 0), (32, 256, 8, 0), (4, 1024, 4, 0),
                            (16, 256, 4, 1), (32, 256, 8, 1), (4, 1024, 4, 1), (8, 1024, 8, 1),
