@@ -305,9 +305,14 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
         # Rare (a nonzero block whose largest code is under ~2^-3, i.e. 2^12 below its tile's range, or
         # scales at the bottom of E8M0): the general path, one row's tile at a time so that its registers
         # do not lower the occupancy of the fast path.
-        for i in range(BLOCK_M * NT):
-            _fp8_to_mxfp4_v1_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x, stride_xs,
-                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, RCEIL, 1, 128)
+        if ASM:
+            for i in range(BLOCK_M * NT):
+                _fp8_to_mxfp4_v1_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x,
+                                      stride_xs, pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, RCEIL, 1, 128)
+        else:  # the interpreter: whole rows (its cost is per operation, not per register)
+            for r in range(BLOCK_M):
+                _fp8_to_mxfp4_v1_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x,
+                                      stride_xs, pid_m * BLOCK_M + r, pid_k, RCEIL, 1, BLOCK_K)
     else:
         # Per block, with d = 3 - g (the exponent shift from E4M3 to E2M1 codes): an element whose value
         # y = |v| 2^-e is >= 1 has E2M1 code RNE(m / 4) + 2d (a shift of the 7-bit code m); below 1 the
@@ -351,17 +356,13 @@ def _max_u16x2_asm(a, b):
 
 
 @triton.jit
-def _max_u16x2_py(a, b):
-    return _max_u16x2(a, b, False)
-
-
-@triton.jit
 def _reduce_max_u16x2(x, ASM: tl.constexpr):
-    """`_max_u16x2` over the last axis of a 4-D tensor."""
+    """`_max_u16x2` over the last axis of a 4-D tensor (the interpreter: two plain maxima, which it runs
+    much faster than a reduction with a combine function)."""
     if ASM:
         return tl.reduce(x, 3, _max_u16x2_asm)
     else:
-        return tl.reduce(x, 3, _max_u16x2_py)
+        return tl.max(x & 0xFFFF, axis=3) | (tl.max(x >> 16, axis=3) << 16)
 
 
 @triton.jit
@@ -388,7 +389,8 @@ def _or(a, b):
 @triton.jit
 def _mxfp4_to_fp8_v2_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
                             stride_x, stride_xs, stride_q, stride_qs,
-                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+                            ASM: tl.constexpr):
     # Variant 2: integer-only, four codes per 32-bit word. Tensors are [rows, tiles, 4 blocks, words]:
     # a thread holds whole 16-byte blocks (4 words of 8 nibbles). Needs 4-byte aligned rows (wrapper).
     NT: tl.constexpr = BLOCK_K // 128
@@ -427,9 +429,14 @@ def _mxfp4_to_fp8_v2_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     if tl.max(slow.to(tl.int32)) != 0:
         # Rare (a nonzero block ~2^14 below its tile's largest: E4M3 subnormals): the general path, one
         # row's tile at a time so that its registers do not lower the occupancy of the fast path.
-        for i in range(BLOCK_M * NT):
-            _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
-                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
+        if ASM:
+            for i in range(BLOCK_M * NT):
+                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
+                                      stride_qs, pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
+        else:  # the interpreter: whole rows (its cost is per operation, not per register)
+            for r in range(BLOCK_M):
+                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
+                                      stride_qs, pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
     else:
         # Every nonzero value is an E4M3 normal: code = 4c + 8(6 + delta) for c >= 2, 8(6 + delta) for
         # c = 1 (0.5), 0 for c = 0; per byte lane: n2 = [c >= 2], n1 = [c >= 1].
@@ -543,9 +550,14 @@ def _mxfp4_to_fp8_v3_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     delta = bbyte - kbyte[None, :, :]
     slow = nz & (delta < -5) & (pmax < 256)[None, :, :]
     if tl.max(slow.to(tl.int32)) != 0:
-        for i in range(BLOCK_M * NT):  # the general path, one row's tile at a time (as in variant 2)
-            _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
-                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
+        if ASM:  # the general path as in variant 2
+            for i in range(BLOCK_M * NT):
+                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
+                                      stride_qs, pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
+        else:  # the interpreter: whole rows (its cost is per operation, not per register)
+            for r in range(BLOCK_M):
+                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
+                                      stride_qs, pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
     else:
         keep = tl.where(nan_t, 0, -1).to(tl.uint32, bitcast=True)[None, :, :, None]  # NaN tile: codes 0
         # Bytes of 4(2 (6 + delta) - 1) added to T's constant part; no byte carries (T[c] < 256), and a
@@ -632,7 +644,7 @@ def mxfp4_to_fp8_triton(t: MXFP4Tensor, *, out: FP8Tensor | None = None) -> FP8T
     even = M % cfg.block_m == 0 and K % cfg.block_k == 0
     if cfg.variant == 2 and _words_ok(x) and _words_ok(q):
         _mxfp4_to_fp8_v2_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, EVEN=even,
-                                      num_warps=cfg.num_warps)
+                                      ASM=use_asm(), num_warps=cfg.num_warps)
         return out
     if cfg.variant == 3 and _words_ok(x) and _words_ok(q) and _words_ok(xs):
         _mxfp4_to_fp8_v3_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, EVEN=even, ASM=use_asm(),
