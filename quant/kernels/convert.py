@@ -254,6 +254,15 @@ def _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_x
 
 
 @triton.jit
+def _word_tile_indices(pid_m, pid_k, BLOCK_M: tl.constexpr, NT: tl.constexpr):
+    """Indices of the word-wise variants' [rows, tiles, 4 blocks] tensors: the program's rows (and as
+    int64), its FP8 tiles as `[1, NT, 1]` and the block of each tile as `[1, 1, 4]`."""
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    t3 = (pid_k * NT + tl.arange(0, NT))[None, :, None]
+    return rows, rows.to(tl.int64), t3, tl.arange(0, 4)[None, None, :]
+
+
+@triton.jit
 def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
                             stride_q, stride_qs, stride_x, stride_xs,
                             RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -264,11 +273,7 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
     NT: tl.constexpr = BLOCK_K // 128
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    r64 = rows.to(tl.int64)
-    tiles = pid_k * NT + tl.arange(0, NT)
-    t3 = tiles[None, :, None]
-    b3 = tl.arange(0, 4)[None, None, :]
+    rows, r64, t3, b3 = _word_tile_indices(pid_m, pid_k, BLOCK_M, NT)
     qrow = (q_ptr + r64 * stride_q).to(tl.pointer_type(tl.uint32))
     lo_ptrs = qrow[:, None, None, None] + (t3 * 32 + b3 * 8)[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
     ts_ptrs = qs_ptr + r64[:, None, None] * stride_qs + t3
@@ -387,6 +392,34 @@ def _or(a, b):
 
 
 @triton.jit
+def _e2m1_block_exponent(o, a, bbyte):
+    """From the OR of a block's code words `o`, the OR of `w & (w << 1)` `a` and its scale byte: whether
+    the block is nonzero, and p = floor(log2 block max) + 128 (0 for a zero block, 512 for a NaN block).
+    Some |code| >= 2, >= 4, >= 6 shows in bits 1|2, bit 2, bits 1&2 of a nibble."""
+    nz = (o & 0x77777777) != 0
+    ebits = (((o & 0x66666666) != 0).to(tl.int32) + ((o & 0x44444444) != 0).to(tl.int32)
+             + ((a & 0x44444444) != 0).to(tl.int32))  # floor(log2 |x|max) + 1 for a nonzero block
+    return nz, tl.where(bbyte == 255, 512, tl.where(nz, ebits + bbyte, 0))
+
+
+@triton.jit
+def _mxfp4_to_fp8_general(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                          pid_m, pid_k, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    """The variant-1 body over a variant-2/3 program's tile: on a GPU one row's 128-column tile at a
+    time, so that its registers do not lower the occupancy of the fast path; under the interpreter whole
+    rows (its cost is per operation, not per register)."""
+    NT: tl.constexpr = BLOCK_K // 128
+    if ASM:
+        for i in range(BLOCK_M * NT):
+            _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
+    else:
+        for r in range(BLOCK_M):
+            _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                                  pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
+
+
+@triton.jit
 def _mxfp4_to_fp8_v2_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
                             stride_x, stride_xs, stride_q, stride_qs,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
@@ -396,11 +429,7 @@ def _mxfp4_to_fp8_v2_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
     NT: tl.constexpr = BLOCK_K // 128
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    r64 = rows.to(tl.int64)
-    tiles = pid_k * NT + tl.arange(0, NT)
-    t3 = tiles[None, :, None]
-    b3 = tl.arange(0, 4)[None, None, :]
+    rows, r64, t3, b3 = _word_tile_indices(pid_m, pid_k, BLOCK_M, NT)
     xrow = (x_ptr + r64 * stride_x).to(tl.pointer_type(tl.uint32))
     xw_ptrs = xrow[:, None, None, None] + (t3 * 16 + b3 * 4)[:, :, :, None] + tl.arange(0, 4)[None, None, None, :]
     xs_ptrs = xs_ptr + r64[:, None, None] * stride_xs + t3 * 4 + b3
@@ -412,31 +441,18 @@ def _mxfp4_to_fp8_v2_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
         w = tl.load(xw_ptrs, mask=ok[:, :, :, None], other=0, eviction_policy="evict_first")
         bbyte = tl.load(xs_ptrs, mask=ok, other=0).to(tl.int32)
 
-    # Block maximum exponent from OR-reductions: some |code| >= 2, >= 4, >= 6 (bits 1|2, bit 2, bits 1&2).
-    o = tl.reduce(w, 3, _or)
-    a = tl.reduce(w & (w << 1), 3, _or)
-    nz = (o & 0x77777777) != 0
-    ebits = (((o & 0x66666666) != 0).to(tl.int32) + ((o & 0x44444444) != 0).to(tl.int32)
-             + ((a & 0x44444444) != 0).to(tl.int32))  # floor(log2 |x|max) + 1 for a nonzero block
-    # p = floor(log2 block max) + 128 (0 for a zero block, 512 for a NaN block); the tile's largest p
-    # gives k + 127 = p - 9 (E2M1 significands are never above 1.75), p >= 256 is fp32 Inf -> NaN tile.
-    p = tl.where(bbyte == 255, 512, tl.where(nz, ebits + bbyte, 0))
+    # The tile's largest p gives k + 127 = p - 9 (E2M1 significands are never above 1.75); p >= 256 is
+    # fp32 Inf -> NaN tile.
+    nz, p = _e2m1_block_exponent(tl.reduce(w, 3, _or), tl.reduce(w & (w << 1), 3, _or), bbyte)
     pmax = tl.max(p, axis=2)
     nan_t = pmax >= 256
     kbyte = tl.maximum(pmax - 9, 0)
     delta = bbyte - kbyte[:, :, None]  # block exponent - tile exponent
     slow = nz & (delta < -5) & (pmax < 256)[:, :, None]  # a value below 2^-6 after scaling: E4M3 subnormal
     if tl.max(slow.to(tl.int32)) != 0:
-        # Rare (a nonzero block ~2^14 below its tile's largest: E4M3 subnormals): the general path, one
-        # row's tile at a time so that its registers do not lower the occupancy of the fast path.
-        if ASM:
-            for i in range(BLOCK_M * NT):
-                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
-                                      stride_qs, pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
-        else:  # the interpreter: whole rows (its cost is per operation, not per register)
-            for r in range(BLOCK_M):
-                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
-                                      stride_qs, pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
+        # Rare (a nonzero block ~2^14 below its tile's largest: E4M3 subnormals): the general path.
+        _mxfp4_to_fp8_general(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                              pid_m, pid_k, BLOCK_M, BLOCK_K, ASM)
     else:
         # Every nonzero value is an E4M3 normal: code = 4c + 8(6 + delta) for c >= 2, 8(6 + delta) for
         # c = 1 (0.5), 0 for c = 0; per byte lane: n2 = [c >= 2], n1 = [c >= 1].
@@ -537,27 +553,17 @@ def _mxfp4_to_fp8_v3_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
         sb4 = tl.load(xs_ptrs, mask=ok[:, :, :, None], other=0).to(tl.int32)
     bbyte = tl.max(tl.where(j4 == b3[:, :, :, None], sb4, 0), axis=3)  # this block's scale byte
 
-    # Scales exactly as in variant 2 (p = floor(log2 block max) + 128; see there).
-    o = tl.reduce(wa | wb, 3, _or)
-    a = tl.reduce((wa & (wa << 1)) | (wb & (wb << 1)), 3, _or)
-    nz = (o & 0x77777777) != 0
-    ebits = (((o & 0x66666666) != 0).to(tl.int32) + ((o & 0x44444444) != 0).to(tl.int32)
-             + ((a & 0x44444444) != 0).to(tl.int32))
-    p = tl.where(bbyte == 255, 512, tl.where(nz, ebits + bbyte, 0))
+    # Scales exactly as in variant 2 (see there).
+    nz, p = _e2m1_block_exponent(tl.reduce(wa | wb, 3, _or),
+                                 tl.reduce((wa & (wa << 1)) | (wb & (wb << 1)), 3, _or), bbyte)
     pmax = tl.max(p, axis=0)
     nan_t = pmax >= 256
     kbyte = tl.maximum(pmax - 9, 0)
     delta = bbyte - kbyte[None, :, :]
     slow = nz & (delta < -5) & (pmax < 256)[None, :, :]
     if tl.max(slow.to(tl.int32)) != 0:
-        if ASM:  # the general path as in variant 2
-            for i in range(BLOCK_M * NT):
-                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
-                                      stride_qs, pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
-        else:  # the interpreter: whole rows (its cost is per operation, not per register)
-            for r in range(BLOCK_M):
-                _mxfp4_to_fp8_v1_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q,
-                                      stride_qs, pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
+        _mxfp4_to_fp8_general(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
+                              pid_m, pid_k, BLOCK_M, BLOCK_K, ASM)
     else:
         keep = tl.where(nan_t, 0, -1).to(tl.uint32, bitcast=True)[None, :, :, None]  # NaN tile: codes 0
         # Bytes of 4(2 (6 + delta) - 1) added to T's constant part; no byte carries (T[c] < 256), and a
@@ -566,8 +572,7 @@ def _mxfp4_to_fp8_v3_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
         t_lo = 0x100C0400 + dq4 * 0x01010100
         t_hi = 0x201C1814 + dq4 * 0x01010101
         qw_ptrs = ((q_ptr + r64 * stride_q).to(tl.pointer_type(tl.uint32)) + t3 * 32 + b3 * 8)[:, :, :, None] + j4
-        sbyte = tl.where(nan_t, 255, kbyte).to(tl.uint8)[None, :, :, None] + tl.zeros_like(j4).to(tl.uint8)
-        sbyte = tl.broadcast_to(sbyte, (4, NT, BLOCK_M, 4))
+        sbyte = tl.broadcast_to(tl.where(nan_t, 255, kbyte).to(tl.uint8)[None, :, :, None], (4, NT, BLOCK_M, 4))
         qs_ptrs = qs_ptr + (r64 * stride_qs + t3 + b3 * 0)[:, :, :, None] + j4 * 0
         first = (b3 == 0)[:, :, :, None] & (j4 == 0)  # the tile's scale byte: lane 0 of its first block
         if EVEN:

@@ -88,6 +88,16 @@ def _shift_round(mag, dd, g):
 
 
 @triton.jit
+def _row_factors(kt, rbyte):
+    """`dd` and `g` of `_shift_round` for rows with scale bytes `rbyte` in a tile of scale byte `kt`."""
+    d = kt - rbyte  # >= 0
+    e = -20 - d  # exponent of g; below -149 g is 0 (|q| * 2^-d < 2^-120 rounds to 0 either way)
+    g_bits = tl.where(e >= -126, (e + 127) << 23, tl.where(e >= -149, 1 << (tl.maximum(e, -149) + 149), 0))
+    dd = tl.minimum(d, 16) << 3  # d >= 16 leaves no normal result: mag - 128 < 8 picks the product
+    return dd, g_bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _fp8_rowwise_to_colwise_v1_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
                                       stride_q, stride_qs, stride_o, stride_os,
                                       BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
@@ -106,11 +116,7 @@ def _fp8_rowwise_to_colwise_v1_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
                        mask=row_ok[:, None] & (cols < K)[None, :], other=0).to(tl.int32)
         rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=row_ok, other=0).to(tl.int32)
     kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
-    d = kt - rbyte  # >= 0
-    e = -20 - d  # exponent of g; below -149 g is 0 (|q| * 2^-d < 2^-120 rounds to 0 either way)
-    g_bits = tl.where(e >= -126, (e + 127) << 23, tl.where(e >= -149, 1 << (tl.maximum(e, -149) + 149), 0))
-    g = g_bits.to(tl.float32, bitcast=True)
-    dd = tl.minimum(d, 16) << 3  # d >= 16 leaves no normal result: mag - 128 < 8 picks the product
+    dd, g = _row_factors(kt, rbyte)
 
     mag = code & 0x7F
     c = _shift_round(mag, dd, g) | (code & 0x80)
@@ -161,11 +167,8 @@ def _packed_rows(pid_m, M, qs_ptr, stride_qs, tile, EVEN: tl.constexpr):
     else:
         rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=rows < M, other=0).to(tl.int32)
     kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
-    d = kt - rbyte  # >= 0
-    e = -20 - d  # exponent of g; below -149 g is 0 (|q| * 2^-d < 2^-120 rounds to 0 either way)
-    g_bits = tl.where(e >= -126, (e + 127) << 23, tl.where(e >= -149, 1 << (tl.maximum(e, -149) + 149), 0))
-    dd = tl.minimum(d, 16) << 3  # d >= 16 leaves no normal result: mag - 128 < 8 picks the product
-    return rows, r64, kt, dd, g_bits.to(tl.float32, bitcast=True)
+    dd, g = _row_factors(kt, rbyte)
+    return rows, r64, kt, dd, g
 
 
 @triton.jit
@@ -226,16 +229,14 @@ def _fp8_rowwise_to_colwise_v3_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
 
 
 @triton.jit
-def _row_word(code, mag, neg_dd, g, ASM: tl.constexpr):
-    """One input word (4 codes of one row, little endian; `mag` = code & 0x7F7F7F7F) -> the 4 rounded,
-    shifted codes of `_shift_round` packed the same way, sign bits included; `neg_dd` = -dd and `g`
-    broadcast per row."""
+def _row_word(code, mag, dd, g, ASM: tl.constexpr):
+    """Input words `[32, NW]` (4 codes of one row each, little endian; `mag` = code & 0x7F7F7F7F) -> their
+    codes through `_shift_round` (`dd`, `g` per row), packed the same way, sign bits included."""
     out = code & -0x7F7F7F80  # the sign bits (0x80808080)
     zero = tl.zeros_like(mag)
     for i in tl.static_range(4):
         b = byte_perm(mag, zero, tl.full(mag.shape, 0x4440 + i, tl.int32), ASM)  # byte i of mag (0..0x7F)
-        n = ((b << 20).to(tl.float32, bitcast=True) * g).to(tl.int32, bitcast=True)
-        out += tl.minimum(n, tl.maximum(b + neg_dd, 8)) << (8 * i)  # < 0x80: adds into a clear byte
+        out += _shift_round(b, dd, g) << (8 * i)  # < 0x80: adds into a clear byte
     return out
 
 
@@ -284,10 +285,10 @@ def _fp8_rowwise_to_colwise_v4_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
         # E4M3 NaN (0x7F) per byte: + 1 sets the byte's top bit only there.
         flags = (m0 + 0x01010101) | (m1 + 0x01010101) | (m2 + 0x01010101) | (m3 + 0x01010101)
         nan4 = tl.reduce(flags & -0x7F7F7F80, 0, _or)  # [NW]: bit 8b + 7 for NaN column 4c + b
-        y0 = _row_word(x0, m0, dd0[:, None], g0[:, None], ASM)
-        y1 = _row_word(x1, m1, dd1[:, None], g1[:, None], ASM)
-        y2 = _row_word(x2, m2, dd2[:, None], g2[:, None], ASM)
-        y3 = _row_word(x3, m3, dd3[:, None], g3[:, None], ASM)
+        y0 = _row_word(x0, m0, dd0, g0, ASM)
+        y1 = _row_word(x1, m1, dd1, g1, ASM)
+        y2 = _row_word(x2, m2, dd2, g2, ASM)
+        y3 = _row_word(x3, m3, dd3, g3, ASM)
         # 4x4 byte transpose: c_b = byte b of y0, y1, y2, y3 (column 4c + b, rows 4g .. 4g + 3).
         t0 = byte_perm(y0, y1, tl.full(y0.shape, 0x5140, tl.int32), ASM)
         t1 = byte_perm(y0, y1, tl.full(y0.shape, 0x7362, tl.int32), ASM)
@@ -302,15 +303,6 @@ def _fp8_rowwise_to_colwise_v4_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
                             o32, os_ptr, ocols, pid_m, stride_o, stride_os)
         _store_column_words(byte_perm(t1, t3, tl.full(y0.shape, 0x7632, tl.int32), ASM), nan4, 3, kt, base,
                             o32, os_ptr, ocols, pid_m, stride_o, stride_os)
-
-
-@triton.jit
-def _row_factors(kt, rbyte):
-    """`-dd` and `g` of `_shift_round` for rows with scale bytes `rbyte` in a tile of scale byte `kt`."""
-    d = kt - rbyte  # >= 0
-    e = -20 - d  # exponent of g; below -149 g is 0 (|q| * 2^-d < 2^-120 rounds to 0 either way)
-    g_bits = tl.where(e >= -126, (e + 127) << 23, tl.where(e >= -149, 1 << (tl.maximum(e, -149) + 149), 0))
-    return -(tl.minimum(d, 16) << 3), g_bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
