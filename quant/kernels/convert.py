@@ -39,6 +39,7 @@ from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 from .byteperm import byte_perm, use_asm
 from .launch import CONFIGS
 from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_abs_f32, e4m3_round, pow2_f32
+from .simd16 import max_u16x2, reduce_max_u16x2
 
 
 @triton.jit
@@ -291,9 +292,9 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
     # lanes leaves the largest odd byte of each lane on top; of the words shifted by 8, the largest even one.
     m_lo = w_lo & 0x7F7F7F7F
     m_hi = w_hi & 0x7F7F7F7F
-    odd = _max_u16x2(_reduce_max_u16x2(m_lo, ASM), _reduce_max_u16x2(m_hi, ASM), ASM)
-    even = _max_u16x2(_reduce_max_u16x2(m_lo << 8, ASM), _reduce_max_u16x2(m_hi << 8, ASM), ASM)
-    top = _max_u16x2(odd, even, ASM)  # the block's largest byte in bits 8-15 or 24-31
+    odd = max_u16x2(reduce_max_u16x2(m_lo, 3, ASM), reduce_max_u16x2(m_hi, 3, ASM), ASM)
+    even = max_u16x2(reduce_max_u16x2(m_lo << 8, 3, ASM), reduce_max_u16x2(m_hi << 8, 3, ASM), ASM)
+    top = max_u16x2(odd, even, ASM)  # the block's largest byte in bits 8-15 or 24-31
     mmax = tl.maximum((top >> 8) & 0xFF, top >> 24).to(tl.int32)
     ex = mmax >> 3  # exponent field of the largest code
     if RCEIL:
@@ -343,31 +344,6 @@ def _fp8_to_mxfp4_v2_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
             tl.store(out_ptrs, c_lo, mask=ok[:, :, :, None])
             tl.store(out_ptrs + 4, c_hi, mask=ok[:, :, :, None])
             tl.store(xs_ptrs, sbyte, mask=ok)
-
-
-@triton.jit
-def _max_u16x2(a, b, ASM: tl.constexpr):
-    """Lane-wise maximum of the two unsigned 16-bit halves of uint32 `a`, `b` (one `max.u16x2`)."""
-    if ASM:
-        return tl.inline_asm_elementwise("max.u16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.uint32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.maximum(a & 0xFFFF, b & 0xFFFF) | tl.maximum(a >> 16, b >> 16) << 16
-
-
-@triton.jit
-def _max_u16x2_asm(a, b):
-    return _max_u16x2(a, b, True)
-
-
-@triton.jit
-def _reduce_max_u16x2(x, ASM: tl.constexpr):
-    """`_max_u16x2` over the last axis of a 4-D tensor (the interpreter: two plain maxima, which it runs
-    much faster than a reduction with a combine function)."""
-    if ASM:
-        return tl.reduce(x, 3, _max_u16x2_asm)
-    else:
-        return tl.max(x & 0xFFFF, axis=3) | (tl.max(x >> 16, axis=3) << 16)
 
 
 @triton.jit

@@ -17,7 +17,8 @@ class LaunchConfig:
     Constraints: FP8-tile kernels need `block_k` a multiple of 128 (`fp8_to_mxfp4`, `mxfp4_to_fp8`);
     `fp8_rowwise_to_colwise` needs `block_m == 128` and `block_k` dividing 128;
     `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32;
-    `mxfp4_rowwise_to_colwise` needs both multiples of 32. All powers of two.
+    `mxfp4_rowwise_to_colwise` needs both multiples of 32 (variant 3: `block_m` a multiple of 64 * `num_warps`,
+    `block_k` of 64). All powers of two.
 
     `variant` picks a kernel body where a conversion has several (same bits, different schedule); variant 3
     of `mxfp4_to_fp8` (table lookups with a byte permute) needs `block_m * block_k / 128` to be a multiple of
@@ -26,7 +27,8 @@ class LaunchConfig:
     0 is the original; 1 for `fp8_to_mxfp4` / `mxfp4_to_fp8` takes each block maximum from the integer maximum of its
     codes and scales every value by one per-block power of two; 1 for the MXFP4 transposes quantizes in the input layout (even / odd column
     nibble planes, column-wise block maxima as reductions over rows) and transposes only the output
-    bytes, instead of interleaving the nibbles and transposing fp32 values."""
+    bytes, instead of interleaving the nibbles and transposing fp32 values; 3 for `mxfp4_rowwise_to_colwise`
+    computes on packed fp16 pairs (see `transpose.py`)."""
 
     block_m: int
     block_k: int
@@ -36,12 +38,12 @@ class LaunchConfig:
 
 # The winners of the sweeps on one H200 at M = 65536, K = 7168 (inputs ~10x the L2; at 16384 the L2 holds
 # part of them and skews the ranking), 2026-11-26 (benchmarks/results/conversion_throughput_h200_1126.*,
-# conversion_ncu_h200.txt).
+# conversion_ncu_h200.txt; mxfp4_rowwise_to_colwise: mxfp4_colwise_v3_sweep_h200_1126.json).
 CONFIGS: dict[str, LaunchConfig] = {
     "fp8_to_mxfp4": LaunchConfig(2, 1024, 1, 2),
     "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
     "fp8_rowwise_to_colwise": LaunchConfig(128, 128, 8, 4),
-    "mxfp4_rowwise_to_colwise": LaunchConfig(32, 256, 1, 2),
+    "mxfp4_rowwise_to_colwise": LaunchConfig(256, 1024, 4, 3),
     "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 512, 2, 2),
 }
 
@@ -72,7 +74,10 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                                        (32, 64, 2, 1), (64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 4, 1),
                                        (128, 128, 8, 1), (256, 64, 8, 1), (64, 256, 8, 1),
                                        (32, 256, 1, 2), (32, 512, 2, 2), (32, 1024, 4, 2), (64, 512, 2, 2),
-                                       (64, 1024, 4, 2), (32, 2048, 8, 2)]),
+                                       (64, 1024, 4, 2), (32, 2048, 8, 2),
+                                       (64, 256, 1, 3), (64, 512, 1, 3), (128, 256, 2, 3), (128, 512, 2, 3),
+                                       (128, 1024, 2, 3), (256, 256, 4, 3), (256, 512, 4, 3), (256, 1024, 4, 3),
+                                       (128, 2048, 2, 3), (512, 512, 8, 3)]),
     "mxfp4_rowwise_to_fp8_colwise": tuple(LaunchConfig(128, k, w, v) for k, w, v in
                                           [(64, 4, 0), (128, 4, 0),
                                            (32, 2, 1), (64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1),

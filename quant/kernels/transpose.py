@@ -14,11 +14,14 @@ memory. Results equal the references in `reference_conversions.py` bit for bit:
 The input may be a strided 2-D view (any row stride, contiguous last dimension); outputs are new
 contiguous tensors.
 
-The MXFP4 transposes have three bodies (`LaunchConfig.variant`, same bits): 0 decodes, transposes
+The MXFP4 transposes have several bodies (`LaunchConfig.variant`, same bits): 0 decodes, transposes
 fp32 values through shared memory and re-rounds; 1 quantizes in the input layout and transposes only
 output bytes; 2 gives each thread one packed input word (8 columns) of 32 rows, so column maxima,
 rounding and nibble/byte packing all stay in registers (no shared memory), decoding and re-encoding
-with fp32 bit tricks and fused multiply-adds (see the variant-2 section below).
+with fp32 bit tricks and fused multiply-adds (see the variant-2 section below). Variant 3 of
+`mxfp4_rowwise_to_colwise` gives each thread two words of 8 rows and computes on two values per
+instruction (fp16 table lookups with `prmt`, `max.u16x2` maxima, `fma.rn.f16x2` rounding; see its
+section), with an exact fp32 fallback for tiles whose block scales spread too far for fp16.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import triton.language as tl
 from ..checks import rows_in
 from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 from .launch import CONFIGS
+from .byteperm import byte_perm, use_asm
 from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_round, pow2_f32
+from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
 
 
 @triton.jit
@@ -497,6 +502,346 @@ def _mxfp4_rowwise_to_fp8_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 
 
 
+# --- Variant 3 of mxfp4_rowwise_to_colwise: packed fp16 arithmetic, two values per instruction -------
+# Tensors are [4, 4, RB]: word pair w (lanes; a thread takes words 2w and 2w + 1 one after the other),
+# 8-row group g (lanes), 32-row block q (2 lanes, then warps; with no axis contiguous Triton makes the
+# leading axis the fastest), so a warp reads 8 rows x 32 bytes and writes 4 output rows x 32 bytes per
+# instruction pair. There is one tensor per row a of the group, so a thread holds 8 x 8 blocks of codes
+# (8 rows x one packed word) and an output word (8 rows of one column) comes out of its own registers.
+# In a 32-row block whose scale bytes lie within _F16_WINDOW of each other (and below 253, so nothing
+# is NaN or Inf), every decoded value is `E2M1(c) * 2^(b - bmax + 13)`, a normal fp16 number that a
+# byte permute looks up in a per-row table (its high byte; two multiply-adds per row build the table).
+# The column maxima are 16-bit maxima of those fp16 patterns (`max.u16x2`, over the thread's rows and
+# then the 4 lanes of the block); the maximum's exponent gives the scale byte and the factor
+# F = 2^(2 - floor(log2 max)) (or the scale-byte-0 clamp), and two fp16 fused multiply-adds per pair of
+# values give `(RNE(v * F) on the E2M1 grid) * 2^-14`, whose bit pattern is `code << 9`. Byte permutes
+# gather the code bytes of 8 rows into output words; the sign bits go through an 8 x 8 nibble transpose
+# of the input words. A program whose tile has a block outside that window converts the whole tile
+# through exact fp32 values instead (variant 2's arithmetic, one column at a time), decided once per
+# program from its scale bytes.
+
+_F16_WINDOW = tl.constexpr(25)  # largest scale-byte spread of a 32-row block on the fp16 path
+
+
+@triton.jit
+def _f16_row_values(word, sbyte, bmax, ASM: tl.constexpr):
+    """One input row's 8 codes -> their decoded magnitudes as fp16 pairs, columns (0, 2), (1, 3), (4, 6),
+    (5, 7): `E2M1(c) * 2^(sbyte - bmax + 13)`, looked up in a per-row table of fp16 high bytes."""
+    k = sbyte - bmax + 13  # in [-12, 13]: table bytes stay normal fp16 high bytes (exponent 2..30)
+    t0 = (0x3E3C3800 + k * 0x04040400).to(tl.uint32, bitcast=True)  # codes 0-3: 0, 0.5, 1, 1.5 (times 2^k)
+    t1 = (0x46444240 + k * 0x04040404).to(tl.uint32, bitcast=True)  # codes 4-7: 2, 3, 4, 6
+    odd = word & 0x70707070             # selector nibbles 1 and 3: codes 1, 3 (low half), 5, 7 (high half)
+    even = (word << 4) & 0x70707070     # codes 0, 2 and 4, 6
+    return (byte_perm(t0, t1, even, ASM), byte_perm(t0, t1, odd, ASM),
+            byte_perm(t0, t1, even >> 16, ASM), byte_perm(t0, t1, odd >> 16, ASM))
+
+
+@triton.jit
+def _f16_codes(v, f, ASM: tl.constexpr):
+    """fp16 pairs `v * f` (at most 6) rounded to the E2M1 grid; the result's fp16 bits are `code << 9`."""
+    t = fma_f16x2(v, f, tl.full(v.shape, 0x62006200, tl.uint32), ASM)  # + 768: ulp 0.5, the E2M1 grid below 2
+    return fma_f16x2(t, tl.full(v.shape, 0x04000400, tl.uint32), tl.full(v.shape, 0xAA00AA00, tl.uint32),
+                     ASM)                                             # (t - 768) * 2^-14
+
+
+@triton.jit
+def _f16_pack_pair(v0, v1, v2, v3, v4, v5, v6, v7, f, ASM: tl.constexpr):
+    """Magnitude pairs of rows 0..7 (`v_r`) and their factor pair `f` -> the two output words (one per
+    lane's column), row r's code in nibble r, sign bits clear."""
+    z0, z1, z2, z3 = (_f16_codes(v0, f, ASM), _f16_codes(v1, f, ASM), _f16_codes(v2, f, ASM),
+                      _f16_codes(v3, f, ASM))
+    z4, z5, z6, z7 = (_f16_codes(v4, f, ASM), _f16_codes(v5, f, ASM), _f16_codes(v6, f, ASM),
+                      _f16_codes(v7, f, ASM))
+    sel = tl.full(z0.shape, 0x7351, tl.uint32)  # byte 1 (lane 0's code << 1) and byte 3 of two rows
+    q = byte_perm(z0, z2, sel, ASM) + byte_perm(z1, z3, sel, ASM) * 16  # rows 0-3: [01, 23, 01', 23']
+    r = byte_perm(z4, z6, sel, ASM) + byte_perm(z5, z7, sel, ASM) * 16  # rows 4-7
+    lo = byte_perm(q, r, tl.full(z0.shape, 0x5410, tl.uint32), ASM) >> 1
+    hi = byte_perm(q, r, tl.full(z0.shape, 0x7632, tl.uint32), ASM) >> 1
+    return lo, hi
+
+
+@triton.jit
+def _sign_columns(c0, c1):
+    """Stage 3 of the nibble transpose, sign bits only: bytes `c0` = rows 0, 2, 4, 6 and `c1` = rows 1, 3,
+    5, 7 (column pair in the low / high nibble) -> sign bits of the two columns, row r at bit 4r + 3."""
+    lo = (c0 & 0x08080808) | ((c1 << 4) & 0x80808080)
+    hi = ((c0 >> 4) & 0x08080808) | (c1 & 0x80808080)
+    return lo, hi
+
+
+@triton.jit
+def _sign_transpose(w0, w1, w2, w3, w4, w5, w6, w7, ASM: tl.constexpr):
+    """8 x 8 nibble transpose of the input words (row r = `w_r`, column j = nibble j), sign bits only:
+    eight words, column j's, with row r's sign at bit 4r + 3."""
+    lo = tl.full(w0.shape, 0x5410, tl.uint32)
+    hi = tl.full(w0.shape, 0x7632, tl.uint32)
+    even = tl.full(w0.shape, 0x6240, tl.uint32)
+    odd = tl.full(w0.shape, 0x7351, tl.uint32)
+    # Stage 1: 16-bit halves of rows r and r + 4 (columns 0-3 in a*, 4-7 in b*).
+    a0 = byte_perm(w0, w4, lo, ASM)
+    a1 = byte_perm(w1, w5, lo, ASM)
+    a2 = byte_perm(w2, w6, lo, ASM)
+    a3 = byte_perm(w3, w7, lo, ASM)
+    b0 = byte_perm(w0, w4, hi, ASM)
+    b1 = byte_perm(w1, w5, hi, ASM)
+    b2 = byte_perm(w2, w6, hi, ASM)
+    b3 = byte_perm(w3, w7, hi, ASM)
+    # Stage 2: bytes of rows r, r + 2, r + 4, r + 6 for one column pair; stage 3: nibbles.
+    s0, s1 = _sign_columns(byte_perm(a0, a2, even, ASM), byte_perm(a1, a3, even, ASM))
+    s2, s3 = _sign_columns(byte_perm(a0, a2, odd, ASM), byte_perm(a1, a3, odd, ASM))
+    s4, s5 = _sign_columns(byte_perm(b0, b2, even, ASM), byte_perm(b1, b3, even, ASM))
+    s6, s7 = _sign_columns(byte_perm(b0, b2, odd, ASM), byte_perm(b1, b3, odd, ASM))
+    return s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@triton.jit
+def _f16_row(x32, xs_ptr, roff, soff, ok, EVEN: tl.constexpr):
+    """One row of every thread's group: its packed word and scale byte (as uint32 / int32)."""
+    if EVEN:
+        word = tl.load(x32 + roff)
+        sb = tl.load(xs_ptr + soff)
+    else:
+        word = tl.load(x32 + roff, mask=ok, other=0)
+        sb = tl.load(xs_ptr + soff, mask=ok, other=0)
+    return word.to(tl.uint32, bitcast=True), sb.to(tl.int32)
+
+
+@triton.jit
+def _f16_scale_key(sb):
+    """Scale byte -> uint32 pair (sb, 255 - sb), so one `max.u16x2` takes the largest and smallest."""
+    return (sb * 0xFFFF + 255).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _f16_column_pair(m, bmax, ASM: tl.constexpr):
+    """A column pair's maxima over the thread's rows (fp16 bits per lane, `[4, 4, RB]`) -> over the
+    32-row block (the 4 lanes of g), then the factor pair F (fp16) and the scale bytes (low byte of each
+    lane), `[4, RB]`."""
+    m = reduce_max_u16x2(m, 1, ASM)
+    ef10 = m & 0x7C007C00                                   # exponent fields in place; 0: all-zero column
+    cap = (tl.minimum(bmax + 2, 30) * 0x04000400).to(tl.uint32, bitcast=True)  # scale byte 0: e = -127
+    f = min_u16x2(0x80008000 - ef10, cap, ASM)              # exponent field of F: 32 - ef (or the cap)
+    ef = ef10 >> 10
+    # scale byte = max(ef + bmax - 30, 0), 0 for an all-zero column; lanes biased by 256
+    bias = tl.full(m.shape, 0x01000100, tl.uint32)
+    sc = max_u16x2(ef + ((bmax + 226) * 0x10001).to(tl.uint32, bitcast=True), bias, ASM)
+    sc = min_u16x2(sc, ef * 255 + bias, ASM)
+    return f, sc
+
+
+@triton.jit
+def _max8_u16x2(a, b, c, d, e, f, g, h, ASM: tl.constexpr):
+    return max_u16x2(max_u16x2(max_u16x2(a, b, ASM), max_u16x2(c, d, ASM), ASM),
+                     max_u16x2(max_u16x2(e, f, ASM), max_u16x2(g, h, ASM), ASM), ASM)
+
+
+@triton.jit
+def _f16_chunk_rows(x32, xs, row, sx, stride_xs, w, ok, EVEN: tl.constexpr):
+    """The 8 rows of every thread's group in one 64-column chunk: words (uint32) and scale bytes."""
+    roff = row * sx + w
+    soff = row * stride_xs + w // 4
+    w0, s0 = _f16_row(x32, xs, roff, soff, ok, EVEN)
+    w1, s1 = _f16_row(x32, xs, roff + sx, soff + stride_xs, ok, EVEN)
+    w2, s2 = _f16_row(x32, xs, roff + 2 * sx, soff + 2 * stride_xs, ok, EVEN)
+    w3, s3 = _f16_row(x32, xs, roff + 3 * sx, soff + 3 * stride_xs, ok, EVEN)
+    w4, s4 = _f16_row(x32, xs, roff + 4 * sx, soff + 4 * stride_xs, ok, EVEN)
+    w5, s5 = _f16_row(x32, xs, roff + 5 * sx, soff + 5 * stride_xs, ok, EVEN)
+    w6, s6 = _f16_row(x32, xs, roff + 6 * sx, soff + 6 * stride_xs, ok, EVEN)
+    w7, s7 = _f16_row(x32, xs, roff + 7 * sx, soff + 7 * stride_xs, ok, EVEN)
+    return w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@triton.jit
+def _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 if every 32-row block of the program's tile has scale bytes below 253 and within _F16_WINDOW
+    of each other (the fp16 path is exact there), else 0: one pass over the tile's scale bytes."""
+    NB: tl.constexpr = BLOCK_K // 32
+    rows = m0 + tl.arange(0, BLOCK_M)
+    blks = pid_k * NB + tl.arange(0, NB)
+    sb = tl.load(xs_ptr + rows.to(tl.int64)[:, None] * stride_xs + blks[None, :],
+                 mask=(rows < M)[:, None] & (blks < K // 32)[None, :], other=0).to(tl.int32)
+    sb = tl.reshape(sb, (BLOCK_M // 32, 32, NB))
+    hi = tl.max(sb, axis=1)
+    lo = tl.min(sb, axis=1)
+    return tl.min(((hi <= 252) & (hi - lo <= _F16_WINDOW)).to(tl.int32))
+
+
+@triton.jit
+def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                        stride_x, stride_xs, stride_o, stride_os,
+                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+                                        ASM: tl.constexpr):
+    # One program: rows [BLOCK_M*pid_m, +BLOCK_M) x columns [BLOCK_K*pid_k, +BLOCK_K), 64 columns (8
+    # words) at a time. Indices run backwards along every axis so that none looks contiguous: every load
+    # and store then keeps the one register layout (no shared-memory exchanges).
+    RB: tl.constexpr = BLOCK_M // 32
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m0 = pid_m * BLOCK_M
+    x32 = (x_ptr + m0.to(tl.int64) * stride_x).to(tl.pointer_type(tl.int32))
+    xs = xs_ptr + m0.to(tl.int64) * stride_xs
+    o32 = o_ptr.to(tl.pointer_type(tl.int32))
+    qq = RB - 1 - tl.arange(0, RB)[None, None, :]
+    gg = 3 - tl.arange(0, 4)[None, :, None]
+    row = 32 * qq + 8 * gg                                        # [1, 4, RB]: first row of the group
+    row_ok = m0 + row < M
+    oword = m0 // 8 + row // 8                                    # output word of the group's 8 rows
+    oblk = m0 // 32 + qq                                          # output block (32 rows)
+    first = (gg == 3) & (m0 + 32 * qq < M)                        # one lane per block stores its scales
+    sx = stride_x // 4
+    so = stride_o // 4
+    if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K) == 1:
+        w = pid_k * (BLOCK_K // 8) + 2 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: even words
+        ok = row_ok & (w < K // 8)           # K / 8 is even: words w and w + 1 are both in or both out
+        e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7 = _f16_chunk_rows(
+            x32, xs, row, sx, stride_xs, w, ok, EVEN)
+        n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7 = _f16_chunk_rows(
+            x32, xs, row, sx, stride_xs, w + 1, ok, EVEN)         # same scale bytes (block w // 4)
+        for c in range(BLOCK_K // 64):
+            # The next chunk's words are loaded before this one is converted (the last chunk reloads
+            # itself, an L1 hit), so their latency overlaps the arithmetic.
+            wn = w + 8 * (tl.minimum(c + 1, BLOCK_K // 64 - 1) - c)
+            okn = row_ok & (wn < K // 8)
+            p0, p1, p2, p3, p4, p5, p6, p7, t0, t1, t2, t3, t4, t5, t6, t7 = _f16_chunk_rows(
+                x32, xs, row, sx, stride_xs, wn, okn, EVEN)
+            q0, q1, q2, q3, q4, q5, q6, q7, t0, t1, t2, t3, t4, t5, t6, t7 = _f16_chunk_rows(
+                x32, xs, row, sx, stride_xs, wn + 1, okn, EVEN)
+            okb = first & (w < K // 8)
+            mx = tl.maximum(tl.maximum(tl.maximum(s0, s1), tl.maximum(s2, s3)),
+                            tl.maximum(tl.maximum(s4, s5), tl.maximum(s6, s7)))
+            bmax = tl.max(mx, axis=1)                                 # [4, RB]: per 32-row block
+            col = (8 * w).to(tl.int64)                                # output row of column 8w
+            _f16_word(e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
+                      col, so, stride_os, oword, oblk, ok, okb, EVEN, ASM)
+            _f16_word(n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
+                      col + 8, so, stride_os, oword, oblk, ok, okb, EVEN, ASM)
+            e0, e1, e2, e3, e4, e5, e6, e7 = p0, p1, p2, p3, p4, p5, p6, p7
+            n0, n1, n2, n3, n4, n5, n6, n7 = q0, q1, q2, q3, q4, q5, q6, q7
+            s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
+            w = wn
+            ok = okn
+    else:
+        # Wide-range, NaN or Inf blocks in this tile: exact fp32 values, one column at a time.
+        for c in range(BLOCK_K // 64):
+            w = pid_k * (BLOCK_K // 8) + c * 8 + (7 - tl.arange(0, 8)[:, None, None])
+            ok = row_ok & (w < K // 8)
+            okb = first & (w < K // 8)
+            w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7 = _f16_chunk_rows(
+                x32, xs, row, sx, stride_xs, w, ok, EVEN)
+            mx = tl.maximum(tl.maximum(tl.maximum(s0, s1), tl.maximum(s2, s3)),
+                            tl.maximum(tl.maximum(s4, s5), tl.maximum(s6, s7)))
+            nan_row = tl.max(mx, axis=1)[:, None, :] == 255
+            f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
+            f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
+            col = (8 * w).to(tl.int64)
+            for jj in tl.static_range(8):
+                _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_row, o32,
+                            os_ptr, col + jj, so, stride_os, oword, oblk, ok, okb, jj, EVEN)
+
+
+@triton.jit
+def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col, so,
+              stride_os, oword, oblk, ok, okb, EVEN: tl.constexpr, ASM: tl.constexpr):
+    """The fp16 path for one word column of every thread's 8 rows (`w_r`, scale bytes `s_r`; `bmax`
+    the 32-row blocks' largest scale byte): output words of columns `col` .. `col + 7` and their scales."""
+    bm = bmax[:, None, :]
+    a0, b0, c0, d0 = _f16_row_values(w0, s0, bm, ASM)
+    a1, b1, c1, d1 = _f16_row_values(w1, s1, bm, ASM)
+    a2, b2, c2, d2 = _f16_row_values(w2, s2, bm, ASM)
+    a3, b3, c3, d3 = _f16_row_values(w3, s3, bm, ASM)
+    a4, b4, c4, d4 = _f16_row_values(w4, s4, bm, ASM)
+    a5, b5, c5, d5 = _f16_row_values(w5, s5, bm, ASM)
+    a6, b6, c6, d6 = _f16_row_values(w6, s6, bm, ASM)
+    a7, b7, c7, d7 = _f16_row_values(w7, s7, bm, ASM)
+    # Column pairs: a = columns (0, 2), b = (1, 3), c = (4, 6), d = (5, 7).
+    fa, sca = _f16_column_pair(_max8_u16x2(a0, a1, a2, a3, a4, a5, a6, a7, ASM), bmax, ASM)
+    fb, scb = _f16_column_pair(_max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM), bmax, ASM)
+    fc, scc = _f16_column_pair(_max8_u16x2(c0, c1, c2, c3, c4, c5, c6, c7, ASM), bmax, ASM)
+    fd, scd = _f16_column_pair(_max8_u16x2(d0, d1, d2, d3, d4, d5, d6, d7, ASM), bmax, ASM)
+    o0, o2 = _f16_pack_pair(a0, a1, a2, a3, a4, a5, a6, a7, fa[:, None, :], ASM)
+    o1, o3 = _f16_pack_pair(b0, b1, b2, b3, b4, b5, b6, b7, fb[:, None, :], ASM)
+    o4, o6 = _f16_pack_pair(c0, c1, c2, c3, c4, c5, c6, c7, fc[:, None, :], ASM)
+    o5, o7 = _f16_pack_pair(d0, d1, d2, d3, d4, d5, d6, d7, fd[:, None, :], ASM)
+    g0, g1, g2, g3, g4, g5, g6, g7 = _sign_transpose(w0, w1, w2, w3, w4, w5, w6, w7, ASM)
+    sca = sca[:, None, :]
+    scb = scb[:, None, :]
+    scc = scc[:, None, :]
+    scd = scd[:, None, :]
+    _f16_store(o32, os_ptr, o0 | g0, sca, col, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o1 | g1, scb, col + 1, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o2 | g2, sca, col + 2, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o3 | g3, scb, col + 3, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o4 | g4, scc, col + 4, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o5 | g5, scd, col + 5, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o6 | g6, scc, col + 6, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o7 | g7, scd, col + 7, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+
+
+@triton.jit
+def _f32_scale(sb):
+    """Scale byte -> 2^(b - 127) in fp32 (byte 0: 2^-127, a subnormal; 255: Inf, so values become Inf or
+    NaN and the block NaN)."""
+    return tl.maximum(sb << 23, 0x400000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _f32_abs_bits(words, scale, J: tl.constexpr):
+    """fp32 bits of |decoded value| of column J of `words` (ordered like the values; NaN above Inf)."""
+    return _mx_abs_values(words.to(tl.int32, bitcast=True), scale, J)[0].to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _f32_code_bits(words, scale, inv, J: tl.constexpr):
+    """Code of column J of `words` requantized with 2^-e = `inv`: fp32 bits `code << 22`, sign at bit 25."""
+    v, sh = _mx_abs_values(words.to(tl.int32, bitcast=True), scale, J)
+    z = (v * inv + _E2M1_MAGIC) * _TWO_M126 - _E2M1_MAGIC_LOW
+    return z.to(tl.int32, bitcast=True) | (sh & 0x2000000)
+
+
+@triton.jit
+def _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_row, o32, os_ptr,
+                col, so, stride_os, oword, oblk, ok, okb, J: tl.constexpr, EVEN: tl.constexpr):
+    """Column J of every thread's 8 x 8 block through exact fp32 values (variant 2's arithmetic):
+    block maximum over the 8 rows and the 4 lanes of the 32-row block, scale, codes, output word."""
+    m = tl.maximum(tl.maximum(tl.maximum(_f32_abs_bits(w0, f0, J), _f32_abs_bits(w1, f1, J)),
+                              tl.maximum(_f32_abs_bits(w2, f2, J), _f32_abs_bits(w3, f3, J))),
+                   tl.maximum(tl.maximum(_f32_abs_bits(w4, f4, J), _f32_abs_bits(w5, f5, J)),
+                              tl.maximum(_f32_abs_bits(w6, f6, J), _f32_abs_bits(w7, f7, J))))
+    amax = tl.max(m, axis=1)[:, None, :]            # fp32 bits are ordered like |v|; NaN above Inf
+    nan = nan_row | (amax >= 0x7F800000)
+    e = tl.maximum((amax >> 23) - 129, -127)        # as in variant 2 (significand 1 or 1.5)
+    inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    word = ((_f32_code_bits(w0, f0, inv, J) >> 22)
+            | ((_f32_code_bits(w1, f1, inv, J) >> 18) & 0xF0)
+            | ((_f32_code_bits(w2, f2, inv, J) >> 14) & 0xF00)
+            | ((_f32_code_bits(w3, f3, inv, J) >> 10) & 0xF000)
+            | ((_f32_code_bits(w4, f4, inv, J) >> 6) & 0xF0000)
+            | ((_f32_code_bits(w5, f5, inv, J) >> 2) & 0xF00000)
+            | ((_f32_code_bits(w6, f6, inv, J) << 2) & 0xF000000)
+            | ((_f32_code_bits(w7, f7, inv, J) << 6) & -0x10000000))
+    word = tl.where(nan, 0, word)
+    byte = tl.where(nan, 255, e + 127).to(tl.uint8)
+    if EVEN:
+        tl.store(o32 + col * so + oword, word)
+        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
+    else:
+        tl.store(o32 + col * so + oword, word, mask=ok)
+        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
+
+
+@triton.jit
+def _f16_store(o32, os_ptr, word, sc, col, so, stride_os, oword, oblk, ok, okb, LANE: tl.constexpr,
+               EVEN: tl.constexpr):
+    """Stores one column's output words (`[8, 4, RB]`) and its scale bytes (lane LANE of `sc`)."""
+    byte = ((sc >> LANE) & 0xFF).to(tl.uint8)
+    if EVEN:
+        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True))
+        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
+    else:
+        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
+
+
 def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
     """MXFP4 row-wise `[M, K]` -> MXFP4 blocks of the transposed `[K, M]` matrix, one Triton pass
     (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_colwise`). Asynchronous on the
@@ -510,12 +855,16 @@ def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
         return out
     cfg = CONFIGS["mxfp4_rowwise_to_colwise"]
     variant = cfg.variant
-    if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
-        variant = 1  # variant 2 reads int32 words
+    if variant in (2, 3) and (x.stride(0) % 4 or x.data_ptr() % 4):
+        variant = 1  # variants 2 and 3 read int32 words
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
     kernel = {0: _mxfp4_rowwise_to_colwise_kernel, 1: _mxfp4_rowwise_to_colwise_v1_kernel,
-              2: _mxfp4_rowwise_to_colwise_v2_kernel}[variant]
-    extra = {"EVEN": K % cfg.block_k == 0} if variant == 2 else {}  # EVEN: no column masks
+              2: _mxfp4_rowwise_to_colwise_v2_kernel, 3: _mxfp4_rowwise_to_colwise_v3_kernel}[variant]
+    extra = {}
+    if variant == 2:  # EVEN: no column masks
+        extra = {"EVEN": K % cfg.block_k == 0}
+    elif variant == 3:  # EVEN: no row or column masks
+        extra = {"EVEN": K % cfg.block_k == 0 and M % cfg.block_m == 0, "ASM": use_asm()}
     kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0), out.data.stride(0),
                  out.scales.stride(0), BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
                  **extra)

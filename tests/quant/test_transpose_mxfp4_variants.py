@@ -108,3 +108,51 @@ def test_fp8_colwise_variants_read_strided_and_misaligned_rows(seed, monkeypatch
         got = mxfp4_rowwise_to_fp8_colwise(to_device(view, TRITON_DEVICE), backend="triton")
         want = mxfp4_rowwise_to_fp8_colwise(x, backend="torch")
         assert_same_bits(to_device(got, "cpu"), want, f"{cfg} +{extra}")
+
+
+# --- Variant 3 of mxfp4_rowwise_to_colwise (packed fp16 arithmetic, exact fp32 fallback per program) ---
+# Its fast path needs every 32-row block's scale bytes within 25 of each other and below 253; the data
+# below puts blocks on both sides of those limits. The interpreter runs it slowly: small shapes on CPU.
+V3_CONFIGS = ([LaunchConfig(64, 128, 1, 3)] if TRITON_DEVICE == "cpu" else
+              [LaunchConfig(64, 128, 1, 3), LaunchConfig(128, 512, 2, 3), LaunchConfig(256, 256, 4, 3)])
+
+
+def narrow_mxfp4(m: int, k: int, g: torch.Generator, spread: int = 26, lo: int = 0,
+                 hi: int = 228) -> MXFP4Tensor:
+    """Random codes; each 32-row block's scale bytes are base + [0, spread) with base in [lo, hi)."""
+    data = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=g)
+    base = torch.randint(lo, hi, (m // 32, 1, k // 32), generator=g)
+    off = torch.randint(0, spread, (m // 32, 32, k // 32), generator=g)
+    return MXFP4Tensor(data, (base + off).clamp(0, 255).reshape(m, k // 32).to(torch.uint8))
+
+
+@pytest.mark.parametrize("cfg", V3_CONFIGS, ids=str)
+def test_mxfp4_colwise_v3_fast_path_matches_reference(seed, monkeypatch, cfg):
+    g = torch.Generator().manual_seed(seed)
+    x = narrow_mxfp4(128, 256, g)
+    data = x.data.clone()
+    data[:, 0:4] = 0                        # all-zero columns (8 of them) in every block
+    data[:, 4] &= 0x88                      # -0 and +0 columns
+    data[5, 4] = 0x01                       # ... one of which has one nonzero value (0.5)
+    data[64:96, 8:12] &= 0x11               # columns of only 0.5 / -0.5 / 0
+    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(data, x.scales), monkeypatch)
+    # the bottom of E8M0 (scale-byte-0 clamp, fp32-subnormal maxima) and the top of the window
+    for lo, hi in ((0, 3), (225, 228)):
+        check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 256, g, 26, lo, hi),
+              monkeypatch)
+
+
+@pytest.mark.parametrize("cfg", V3_CONFIGS, ids=str)
+def test_mxfp4_colwise_v3_window_edges_and_partial_tiles(seed, monkeypatch, cfg):
+    g = torch.Generator().manual_seed(seed)
+    # One edge per tensor (a program takes one path): spread 25 and largest byte 252 (fast), spread 26,
+    # byte 253 (6 * 2^126 * 4 would be Inf) and a NaN row (fallback).
+    for rows, value in (((0, 31), (75, 100)), ((0, 31), (252, 252)), ((0, 31), (74, 100)),
+                        ((5, 6), (253, 253)), ((7, 8), (255, 255))):
+        x = narrow_mxfp4(64, 128, g, spread=1, lo=100, hi=101)
+        s = x.scales.clone()
+        s[rows[0], 1], s[rows[1], 1] = value
+        check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(x.data, s), monkeypatch)
+    # 160 rows, 288 columns: partial row and column tiles on both paths
+    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(160, 288, g), monkeypatch)
+    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(160, 288), monkeypatch)
