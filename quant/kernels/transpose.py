@@ -607,12 +607,6 @@ def _f16_row(x32, xs_ptr, roff, soff, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _f16_scale_key(sb):
-    """Scale byte -> uint32 pair (sb, 255 - sb), so one `max.u16x2` takes the largest and smallest."""
-    return (sb * 0xFFFF + 255).to(tl.uint32, bitcast=True)
-
-
-@triton.jit
 def _f16_column_pair(m, bmax, ASM: tl.constexpr):
     """A column pair's maxima over the thread's rows (fp16 bits per lane, `[4, 4, RB]`) -> over the
     32-row block (the 4 lanes of g), then the factor pair F (fp16) and the scale bytes (low byte of each
@@ -832,14 +826,14 @@ def _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, 
 @triton.jit
 def _f16_store(o32, os_ptr, word, sc, col, so, stride_os, oword, oblk, ok, okb, LANE: tl.constexpr,
                EVEN: tl.constexpr):
-    """Stores one column's output words (`[8, 4, RB]`) and its scale bytes (lane LANE of `sc`)."""
-    byte = ((sc >> LANE) & 0xFF).to(tl.uint8)
+    """Stores one column's output words (`[4, 4, RB]`) and its scale bytes (lane LANE of `sc`). The byte
+    pointer is broadcast over the 4 lanes of g (`+ 0 * oword`) so that the store keeps the register
+    layout, and `okb` lets one of them write."""
     if EVEN:
         tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True))
-        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
     else:
         tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True), mask=ok)
-        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
+    tl.store(os_ptr + col * stride_os + oblk + 0 * oword, ((sc >> LANE) & 0xFF).to(tl.uint8), mask=okb)
 
 
 def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
