@@ -245,6 +245,23 @@ _E2M1_MAGIC_LOW = tl.constexpr(7.395570986446986e-32)  # 1.5 * 2^22 * 2^-126
 
 
 @triton.jit
+def _f32_scale(sb):
+    """Scale byte -> 2^(b - 127) in fp32 (byte 0: 2^-127, a subnormal; 255: Inf, so values become Inf or
+    NaN and the block NaN)."""
+    return tl.maximum(sb << 23, 0x400000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e2m1_code_bits(v, inv, sh):
+    """|v| (fp32) requantized with 2^-e = `inv` -> fp32 bits `code << 22`, the sign taken from bit 25 of
+    `sh` (the shifted input word). v * 2^-e <= 6 is exact; + 1.5 * 2^22 rounds it to a multiple of 1/2
+    (RNE), which is the E2M1 grid below 2 and leaves the exact values from 1 up alone; (t - C) * 2^-126
+    then has fp32 bits code << 22."""
+    z = (v * inv + _E2M1_MAGIC) * _TWO_M126 - _E2M1_MAGIC_LOW
+    return z.to(tl.int32, bitcast=True) | (sh & 0x2000000)
+
+
+@triton.jit
 def _mx_word_row(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
     """Row `row` (< 32, relative to the pointers) of the packed words `w` (int32, 8 codes each) and
     their block scale bytes. 32-bit row offsets: 32 * stride fits, and the loop-invariant per-row terms
@@ -344,11 +361,7 @@ def _mxfp4_colwise_v2_column(words, scale, nan_row, o32, os_ptr, pid_m, w, w_ok,
     # a zero or fp32-subnormal maximum gives (amax >> 23) - 129 <= -129, clamped to -127.
     e = tl.maximum((amax >> 23) - 129, -127)
     inv = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2^-e, e in [-127, 126]
-    # v * 2^-e <= 6 is exact; + 1.5 * 2^22 rounds it to a multiple of 1/2 (RNE), which is the E2M1 grid
-    # below 2 and leaves the exact values from 1 up alone; (t - C) * 2^-126 then has fp32 bits code << 22.
-    t = v * inv[:, None] + _E2M1_MAGIC
-    z = t * _TWO_M126 - _E2M1_MAGIC_LOW
-    zb = z.to(tl.int32, bitcast=True) | (sh & 0x2000000)  # the sign bit (nibble bit 3) sits at bit 25
+    zb = _e2m1_code_bits(v, inv[:, None], sh)  # the sign bit (nibble bit 3) sits at bit 25
     packed = tl.where(nan[:, None], 0, _pack_nibble_rows(zb, NW))
     k64 = (8 * w + J).to(tl.int64)
     q = tl.arange(0, 4)
@@ -376,7 +389,7 @@ def _mxfp4_rowwise_to_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
         words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
                                   stride_x // 4, stride_xs, NW, EVEN)
         nan_row = tl.max(sbyte, axis=1) == 255
-        scale = tl.maximum(sbyte << 23, 0x400000).to(tl.float32, bitcast=True)  # 2^(b-127); b=0: 2^-127
+        scale = _f32_scale(sbyte)
         for j in tl.static_range(8):
             _mxfp4_colwise_v2_column(words, scale, nan_row, o32, os_ptr, bm, w, w_ok, stride_o // 4,
                                      stride_os, j, NW)
@@ -466,7 +479,7 @@ def _mxfp4_rowwise_to_fp8_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
         words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
                                   stride_x // 4, stride_xs, NW, EVEN)
         bmax = tl.maximum(bmax, tl.max(sbyte, axis=1))
-        scale = tl.maximum(sbyte << 23, 0x400000).to(tl.float32, bitcast=True)
+        scale = _f32_scale(sbyte)
         amax = tl.maximum(amax, _fp8_colmax_chunk(words, scale, NW))
     nan = (bmax[:, None] == 255) | (amax >= 0x7F800000)
     # k = ceil(log2(amax / 448)) = floor(log2 amax) - 8: a decoded maximum has significand 1 or 1.5
@@ -490,7 +503,7 @@ def _mxfp4_rowwise_to_fp8_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
         r64 = (pid_m * 128 + g * 32).to(tl.int64)
         words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
                                   stride_x // 4, stride_xs, NW, EVEN)
-        scale = tl.maximum(sbyte << 23, 0x400000).to(tl.float32, bitcast=True)
+        scale = _f32_scale(sbyte)
         _fp8_colwise_v2_column(words, scale, i0, n0, o32, pid_m, g, w, w_ok, stride_o // 4, 0, NW)
         _fp8_colwise_v2_column(words, scale, i1, n1, o32, pid_m, g, w, w_ok, stride_o // 4, 1, NW)
         _fp8_colwise_v2_column(words, scale, i2, n2, o32, pid_m, g, w, w_ok, stride_o // 4, 2, NW)
@@ -595,15 +608,28 @@ def _sign_transpose(w0, w1, w2, w3, w4, w5, w6, w7, ASM: tl.constexpr):
 
 
 @triton.jit
-def _f16_row(x32, xs_ptr, roff, soff, ok, EVEN: tl.constexpr):
-    """One row of every thread's group: its packed word and scale byte (as uint32 / int32)."""
+def _load_as(ptr, off, ok, DTYPE: tl.constexpr, EVEN: tl.constexpr):
     if EVEN:
-        word = tl.load(x32 + roff)
-        sb = tl.load(xs_ptr + soff)
+        return tl.load(ptr + off).to(DTYPE)
     else:
-        word = tl.load(x32 + roff, mask=ok, other=0)
-        sb = tl.load(xs_ptr + soff, mask=ok, other=0)
-    return word.to(tl.uint32, bitcast=True), sb.to(tl.int32)
+        return tl.load(ptr + off, mask=ok, other=0).to(DTYPE)
+
+
+@triton.jit
+def _rows8(ptr, off, step, ok, DTYPE: tl.constexpr, EVEN: tl.constexpr):
+    """`ptr[off + r * step]` for the 8 rows r of every thread's group, as DTYPE (masked loads give 0
+    unless EVEN)."""
+    return (_load_as(ptr, off, ok, DTYPE, EVEN), _load_as(ptr, off + step, ok, DTYPE, EVEN),
+            _load_as(ptr, off + 2 * step, ok, DTYPE, EVEN), _load_as(ptr, off + 3 * step, ok, DTYPE, EVEN),
+            _load_as(ptr, off + 4 * step, ok, DTYPE, EVEN), _load_as(ptr, off + 5 * step, ok, DTYPE, EVEN),
+            _load_as(ptr, off + 6 * step, ok, DTYPE, EVEN), _load_as(ptr, off + 7 * step, ok, DTYPE, EVEN))
+
+
+@triton.jit
+def _block_max(s0, s1, s2, s3, s4, s5, s6, s7):
+    """Largest scale byte of each 32-row block (the thread's 8 rows, then the 4 lanes of g): `[., RB]`."""
+    return tl.max(tl.maximum(tl.maximum(tl.maximum(s0, s1), tl.maximum(s2, s3)),
+                             tl.maximum(tl.maximum(s4, s5), tl.maximum(s6, s7))), axis=1)
 
 
 @triton.jit
@@ -627,22 +653,6 @@ def _f16_column_pair(m, bmax, ASM: tl.constexpr):
 def _max8_u16x2(a, b, c, d, e, f, g, h, ASM: tl.constexpr):
     return max_u16x2(max_u16x2(max_u16x2(a, b, ASM), max_u16x2(c, d, ASM), ASM),
                      max_u16x2(max_u16x2(e, f, ASM), max_u16x2(g, h, ASM), ASM), ASM)
-
-
-@triton.jit
-def _f16_chunk_rows(x32, xs, row, sx, stride_xs, w, ok, EVEN: tl.constexpr):
-    """The 8 rows of every thread's group in one 64-column chunk: words (uint32) and scale bytes."""
-    roff = row * sx + w
-    soff = row * stride_xs + w // 4
-    w0, s0 = _f16_row(x32, xs, roff, soff, ok, EVEN)
-    w1, s1 = _f16_row(x32, xs, roff + sx, soff + stride_xs, ok, EVEN)
-    w2, s2 = _f16_row(x32, xs, roff + 2 * sx, soff + 2 * stride_xs, ok, EVEN)
-    w3, s3 = _f16_row(x32, xs, roff + 3 * sx, soff + 3 * stride_xs, ok, EVEN)
-    w4, s4 = _f16_row(x32, xs, roff + 4 * sx, soff + 4 * stride_xs, ok, EVEN)
-    w5, s5 = _f16_row(x32, xs, roff + 5 * sx, soff + 5 * stride_xs, ok, EVEN)
-    w6, s6 = _f16_row(x32, xs, roff + 6 * sx, soff + 6 * stride_xs, ok, EVEN)
-    w7, s7 = _f16_row(x32, xs, roff + 7 * sx, soff + 7 * stride_xs, ok, EVEN)
-    return w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7
 
 
 @triton.jit
@@ -672,7 +682,7 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     m0 = pid_m * BLOCK_M
-    x32 = (x_ptr + m0.to(tl.int64) * stride_x).to(tl.pointer_type(tl.int32))
+    x32 = (x_ptr + m0.to(tl.int64) * stride_x).to(tl.pointer_type(tl.uint32))
     xs = xs_ptr + m0.to(tl.int64) * stride_xs
     o32 = o_ptr.to(tl.pointer_type(tl.int32))
     qq = RB - 1 - tl.arange(0, RB)[None, None, :]
@@ -687,23 +697,21 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K) == 1:
         w = pid_k * (BLOCK_K // 8) + 2 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: even words
         ok = row_ok & (w < K // 8)           # K / 8 is even: words w and w + 1 are both in or both out
-        e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7 = _f16_chunk_rows(
-            x32, xs, row, sx, stride_xs, w, ok, EVEN)
-        n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7 = _f16_chunk_rows(
-            x32, xs, row, sx, stride_xs, w + 1, ok, EVEN)         # same scale bytes (block w // 4)
+        e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _rows8(x32, row * sx + w + 1, sx, ok, tl.uint32, EVEN)
+        s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32,
+                                                EVEN)  # one scale block (w // 4) for both words
         for c in range(BLOCK_K // 64):
             # The next chunk's words are loaded before this one is converted (the last chunk reloads
             # itself, an L1 hit), so their latency overlaps the arithmetic.
             wn = w + 8 * (tl.minimum(c + 1, BLOCK_K // 64 - 1) - c)
             okn = row_ok & (wn < K // 8)
-            p0, p1, p2, p3, p4, p5, p6, p7, t0, t1, t2, t3, t4, t5, t6, t7 = _f16_chunk_rows(
-                x32, xs, row, sx, stride_xs, wn, okn, EVEN)
-            q0, q1, q2, q3, q4, q5, q6, q7, t0, t1, t2, t3, t4, t5, t6, t7 = _f16_chunk_rows(
-                x32, xs, row, sx, stride_xs, wn + 1, okn, EVEN)
+            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x32, row * sx + wn, sx, okn, tl.uint32, EVEN)
+            q0, q1, q2, q3, q4, q5, q6, q7 = _rows8(x32, row * sx + wn + 1, sx, okn, tl.uint32, EVEN)
+            t0, t1, t2, t3, t4, t5, t6, t7 = _rows8(xs, row * stride_xs + wn // 4, stride_xs, okn, tl.int32,
+                                                    EVEN)
             okb = first & (w < K // 8)
-            mx = tl.maximum(tl.maximum(tl.maximum(s0, s1), tl.maximum(s2, s3)),
-                            tl.maximum(tl.maximum(s4, s5), tl.maximum(s6, s7)))
-            bmax = tl.max(mx, axis=1)                                 # [4, RB]: per 32-row block
+            bmax = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)        # [4, RB]
             col = (8 * w).to(tl.int64)                                # output row of column 8w
             _f16_word(e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
                       col, so, stride_os, oword, oblk, ok, okb, EVEN, ASM)
@@ -720,11 +728,10 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             w = pid_k * (BLOCK_K // 8) + c * 8 + (7 - tl.arange(0, 8)[:, None, None])
             ok = row_ok & (w < K // 8)
             okb = first & (w < K // 8)
-            w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7 = _f16_chunk_rows(
-                x32, xs, row, sx, stride_xs, w, ok, EVEN)
-            mx = tl.maximum(tl.maximum(tl.maximum(s0, s1), tl.maximum(s2, s3)),
-                            tl.maximum(tl.maximum(s4, s5), tl.maximum(s6, s7)))
-            nan_row = tl.max(mx, axis=1)[:, None, :] == 255
+            w0, w1, w2, w3, w4, w5, w6, w7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
+            s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32,
+                                                    EVEN)
+            nan_row = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, :] == 255
             f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
             f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
             col = (8 * w).to(tl.int64)
@@ -772,13 +779,6 @@ def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bm
 
 
 @triton.jit
-def _f32_scale(sb):
-    """Scale byte -> 2^(b - 127) in fp32 (byte 0: 2^-127, a subnormal; 255: Inf, so values become Inf or
-    NaN and the block NaN)."""
-    return tl.maximum(sb << 23, 0x400000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _f32_abs_bits(words, scale, J: tl.constexpr):
     """fp32 bits of |decoded value| of column J of `words` (ordered like the values; NaN above Inf)."""
     return _mx_abs_values(words.to(tl.int32, bitcast=True), scale, J)[0].to(tl.int32, bitcast=True)
@@ -788,8 +788,7 @@ def _f32_abs_bits(words, scale, J: tl.constexpr):
 def _f32_code_bits(words, scale, inv, J: tl.constexpr):
     """Code of column J of `words` requantized with 2^-e = `inv`: fp32 bits `code << 22`, sign at bit 25."""
     v, sh = _mx_abs_values(words.to(tl.int32, bitcast=True), scale, J)
-    z = (v * inv + _E2M1_MAGIC) * _TWO_M126 - _E2M1_MAGIC_LOW
-    return z.to(tl.int32, bitcast=True) | (sh & 0x2000000)
+    return _e2m1_code_bits(v, inv, sh)
 
 
 @triton.jit
@@ -814,26 +813,28 @@ def _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, 
             | ((_f32_code_bits(w6, f6, inv, J) << 2) & 0xF000000)
             | ((_f32_code_bits(w7, f7, inv, J) << 6) & -0x10000000))
     word = tl.where(nan, 0, word)
-    byte = tl.where(nan, 255, e + 127).to(tl.uint8)
+    _colwise_store(o32, os_ptr, word, tl.where(nan, 255, e + 127).to(tl.uint8), col, so, stride_os, oword,
+                   oblk, ok, okb, EVEN)
+
+
+@triton.jit
+def _colwise_store(o32, os_ptr, word, byte, col, so, stride_os, oword, oblk, ok, okb, EVEN: tl.constexpr):
+    """Stores one column's output words (`[4, 4, RB]` or `[8, 4, RB]`, int32) and its scale bytes. The
+    byte pointer is broadcast over the 4 lanes of g (`+ 0 * oword`) so that the store keeps the register
+    layout, and `okb` lets one of them write."""
     if EVEN:
         tl.store(o32 + col * so + oword, word)
-        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
     else:
         tl.store(o32 + col * so + oword, word, mask=ok)
-        tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
+    tl.store(os_ptr + col * stride_os + oblk + 0 * oword, byte, mask=okb)
 
 
 @triton.jit
 def _f16_store(o32, os_ptr, word, sc, col, so, stride_os, oword, oblk, ok, okb, LANE: tl.constexpr,
                EVEN: tl.constexpr):
-    """Stores one column's output words (`[4, 4, RB]`) and its scale bytes (lane LANE of `sc`). The byte
-    pointer is broadcast over the 4 lanes of g (`+ 0 * oword`) so that the store keeps the register
-    layout, and `okb` lets one of them write."""
-    if EVEN:
-        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True))
-    else:
-        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True), mask=ok)
-    tl.store(os_ptr + col * stride_os + oblk + 0 * oword, ((sc >> LANE) & 0xFF).to(tl.uint8), mask=okb)
+    """`_colwise_store` of an fp16-path word (uint32) with the scale byte in lane LANE of `sc`."""
+    _colwise_store(o32, os_ptr, word.to(tl.int32, bitcast=True), ((sc >> LANE) & 0xFF).to(tl.uint8), col,
+                   so, stride_os, oword, oblk, ok, okb, EVEN)
 
 
 def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
