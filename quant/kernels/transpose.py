@@ -656,18 +656,68 @@ def _max8_u16x2(a, b, c, d, e, f, g, h, ASM: tl.constexpr):
 
 
 @triton.jit
-def _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """1 if every 32-row block of the program's tile has scale bytes below 253 and within _F16_WINDOW
-    of each other (the fp16 path is exact there), else 0: one pass over the tile's scale bytes."""
-    NB: tl.constexpr = BLOCK_K // 32
-    rows = m0 + tl.arange(0, BLOCK_M)
-    blks = pid_k * NB + tl.arange(0, NB)
-    sb = tl.load(xs_ptr + rows.to(tl.int64)[:, None] * stride_xs + blks[None, :],
-                 mask=(rows < M)[:, None] & (blks < K // 32)[None, :], other=0).to(tl.int32)
-    sb = tl.reshape(sb, (BLOCK_M // 32, 32, NB))
-    hi = tl.max(sb, axis=1)
-    lo = tl.min(sb, axis=1)
-    return tl.min(((hi <= 252) & (hi - lo <= _F16_WINDOW)).to(tl.int32))
+def _min8_u16x2(a, b, c, d, e, f, g, h, ASM: tl.constexpr):
+    return min_u16x2(min_u16x2(min_u16x2(a, b, ASM), min_u16x2(c, d, ASM), ASM),
+                     min_u16x2(min_u16x2(e, f, ASM), min_u16x2(g, h, ASM), ASM), ASM)
+
+
+@triton.jit
+def _word4(b0, b1, b2, b3):
+    """Four bytes (uint32) -> one little-endian word."""
+    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+
+
+@triton.jit
+def _scale_words8(xs, off, step, blk, nblk, ok, WORDS: tl.constexpr, EVEN: tl.constexpr):
+    """Scale bytes `xs[off + r * step + j]`, j < 4 (blocks `blk + j`; those from `nblk` on and masked rows
+    read 0), of the thread's 8 rows r as uint32 words, byte j = block blk + j. WORDS: one 4-byte load per
+    word (`off` and `step` multiples of 4, blocks in whole words); otherwise four byte loads."""
+    if WORDS:
+        return _rows8(xs.to(tl.pointer_type(tl.uint32)), off // 4, step // 4, ok & (blk < nblk), tl.uint32,
+                      EVEN)
+    else:
+        a0, a1, a2, a3, a4, a5, a6, a7 = _rows8(xs, off, step, ok & (blk < nblk), tl.uint32, False)
+        b0, b1, b2, b3, b4, b5, b6, b7 = _rows8(xs, off + 1, step, ok & (blk + 1 < nblk), tl.uint32, False)
+        c0, c1, c2, c3, c4, c5, c6, c7 = _rows8(xs, off + 2, step, ok & (blk + 2 < nblk), tl.uint32, False)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _rows8(xs, off + 3, step, ok & (blk + 3 < nblk), tl.uint32, False)
+        return (_word4(a0, b0, c0, d0), _word4(a1, b1, c1, d1), _word4(a2, b2, c2, d2),
+                _word4(a3, b3, c3, d3), _word4(a4, b4, c4, d4), _word4(a5, b5, c5, d5),
+                _word4(a6, b6, c6, d6), _word4(a7, b7, c7, d7))
+
+
+@triton.jit
+def _window_misses(b0, b1, b2, b3, b4, b5, b6, b7, ASM: tl.constexpr):
+    """One byte lane pair of the thread's 8 rows of scale words (`b_r & 0x00FF00FF`: two blocks, one per
+    16-bit lane) -> bit 8 of a lane set where that block's largest byte (over the 4 lanes of g) exceeds 252
+    or exceeds one of the thread's bytes by more than _F16_WINDOW."""
+    hi = reduce_max_u16x2(_max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM), 1, ASM)[:, None, :]
+    lo = _min8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM)
+    # hi - lo + 230 in [230, 485] (hi >= lo) and hi + 3 <= 258: no carry leaves a lane, bit 8 is the test.
+    return (hi + (255 - _F16_WINDOW) * 0x10001 - lo) | (hi + 3 * 0x10001)
+
+
+@triton.jit
+def _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K: tl.constexpr, WORDS: tl.constexpr,
+                   EVEN: tl.constexpr, ASM: tl.constexpr):
+    """1 if every 32-row block of the program's tile (`xs` at its first row; rows `row` of `[1, 4, RB]`)
+    has scale bytes below 253 and within _F16_WINDOW of each other (the fp16 path is exact there), else 0.
+    Read in the main loop's layout, 4 blocks per word and 4 words at a time along the leading axis: a
+    thread's 8 rows, then the 4 lanes of g for the blocks' maxima (two shuffles per 2 blocks), and one
+    reduction of the flags at the end."""
+    NB: tl.constexpr = BLOCK_K // 32                   # scale blocks per row and program
+    NG: tl.constexpr = (NB + 15) // 16                 # groups of 4 words (16 blocks)
+    nblk = tl.minimum(K // 32, (pid_k + 1) * NB)
+    miss = tl.zeros(row.shape, tl.uint32)
+    for i in tl.static_range(NG):
+        blk = pid_k * NB + 16 * i + 4 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: first block
+        s0, s1, s2, s3, s4, s5, s6, s7 = _scale_words8(xs, row * stride_xs + blk, stride_xs, blk, nblk,
+                                                       row_ok, WORDS, EVEN and NB >= 16)
+        miss |= _window_misses(s0 & 0x00FF00FF, s1 & 0x00FF00FF, s2 & 0x00FF00FF, s3 & 0x00FF00FF,
+                               s4 & 0x00FF00FF, s5 & 0x00FF00FF, s6 & 0x00FF00FF, s7 & 0x00FF00FF, ASM)
+        miss |= _window_misses((s0 >> 8) & 0x00FF00FF, (s1 >> 8) & 0x00FF00FF, (s2 >> 8) & 0x00FF00FF,
+                               (s3 >> 8) & 0x00FF00FF, (s4 >> 8) & 0x00FF00FF, (s5 >> 8) & 0x00FF00FF,
+                               (s6 >> 8) & 0x00FF00FF, (s7 >> 8) & 0x00FF00FF, ASM)
+    return (tl.max(miss & 0x01000100) == 0).to(tl.int32)
 
 
 @triton.jit
@@ -694,7 +744,18 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     first = (gg == 3) & (m0 + 32 * qq < M)                        # one lane per block stores its scales
     sx = stride_x // 4
     so = stride_o // 4
-    if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K) == 1:
+    # Scale words need 4-byte aligned rows and whole words of blocks; otherwise the scan reads bytes.
+    if BLOCK_K >= 128:
+        aligned = (stride_xs % 4 == 0) & (xs_ptr.to(tl.int64, bitcast=True) % 4 == 0)
+        if not EVEN:
+            aligned = aligned & (K % 128 == 0)
+        if aligned:
+            fast = _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K, True, EVEN, ASM)
+        else:
+            fast = _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K, False, EVEN, ASM)
+    else:
+        fast = _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K, False, EVEN, ASM)
+    if fast == 1:
         w = pid_k * (BLOCK_K // 8) + 2 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: even words
         ok = row_ok & (w < K // 8)           # K / 8 is even: words w and w + 1 are both in or both out
         e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)

@@ -156,3 +156,20 @@ def test_mxfp4_colwise_v3_window_edges_and_partial_tiles(seed, monkeypatch, cfg)
     # 160 rows, 288 columns: partial row and column tiles on both paths
     check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(160, 288, g), monkeypatch)
     check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(160, 288), monkeypatch)
+
+
+@pytest.mark.parametrize("cfg", V3_CONFIGS, ids=str)
+def test_mxfp4_colwise_v3_window_scan_reads_unaligned_scale_rows(seed, monkeypatch, cfg):
+    # The window scan reads 4 scale bytes per load only from 4-byte aligned rows; scale views at an odd
+    # offset or with an odd row stride take its byte loads. Both decisions, spread 25 (fast) and 26.
+    g = torch.Generator().manual_seed(seed)
+    for value in (75, 74):
+        x = narrow_mxfp4(64, 256, g, spread=1, lo=100, hi=101)
+        s = x.scales.clone()
+        s[0, 5], s[31, 5] = value, 100
+        for width, start in ((12, 1), (9, 0)):
+            buf = torch.zeros(64, width, dtype=torch.uint8)
+            buf[:, start:start + 8] = s
+            view = MXFP4Tensor(x.data, buf[:, start:start + 8])
+            check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, view, monkeypatch)
+
