@@ -741,7 +741,9 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     row_ok = m0 + row < M
     oword = m0 // 8 + row // 8                                    # output word of the group's 8 rows
     oblk = m0 // 32 + qq                                          # output block (32 rows)
-    first = (gg == 3) & (m0 + 32 * qq < M)                        # one lane per block stores its scales
+    blk_ok = m0 + 32 * qq < M                                     # [1, 1, RB]: the block exists
+    first = (gg == 3) & blk_ok                                    # fp32 path: one lane stores scales
+    lane = 3 - gg                                                 # fp16 path: columns lane, lane + 4
     sx = stride_x // 4
     so = stride_o // 4
     # Scale words need 4-byte aligned rows and whole words of blocks; otherwise the scan reads bytes.
@@ -771,13 +773,13 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             q0, q1, q2, q3, q4, q5, q6, q7 = _rows8(x32, row * sx + wn + 1, sx, okn, tl.uint32, EVEN)
             t0, t1, t2, t3, t4, t5, t6, t7 = _rows8(xs, row * stride_xs + wn // 4, stride_xs, okn, tl.int32,
                                                     EVEN)
-            okb = first & (w < K // 8)
+            okb = blk_ok & (w < K // 8)
             bmax = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)        # [4, RB]
             col = (8 * w).to(tl.int64)                                # output row of column 8w
             _f16_word(e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
-                      col, so, stride_os, oword, oblk, ok, okb, EVEN, ASM)
+                      col, so, stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
             _f16_word(n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
-                      col + 8, so, stride_os, oword, oblk, ok, okb, EVEN, ASM)
+                      col + 8, so, stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
             e0, e1, e2, e3, e4, e5, e6, e7 = p0, p1, p2, p3, p4, p5, p6, p7
             n0, n1, n2, n3, n4, n5, n6, n7 = q0, q1, q2, q3, q4, q5, q6, q7
             s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
@@ -803,9 +805,10 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 
 @triton.jit
 def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col, so,
-              stride_os, oword, oblk, ok, okb, EVEN: tl.constexpr, ASM: tl.constexpr):
+              stride_os, oword, oblk, lane, ok, okb, EVEN: tl.constexpr, ASM: tl.constexpr):
     """The fp16 path for one word column of every thread's 8 rows (`w_r`, scale bytes `s_r`; `bmax`
-    the 32-row blocks' largest scale byte): output words of columns `col` .. `col + 7` and their scales."""
+    the 32-row blocks' largest scale byte): output words of columns `col` .. `col + 7` and their scales
+    (`lane`: the thread's index among the 4 lanes of its block; `okb`: its block and word exist)."""
     bm = bmax[:, None, :]
     a0, b0, c0, d0 = _f16_row_values(w0, s0, bm, ASM)
     a1, b1, c1, d1 = _f16_row_values(w1, s1, bm, ASM)
@@ -825,18 +828,15 @@ def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bm
     o4, o6 = _f16_pack_pair(c0, c1, c2, c3, c4, c5, c6, c7, fc[:, None, :], ASM)
     o5, o7 = _f16_pack_pair(d0, d1, d2, d3, d4, d5, d6, d7, fd[:, None, :], ASM)
     g0, g1, g2, g3, g4, g5, g6, g7 = _sign_transpose(w0, w1, w2, w3, w4, w5, w6, w7, ASM)
-    sca = sca[:, None, :]
-    scb = scb[:, None, :]
-    scc = scc[:, None, :]
-    scd = scd[:, None, :]
-    _f16_store(o32, os_ptr, o0 | g0, sca, col, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o1 | g1, scb, col + 1, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o2 | g2, sca, col + 2, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
-    _f16_store(o32, os_ptr, o3 | g3, scb, col + 3, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
-    _f16_store(o32, os_ptr, o4 | g4, scc, col + 4, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o5 | g5, scd, col + 5, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o6 | g6, scc, col + 6, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
-    _f16_store(o32, os_ptr, o7 | g7, scd, col + 7, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, o0 | g0, col, so, oword, ok, EVEN)
+    _f16_store(o32, o1 | g1, col + 1, so, oword, ok, EVEN)
+    _f16_store(o32, o2 | g2, col + 2, so, oword, ok, EVEN)
+    _f16_store(o32, o3 | g3, col + 3, so, oword, ok, EVEN)
+    _f16_store(o32, o4 | g4, col + 4, so, oword, ok, EVEN)
+    _f16_store(o32, o5 | g5, col + 5, so, oword, ok, EVEN)
+    _f16_store(o32, o6 | g6, col + 6, so, oword, ok, EVEN)
+    _f16_store(o32, o7 | g7, col + 7, so, oword, ok, EVEN)
+    _f16_scale_store(os_ptr, sca, scb, scc, scd, col, lane, stride_os, oblk, okb, EVEN, ASM)
 
 
 @triton.jit
@@ -891,11 +891,32 @@ def _colwise_store(o32, os_ptr, word, byte, col, so, stride_os, oword, oblk, ok,
 
 
 @triton.jit
-def _f16_store(o32, os_ptr, word, sc, col, so, stride_os, oword, oblk, ok, okb, LANE: tl.constexpr,
-               EVEN: tl.constexpr):
-    """`_colwise_store` of an fp16-path word (uint32) with the scale byte in lane LANE of `sc`."""
-    _colwise_store(o32, os_ptr, word.to(tl.int32, bitcast=True), ((sc >> LANE) & 0xFF).to(tl.uint8), col,
-                   so, stride_os, oword, oblk, ok, okb, EVEN)
+def _f16_store(o32, word, col, so, oword, ok, EVEN: tl.constexpr):
+    """Stores one column's output words (`[4, 4, RB]`, uint32)."""
+    if EVEN:
+        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True))
+    else:
+        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True), mask=ok)
+
+
+@triton.jit
+def _f16_scale_store(os_ptr, sca, scb, scc, scd, col, lane, stride_os, oblk, okb, EVEN: tl.constexpr,
+                     ASM: tl.constexpr):
+    """The scale bytes of a word's 8 columns `col + j` (`[4, RB]`, one per 16-bit lane's low byte: columns
+    (0, 2), (1, 3), (4, 6), (5, 7), the same in the 4 lanes of a block): lane `lane` of each block stores
+    columns `lane` and `lane + 4`, two byte stores instead of eight."""
+    sel = tl.full(sca.shape, 0x6240, tl.uint32)
+    lo = byte_perm(sca, scb, sel, ASM)[:, None, :]          # columns 0..3, byte j = column j
+    hi = byte_perm(scc, scd, sel, ASM)[:, None, :]          # columns 4..7
+    pick = (lane * 17 + 64).to(tl.uint32) + 0 * lo          # bytes `lane` of lo and of hi
+    two = byte_perm(lo + 0 * pick, hi + 0 * pick, pick, ASM)
+    ptr = os_ptr + (col + lane) * stride_os + oblk
+    if EVEN:
+        tl.store(ptr, two.to(tl.uint8))
+        tl.store(ptr + 4 * stride_os, (two >> 8).to(tl.uint8))
+    else:
+        tl.store(ptr, two.to(tl.uint8), mask=okb)
+        tl.store(ptr + 4 * stride_os, (two >> 8).to(tl.uint8), mask=okb)
 
 
 def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
