@@ -531,7 +531,10 @@ def _mxfp4_rowwise_to_fp8_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 # gather the code bytes of 8 rows into output words; the sign bits go through an 8 x 8 nibble transpose
 # of the input words. A program whose tile has a block outside that window converts the whole tile
 # through exact fp32 values instead (variant 2's arithmetic, one column at a time), decided once per
-# program from its scale bytes.
+# program from its scale bytes, read as words in the same layout (`_f16_window_ok`). The fp16 path walks
+# the tile in chunks of two words, in pairs (a chunk's loads are issued while the one before it is
+# converted, without register copies at the loop's back edge); each of a block's 4 lanes stores 2 of a
+# word's 8 scale bytes.
 
 _F16_WINDOW = tl.constexpr(25)  # largest scale-byte spread of a 32-row block on the fp16 path
 
@@ -721,6 +724,31 @@ def _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K: tl.constexpr, 
 
 
 @triton.jit
+def _f16_chunk_load(x32, xs, row, w, sx, stride_xs, ok, EVEN: tl.constexpr):
+    """One chunk of the fp16 path: words `w` and `w + 1` of the thread's 8 rows and their scale bytes (one
+    block, `w // 4`, for both words), 24 values."""
+    e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _rows8(x32, row * sx + w + 1, sx, ok, tl.uint32, EVEN)
+    s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32, EVEN)
+    return (e0, e1, e2, e3, e4, e5, e6, e7, n0, n1, n2, n3, n4, n5, n6, n7,
+            s0, s1, s2, s3, s4, s5, s6, s7)
+
+
+@triton.jit
+def _f16_chunk(e0, e1, e2, e3, e4, e5, e6, e7, n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6,
+               s7, w, ok, blk_ok, K, o32, os_ptr, so, stride_os, oword, oblk, lane, EVEN: tl.constexpr,
+               ASM: tl.constexpr):
+    """Converts one chunk (`_f16_chunk_load`'s values) on the fp16 path."""
+    okb = blk_ok & (w < K // 8)
+    bmax = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)        # [4, RB]
+    col = (8 * w).to(tl.int64)                                # output row of column 8w
+    _f16_word(e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col, so,
+              stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
+    _f16_word(n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col + 8, so,
+              stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
+
+
+@triton.jit
 def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                                         stride_x, stride_xs, stride_o, stride_os,
                                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
@@ -758,33 +786,34 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     else:
         fast = _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K, False, EVEN, ASM)
     if fast == 1:
+        NC: tl.constexpr = BLOCK_K // 64                                   # chunks of 2 words (64 columns)
         w = pid_k * (BLOCK_K // 8) + 2 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: even words
         ok = row_ok & (w < K // 8)           # K / 8 is even: words w and w + 1 are both in or both out
-        e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
-        n0, n1, n2, n3, n4, n5, n6, n7 = _rows8(x32, row * sx + w + 1, sx, ok, tl.uint32, EVEN)
-        s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32,
-                                                EVEN)  # one scale block (w // 4) for both words
-        for c in range(BLOCK_K // 64):
-            # The next chunk's words are loaded before this one is converted (the last chunk reloads
-            # itself, an L1 hit), so their latency overlaps the arithmetic.
-            wn = w + 8 * (tl.minimum(c + 1, BLOCK_K // 64 - 1) - c)
-            okn = row_ok & (wn < K // 8)
-            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x32, row * sx + wn, sx, okn, tl.uint32, EVEN)
-            q0, q1, q2, q3, q4, q5, q6, q7 = _rows8(x32, row * sx + wn + 1, sx, okn, tl.uint32, EVEN)
-            t0, t1, t2, t3, t4, t5, t6, t7 = _rows8(xs, row * stride_xs + wn // 4, stride_xs, okn, tl.int32,
-                                                    EVEN)
-            okb = blk_ok & (w < K // 8)
-            bmax = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)        # [4, RB]
-            col = (8 * w).to(tl.int64)                                # output row of column 8w
-            _f16_word(e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
-                      col, so, stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
-            _f16_word(n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
-                      col + 8, so, stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
-            e0, e1, e2, e3, e4, e5, e6, e7 = p0, p1, p2, p3, p4, p5, p6, p7
-            n0, n1, n2, n3, n4, n5, n6, n7 = q0, q1, q2, q3, q4, q5, q6, q7
-            s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
-            w = wn
-            ok = okn
+        (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20,
+         a21, a22, a23) = _f16_chunk_load(x32, xs, row, w, sx, stride_xs, ok, EVEN)
+        if NC == 1:
+            _f16_chunk(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18,
+                       a19, a20, a21, a22, a23, w, ok, blk_ok, K, o32, os_ptr, so, stride_os, oword, oblk,
+                       lane, EVEN, ASM)
+        else:
+            # Chunks in pairs A, B: B is loaded before A is converted and the next A before B is, so the
+            # loads' latency overlaps arithmetic, and the loop carries A in the registers it was loaded
+            # into (no copies at the back edge). The last pair reloads its A (an L1 hit).
+            for c in range(0, NC, 2):
+                wb = w + 8
+                ok_b = row_ok & (wb < K // 8)
+                (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19,
+                 b20, b21, b22, b23) = _f16_chunk_load(x32, xs, row, wb, sx, stride_xs, ok_b, EVEN)
+                _f16_chunk(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17,
+                           a18, a19, a20, a21, a22, a23, w, ok, blk_ok, K, o32, os_ptr, so, stride_os, oword,
+                           oblk, lane, EVEN, ASM)
+                w = w + 8 * (tl.minimum(c + 2, NC - 2) - c)
+                ok = row_ok & (w < K // 8)
+                (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
+                 a20, a21, a22, a23) = _f16_chunk_load(x32, xs, row, w, sx, stride_xs, ok, EVEN)
+                _f16_chunk(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17,
+                           b18, b19, b20, b21, b22, b23, wb, ok_b, blk_ok, K, o32, os_ptr, so, stride_os,
+                           oword, oblk, lane, EVEN, ASM)
     else:
         # Wide-range, NaN or Inf blocks in this tile: exact fp32 values, one column at a time.
         for c in range(BLOCK_K // 64):

@@ -173,3 +173,9 @@ def test_mxfp4_colwise_v3_window_scan_reads_unaligned_scale_rows(seed, monkeypat
             view = MXFP4Tensor(x.data, buf[:, start:start + 8])
             check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, view, monkeypatch)
 
+
+@pytest.mark.parametrize("cfg", [LaunchConfig(64, 64, 1, 3), LaunchConfig(64, 256, 1, 3)], ids=str)
+def test_mxfp4_colwise_v3_one_chunk_and_chunk_pairs(seed, monkeypatch, cfg):
+    # The fast path converts 64-column chunks in pairs: block_k 64 has a single chunk, 256 two pairs.
+    g = torch.Generator().manual_seed(seed)
+    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 288, g), monkeypatch)
