@@ -531,10 +531,7 @@ def _mxfp4_rowwise_to_fp8_colwise_v2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 # gather the code bytes of 8 rows into output words; the sign bits go through an 8 x 8 nibble transpose
 # of the input words. A program whose tile has a block outside that window converts the whole tile
 # through exact fp32 values instead (variant 2's arithmetic, one column at a time), decided once per
-# program from its scale bytes, read as words in the same layout (`_f16_window_ok`). The fp16 path walks
-# the tile in chunks of two words, in pairs (a chunk's loads are issued while the one before it is
-# converted, without register copies at the loop's back edge); each of a block's 4 lanes stores 2 of a
-# word's 8 scale bytes.
+# program from its scale bytes.
 
 _F16_WINDOW = tl.constexpr(25)  # largest scale-byte spread of a 32-row block on the fp16 path
 
@@ -659,93 +656,18 @@ def _max8_u16x2(a, b, c, d, e, f, g, h, ASM: tl.constexpr):
 
 
 @triton.jit
-def _min8_u16x2(a, b, c, d, e, f, g, h, ASM: tl.constexpr):
-    return min_u16x2(min_u16x2(min_u16x2(a, b, ASM), min_u16x2(c, d, ASM), ASM),
-                     min_u16x2(min_u16x2(e, f, ASM), min_u16x2(g, h, ASM), ASM), ASM)
-
-
-@triton.jit
-def _word4(b0, b1, b2, b3):
-    """Four bytes (uint32) -> one little-endian word."""
-    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
-
-
-@triton.jit
-def _scale_words8(xs, off, step, blk, nblk, ok, WORDS: tl.constexpr, EVEN: tl.constexpr):
-    """Scale bytes `xs[off + r * step + j]`, j < 4 (blocks `blk + j`; those from `nblk` on and masked rows
-    read 0), of the thread's 8 rows r as uint32 words, byte j = block blk + j. WORDS: one 4-byte load per
-    word (`off` and `step` multiples of 4, blocks in whole words); otherwise four byte loads."""
-    if WORDS:
-        return _rows8(xs.to(tl.pointer_type(tl.uint32)), off // 4, step // 4, ok & (blk < nblk), tl.uint32,
-                      EVEN)
-    else:
-        a0, a1, a2, a3, a4, a5, a6, a7 = _rows8(xs, off, step, ok & (blk < nblk), tl.uint32, False)
-        b0, b1, b2, b3, b4, b5, b6, b7 = _rows8(xs, off + 1, step, ok & (blk + 1 < nblk), tl.uint32, False)
-        c0, c1, c2, c3, c4, c5, c6, c7 = _rows8(xs, off + 2, step, ok & (blk + 2 < nblk), tl.uint32, False)
-        d0, d1, d2, d3, d4, d5, d6, d7 = _rows8(xs, off + 3, step, ok & (blk + 3 < nblk), tl.uint32, False)
-        return (_word4(a0, b0, c0, d0), _word4(a1, b1, c1, d1), _word4(a2, b2, c2, d2),
-                _word4(a3, b3, c3, d3), _word4(a4, b4, c4, d4), _word4(a5, b5, c5, d5),
-                _word4(a6, b6, c6, d6), _word4(a7, b7, c7, d7))
-
-
-@triton.jit
-def _window_misses(b0, b1, b2, b3, b4, b5, b6, b7, ASM: tl.constexpr):
-    """One byte lane pair of the thread's 8 rows of scale words (`b_r & 0x00FF00FF`: two blocks, one per
-    16-bit lane) -> bit 8 of a lane set where that block's largest byte (over the 4 lanes of g) exceeds 252
-    or exceeds one of the thread's bytes by more than _F16_WINDOW."""
-    hi = reduce_max_u16x2(_max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM), 1, ASM)[:, None, :]
-    lo = _min8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM)
-    # hi - lo + 230 in [230, 485] (hi >= lo) and hi + 3 <= 258: no carry leaves a lane, bit 8 is the test.
-    return (hi + (255 - _F16_WINDOW) * 0x10001 - lo) | (hi + 3 * 0x10001)
-
-
-@triton.jit
-def _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K: tl.constexpr, WORDS: tl.constexpr,
-                   EVEN: tl.constexpr, ASM: tl.constexpr):
-    """1 if every 32-row block of the program's tile (`xs` at its first row; rows `row` of `[1, 4, RB]`)
-    has scale bytes below 253 and within _F16_WINDOW of each other (the fp16 path is exact there), else 0.
-    Read in the main loop's layout, 4 blocks per word and 4 words at a time along the leading axis: a
-    thread's 8 rows, then the 4 lanes of g for the blocks' maxima (two shuffles per 2 blocks), and one
-    reduction of the flags at the end."""
-    NB: tl.constexpr = BLOCK_K // 32                   # scale blocks per row and program
-    NG: tl.constexpr = (NB + 15) // 16                 # groups of 4 words (16 blocks)
-    nblk = tl.minimum(K // 32, (pid_k + 1) * NB)
-    miss = tl.zeros(row.shape, tl.uint32)
-    for i in tl.static_range(NG):
-        blk = pid_k * NB + 16 * i + 4 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: first block
-        s0, s1, s2, s3, s4, s5, s6, s7 = _scale_words8(xs, row * stride_xs + blk, stride_xs, blk, nblk,
-                                                       row_ok, WORDS, EVEN and NB >= 16)
-        miss |= _window_misses(s0 & 0x00FF00FF, s1 & 0x00FF00FF, s2 & 0x00FF00FF, s3 & 0x00FF00FF,
-                               s4 & 0x00FF00FF, s5 & 0x00FF00FF, s6 & 0x00FF00FF, s7 & 0x00FF00FF, ASM)
-        miss |= _window_misses((s0 >> 8) & 0x00FF00FF, (s1 >> 8) & 0x00FF00FF, (s2 >> 8) & 0x00FF00FF,
-                               (s3 >> 8) & 0x00FF00FF, (s4 >> 8) & 0x00FF00FF, (s5 >> 8) & 0x00FF00FF,
-                               (s6 >> 8) & 0x00FF00FF, (s7 >> 8) & 0x00FF00FF, ASM)
-    return (tl.max(miss & 0x01000100) == 0).to(tl.int32)
-
-
-@triton.jit
-def _f16_chunk_load(x32, xs, row, w, sx, stride_xs, ok, EVEN: tl.constexpr):
-    """One chunk of the fp16 path: words `w` and `w + 1` of the thread's 8 rows and their scale bytes (one
-    block, `w // 4`, for both words), 24 values."""
-    e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
-    n0, n1, n2, n3, n4, n5, n6, n7 = _rows8(x32, row * sx + w + 1, sx, ok, tl.uint32, EVEN)
-    s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32, EVEN)
-    return (e0, e1, e2, e3, e4, e5, e6, e7, n0, n1, n2, n3, n4, n5, n6, n7,
-            s0, s1, s2, s3, s4, s5, s6, s7)
-
-
-@triton.jit
-def _f16_chunk(e0, e1, e2, e3, e4, e5, e6, e7, n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6,
-               s7, w, ok, blk_ok, K, o32, os_ptr, so, stride_os, oword, oblk, lane, EVEN: tl.constexpr,
-               ASM: tl.constexpr):
-    """Converts one chunk (`_f16_chunk_load`'s values) on the fp16 path."""
-    okb = blk_ok & (w < K // 8)
-    bmax = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)        # [4, RB]
-    col = (8 * w).to(tl.int64)                                # output row of column 8w
-    _f16_word(e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col, so,
-              stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
-    _f16_word(n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col + 8, so,
-              stride_os, oword, oblk, lane, ok, okb, EVEN, ASM)
+def _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 if every 32-row block of the program's tile has scale bytes below 253 and within _F16_WINDOW
+    of each other (the fp16 path is exact there), else 0: one pass over the tile's scale bytes."""
+    NB: tl.constexpr = BLOCK_K // 32
+    rows = m0 + tl.arange(0, BLOCK_M)
+    blks = pid_k * NB + tl.arange(0, NB)
+    sb = tl.load(xs_ptr + rows.to(tl.int64)[:, None] * stride_xs + blks[None, :],
+                 mask=(rows < M)[:, None] & (blks < K // 32)[None, :], other=0).to(tl.int32)
+    sb = tl.reshape(sb, (BLOCK_M // 32, 32, NB))
+    hi = tl.max(sb, axis=1)
+    lo = tl.min(sb, axis=1)
+    return tl.min(((hi <= 252) & (hi - lo <= _F16_WINDOW)).to(tl.int32))
 
 
 @triton.jit
@@ -769,51 +691,37 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     row_ok = m0 + row < M
     oword = m0 // 8 + row // 8                                    # output word of the group's 8 rows
     oblk = m0 // 32 + qq                                          # output block (32 rows)
-    blk_ok = m0 + 32 * qq < M                                     # [1, 1, RB]: the block exists
-    first = (gg == 3) & blk_ok                                    # fp32 path: one lane stores scales
-    lane = 3 - gg                                                 # fp16 path: columns lane, lane + 4
+    first = (gg == 3) & (m0 + 32 * qq < M)                        # one lane per block stores its scales
     sx = stride_x // 4
     so = stride_o // 4
-    # Scale words need 4-byte aligned rows and whole words of blocks; otherwise the scan reads bytes.
-    if BLOCK_K >= 128:
-        aligned = (stride_xs % 4 == 0) & (xs_ptr.to(tl.int64, bitcast=True) % 4 == 0)
-        if not EVEN:
-            aligned = aligned & (K % 128 == 0)
-        if aligned:
-            fast = _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K, True, EVEN, ASM)
-        else:
-            fast = _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K, False, EVEN, ASM)
-    else:
-        fast = _f16_window_ok(xs, pid_k, row, row_ok, K, stride_xs, BLOCK_K, False, EVEN, ASM)
-    if fast == 1:
-        NC: tl.constexpr = BLOCK_K // 64                                   # chunks of 2 words (64 columns)
+    if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K) == 1:
         w = pid_k * (BLOCK_K // 8) + 2 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: even words
         ok = row_ok & (w < K // 8)           # K / 8 is even: words w and w + 1 are both in or both out
-        (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20,
-         a21, a22, a23) = _f16_chunk_load(x32, xs, row, w, sx, stride_xs, ok, EVEN)
-        if NC == 1:
-            _f16_chunk(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18,
-                       a19, a20, a21, a22, a23, w, ok, blk_ok, K, o32, os_ptr, so, stride_os, oword, oblk,
-                       lane, EVEN, ASM)
-        else:
-            # Chunks in pairs A, B: B is loaded before A is converted and the next A before B is, so the
-            # loads' latency overlaps arithmetic, and the loop carries A in the registers it was loaded
-            # into (no copies at the back edge). The last pair reloads its A (an L1 hit).
-            for c in range(0, NC, 2):
-                wb = w + 8
-                ok_b = row_ok & (wb < K // 8)
-                (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19,
-                 b20, b21, b22, b23) = _f16_chunk_load(x32, xs, row, wb, sx, stride_xs, ok_b, EVEN)
-                _f16_chunk(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17,
-                           a18, a19, a20, a21, a22, a23, w, ok, blk_ok, K, o32, os_ptr, so, stride_os, oword,
-                           oblk, lane, EVEN, ASM)
-                w = w + 8 * (tl.minimum(c + 2, NC - 2) - c)
-                ok = row_ok & (w < K // 8)
-                (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
-                 a20, a21, a22, a23) = _f16_chunk_load(x32, xs, row, w, sx, stride_xs, ok, EVEN)
-                _f16_chunk(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17,
-                           b18, b19, b20, b21, b22, b23, wb, ok_b, blk_ok, K, o32, os_ptr, so, stride_os,
-                           oword, oblk, lane, EVEN, ASM)
+        e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _rows8(x32, row * sx + w + 1, sx, ok, tl.uint32, EVEN)
+        s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32,
+                                                EVEN)  # one scale block (w // 4) for both words
+        for c in range(BLOCK_K // 64):
+            # The next chunk's words are loaded before this one is converted (the last chunk reloads
+            # itself, an L1 hit), so their latency overlaps the arithmetic.
+            wn = w + 8 * (tl.minimum(c + 1, BLOCK_K // 64 - 1) - c)
+            okn = row_ok & (wn < K // 8)
+            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x32, row * sx + wn, sx, okn, tl.uint32, EVEN)
+            q0, q1, q2, q3, q4, q5, q6, q7 = _rows8(x32, row * sx + wn + 1, sx, okn, tl.uint32, EVEN)
+            t0, t1, t2, t3, t4, t5, t6, t7 = _rows8(xs, row * stride_xs + wn // 4, stride_xs, okn, tl.int32,
+                                                    EVEN)
+            okb = first & (w < K // 8)
+            bmax = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)        # [4, RB]
+            col = (8 * w).to(tl.int64)                                # output row of column 8w
+            _f16_word(e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
+                      col, so, stride_os, oword, oblk, ok, okb, EVEN, ASM)
+            _f16_word(n0, n1, n2, n3, n4, n5, n6, n7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr,
+                      col + 8, so, stride_os, oword, oblk, ok, okb, EVEN, ASM)
+            e0, e1, e2, e3, e4, e5, e6, e7 = p0, p1, p2, p3, p4, p5, p6, p7
+            n0, n1, n2, n3, n4, n5, n6, n7 = q0, q1, q2, q3, q4, q5, q6, q7
+            s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
+            w = wn
+            ok = okn
     else:
         # Wide-range, NaN or Inf blocks in this tile: exact fp32 values, one column at a time.
         for c in range(BLOCK_K // 64):
@@ -834,10 +742,9 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 
 @triton.jit
 def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col, so,
-              stride_os, oword, oblk, lane, ok, okb, EVEN: tl.constexpr, ASM: tl.constexpr):
+              stride_os, oword, oblk, ok, okb, EVEN: tl.constexpr, ASM: tl.constexpr):
     """The fp16 path for one word column of every thread's 8 rows (`w_r`, scale bytes `s_r`; `bmax`
-    the 32-row blocks' largest scale byte): output words of columns `col` .. `col + 7` and their scales
-    (`lane`: the thread's index among the 4 lanes of its block; `okb`: its block and word exist)."""
+    the 32-row blocks' largest scale byte): output words of columns `col` .. `col + 7` and their scales."""
     bm = bmax[:, None, :]
     a0, b0, c0, d0 = _f16_row_values(w0, s0, bm, ASM)
     a1, b1, c1, d1 = _f16_row_values(w1, s1, bm, ASM)
@@ -857,15 +764,18 @@ def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bm
     o4, o6 = _f16_pack_pair(c0, c1, c2, c3, c4, c5, c6, c7, fc[:, None, :], ASM)
     o5, o7 = _f16_pack_pair(d0, d1, d2, d3, d4, d5, d6, d7, fd[:, None, :], ASM)
     g0, g1, g2, g3, g4, g5, g6, g7 = _sign_transpose(w0, w1, w2, w3, w4, w5, w6, w7, ASM)
-    _f16_store(o32, o0 | g0, col, so, oword, ok, EVEN)
-    _f16_store(o32, o1 | g1, col + 1, so, oword, ok, EVEN)
-    _f16_store(o32, o2 | g2, col + 2, so, oword, ok, EVEN)
-    _f16_store(o32, o3 | g3, col + 3, so, oword, ok, EVEN)
-    _f16_store(o32, o4 | g4, col + 4, so, oword, ok, EVEN)
-    _f16_store(o32, o5 | g5, col + 5, so, oword, ok, EVEN)
-    _f16_store(o32, o6 | g6, col + 6, so, oword, ok, EVEN)
-    _f16_store(o32, o7 | g7, col + 7, so, oword, ok, EVEN)
-    _f16_scale_store(os_ptr, sca, scb, scc, scd, col, lane, stride_os, oblk, okb, EVEN, ASM)
+    sca = sca[:, None, :]
+    scb = scb[:, None, :]
+    scc = scc[:, None, :]
+    scd = scd[:, None, :]
+    _f16_store(o32, os_ptr, o0 | g0, sca, col, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o1 | g1, scb, col + 1, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o2 | g2, sca, col + 2, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o3 | g3, scb, col + 3, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o4 | g4, scc, col + 4, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o5 | g5, scd, col + 5, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o6 | g6, scc, col + 6, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o7 | g7, scd, col + 7, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
 
 
 @triton.jit
@@ -920,32 +830,11 @@ def _colwise_store(o32, os_ptr, word, byte, col, so, stride_os, oword, oblk, ok,
 
 
 @triton.jit
-def _f16_store(o32, word, col, so, oword, ok, EVEN: tl.constexpr):
-    """Stores one column's output words (`[4, 4, RB]`, uint32)."""
-    if EVEN:
-        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True))
-    else:
-        tl.store(o32 + col * so + oword, word.to(tl.int32, bitcast=True), mask=ok)
-
-
-@triton.jit
-def _f16_scale_store(os_ptr, sca, scb, scc, scd, col, lane, stride_os, oblk, okb, EVEN: tl.constexpr,
-                     ASM: tl.constexpr):
-    """The scale bytes of a word's 8 columns `col + j` (`[4, RB]`, one per 16-bit lane's low byte: columns
-    (0, 2), (1, 3), (4, 6), (5, 7), the same in the 4 lanes of a block): lane `lane` of each block stores
-    columns `lane` and `lane + 4`, two byte stores instead of eight."""
-    sel = tl.full(sca.shape, 0x6240, tl.uint32)
-    lo = byte_perm(sca, scb, sel, ASM)[:, None, :]          # columns 0..3, byte j = column j
-    hi = byte_perm(scc, scd, sel, ASM)[:, None, :]          # columns 4..7
-    pick = (lane * 17 + 64).to(tl.uint32) + 0 * lo          # bytes `lane` of lo and of hi
-    two = byte_perm(lo + 0 * pick, hi + 0 * pick, pick, ASM)
-    ptr = os_ptr + (col + lane) * stride_os + oblk
-    if EVEN:
-        tl.store(ptr, two.to(tl.uint8))
-        tl.store(ptr + 4 * stride_os, (two >> 8).to(tl.uint8))
-    else:
-        tl.store(ptr, two.to(tl.uint8), mask=okb)
-        tl.store(ptr + 4 * stride_os, (two >> 8).to(tl.uint8), mask=okb)
+def _f16_store(o32, os_ptr, word, sc, col, so, stride_os, oword, oblk, ok, okb, LANE: tl.constexpr,
+               EVEN: tl.constexpr):
+    """`_colwise_store` of an fp16-path word (uint32) with the scale byte in lane LANE of `sc`."""
+    _colwise_store(o32, os_ptr, word.to(tl.int32, bitcast=True), ((sc >> LANE) & 0xFF).to(tl.uint8), col,
+                   so, stride_os, oword, oblk, ok, okb, EVEN)
 
 
 def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
