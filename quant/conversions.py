@@ -3,7 +3,7 @@
 FORMATS.md, "Direct conversions" and "Row-wise to column-wise conversion": each function equals its
 two-step reference (`reference_conversions.py`) bit for bit, codes and scale bytes, and on CUDA runs as
 one Triton kernel that reads the quantized input once and writes the quantized output once
-(`kernels/convert.py`, `kernels/transpose.py`).
+(`kernels/convert.py`, `kernels/transpose*.py`).
 
 `backend="auto"` runs Triton on CUDA tensors and the torch reference elsewhere; `"triton"` / `"torch"`
 force one (Triton on CPU tensors only under TRITON_INTERPRET=1). None of these functions synchronizes
@@ -161,7 +161,7 @@ def mxfp4_rowwise_to_fp8_colwise(t: MXFP4Tensor, *, backend: str = "auto") -> FP
     _check_transpose_rows(t.shape, FP8_TILE, fn)
     if pick_backend(backend, t.device, fn) == "torch":
         return ref.mxfp4_rowwise_to_fp8_colwise(t)
-    from .kernels.transpose import mxfp4_rowwise_to_fp8_colwise_triton
+    from .kernels.transpose_mxfp4_fp8 import mxfp4_rowwise_to_fp8_colwise_triton
     return mxfp4_rowwise_to_fp8_colwise_triton(t)
 
 

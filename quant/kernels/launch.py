@@ -16,7 +16,8 @@ class LaunchConfig:
 
     Constraints: FP8-tile kernels need `block_k` a multiple of 128 (`fp8_to_mxfp4`, `mxfp4_to_fp8`);
     `fp8_rowwise_to_colwise` needs `block_m == 128` and `block_k` dividing 128;
-    `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32;
+    `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32 (variant 3: of
+    32 * `num_warps`);
     `mxfp4_rowwise_to_colwise` needs both multiples of 32 (variant 3: `block_m` a multiple of 64 * `num_warps`,
     `block_k` of 64). All powers of two.
 
@@ -28,7 +29,8 @@ class LaunchConfig:
     codes and scales every value by one per-block power of two; 1 for the MXFP4 transposes quantizes in the input layout (even / odd column
     nibble planes, column-wise block maxima as reductions over rows) and transposes only the output
     bytes, instead of interleaving the nibbles and transposing fp32 values; 3 for `mxfp4_rowwise_to_colwise`
-    computes on packed fp16 pairs (see `transpose.py`)."""
+    and `mxfp4_rowwise_to_fp8_colwise` computes on packed fp16 pairs (see `transpose.py`,
+    `transpose_mxfp4_fp8.py`)."""
 
     block_m: int
     block_k: int
@@ -38,13 +40,14 @@ class LaunchConfig:
 
 # The winners of the sweeps on one H200 at M = 65536, K = 7168 (inputs ~10x the L2; at 16384 the L2 holds
 # part of them and skews the ranking), 2026-11-26 (benchmarks/results/conversion_throughput_h200_1126.*,
-# conversion_ncu_h200.txt; mxfp4_rowwise_to_colwise: mxfp4_colwise_v3_sweep_h200_1126.json).
+# conversion_ncu_h200.txt; mxfp4_rowwise_to_colwise: mxfp4_colwise_v3_sweep_h200_1126.json;
+# mxfp4_rowwise_to_fp8_colwise: mxfp4_fp8_colwise_v3_h200_1126.txt).
 CONFIGS: dict[str, LaunchConfig] = {
     "fp8_to_mxfp4": LaunchConfig(2, 1024, 1, 2),
     "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
     "fp8_rowwise_to_colwise": LaunchConfig(128, 128, 8, 4),
     "mxfp4_rowwise_to_colwise": LaunchConfig(256, 1024, 4, 3),
-    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 512, 2, 2),
+    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 1024, 8, 3),
 }
 
 # Alternatives for the benchmark's --sweep, per kernel (all satisfy the constraints above).
@@ -81,5 +84,7 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
     "mxfp4_rowwise_to_fp8_colwise": tuple(LaunchConfig(128, k, w, v) for k, w, v in
                                           [(64, 4, 0), (128, 4, 0),
                                            (32, 2, 1), (64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1),
-                                           (256, 1, 2), (512, 2, 2), (1024, 4, 2), (2048, 8, 2)]),
+                                           (256, 1, 2), (512, 2, 2), (1024, 4, 2), (2048, 8, 2),
+                                           (256, 1, 3), (512, 2, 3), (1024, 2, 3), (512, 4, 3), (1024, 4, 3),
+                                           (2048, 4, 3), (1024, 8, 3), (2048, 8, 3), (512, 8, 3)]),
 }

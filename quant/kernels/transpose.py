@@ -9,7 +9,8 @@ memory. Results equal the references in `reference_conversions.py` bit for bit:
 - `fp8_rowwise_to_colwise` (in `transpose_fp8.py`): for each 128x128 tile the column-wise scale is the largest of the 128 row
   scales; values are shifted down to it and rounded to E4M3 (subnormals rounded, NaN kept as NaN).
 - `mxfp4_rowwise_to_colwise`: `quantize_mxfp4(dequantize_mxfp4(x).T)` on 32x32 tiles.
-- `mxfp4_rowwise_to_fp8_colwise`: `quantize_fp8(dequantize_mxfp4(x).T)` on 32x128 -> 128x32 tiles.
+- `mxfp4_rowwise_to_fp8_colwise`: `quantize_fp8(dequantize_mxfp4(x).T)` on 32x128 -> 128x32 tiles
+  (variants 0-2 here; variant 3 and the wrapper in `transpose_mxfp4_fp8.py`).
 
 The input may be a strided 2-D view (any row stride, contiguous last dimension); outputs are new
 contiguous tensors.
@@ -31,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ..checks import rows_in
-from ..formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
+from ..formats import MXFP4_BLOCK, MXFP4Tensor
 from .launch import CONFIGS
 from .byteperm import byte_perm, use_asm
 from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_round, pow2_f32
@@ -863,29 +864,4 @@ def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
     kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0), out.data.stride(0),
                  out.scales.stride(0), BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
                  **extra)
-    return out
-
-
-def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
-    """MXFP4 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
-    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_fp8_colwise`). Asynchronous on the
-    current CUDA stream (no host sync)."""
-    x = rows_in(t.data)
-    xs = rows_in(t.scales)
-    M, K = x.shape[0], x.shape[1] * 2
-    out = FP8Tensor(torch.empty(K, M, dtype=E4M3_DTYPE, device=t.device),
-                    torch.empty(K, M // FP8_TILE, dtype=torch.uint8, device=t.device))
-    if M == 0 or K == 0:
-        return out
-    o = out.data.view(torch.uint8)
-    cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
-    variant = cfg.variant
-    if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
-        variant = 1  # variant 2 reads int32 words
-    grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
-    kernel = {0: _mxfp4_rowwise_to_fp8_colwise_kernel, 1: _mxfp4_rowwise_to_fp8_colwise_v1_kernel,
-              2: _mxfp4_rowwise_to_fp8_colwise_v2_kernel}[variant]
-    extra = {"EVEN": K % cfg.block_k == 0} if variant == 2 else {}  # EVEN: no column masks
-    kernel[grid](x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0), o.stride(0), out.scales.stride(0),
-                 BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, **extra)
     return out

@@ -41,6 +41,16 @@ def random_mxfp4(rows: int, k: int, scale_range: str = "realistic", device: str 
     return MXFP4Tensor(data, scales, scale_mode)
 
 
+def banded_mxfp4(m: int, k: int, g: torch.Generator, rows: int, spread: int, lo: int,
+                 hi: int) -> MXFP4Tensor:
+    """Random codes; the scale bytes of each block of `rows` rows (one 32-column block) are
+    base + [0, spread) with one base in [lo, hi) per band: data inside or just outside an exponent window."""
+    data = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=g)
+    base = torch.randint(lo, hi, (m // rows, 1, k // MXFP4_BLOCK), generator=g)
+    off = torch.randint(0, spread, (m // rows, rows, k // MXFP4_BLOCK), generator=g)
+    return MXFP4Tensor(data, (base + off).clamp(0, 255).reshape(m, k // MXFP4_BLOCK).to(torch.uint8))
+
+
 def to_device(t, device):
     """The same container with its tensors on `device` (a no-op, views kept, when already there)."""
     if isinstance(t, MXFP4Tensor):

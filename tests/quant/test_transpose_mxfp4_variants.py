@@ -5,7 +5,7 @@ fall-back for rows that are not 4-byte aligned."""
 
 import pytest
 import torch
-from conversion_data import TRITON_DEVICE, assert_same_bits, random_mxfp4, to_device
+from conversion_data import TRITON_DEVICE, assert_same_bits, banded_mxfp4, random_mxfp4, to_device
 
 from mxa2a.quant.conversions import mxfp4_rowwise_to_colwise, mxfp4_rowwise_to_fp8_colwise
 from mxa2a.quant.formats import MXFP4Tensor
@@ -120,10 +120,7 @@ V3_CONFIGS = ([LaunchConfig(64, 128, 1, 3)] if TRITON_DEVICE == "cpu" else
 def narrow_mxfp4(m: int, k: int, g: torch.Generator, spread: int = 26, lo: int = 0,
                  hi: int = 228) -> MXFP4Tensor:
     """Random codes; each 32-row block's scale bytes are base + [0, spread) with base in [lo, hi)."""
-    data = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=g)
-    base = torch.randint(lo, hi, (m // 32, 1, k // 32), generator=g)
-    off = torch.randint(0, spread, (m // 32, 32, k // 32), generator=g)
-    return MXFP4Tensor(data, (base + off).clamp(0, 255).reshape(m, k // 32).to(torch.uint8))
+    return banded_mxfp4(m, k, g, 32, spread, lo, hi)
 
 
 @pytest.mark.parametrize("cfg", V3_CONFIGS, ids=str)

@@ -1,0 +1,423 @@
+"""`mxfp4_rowwise_to_fp8_colwise` on the GPU: its variant 3 (packed fp16 arithmetic) and the wrapper
+that picks among the conversion's kernels (variants 0-2 live in `transpose.py`).
+
+The conversion is `quantize_fp8(dequantize_mxfp4(x, fp32).T)`: MXFP4 row-wise `[M, K]` (32-column
+blocks) to FP8 E4M3 tiles of the transposed `[K, M]` matrix (128 rows of `x` per scale). Variant 3
+works on two values per instruction, like variant 3 of `mxfp4_rowwise_to_colwise`:
+
+- Layout: tensors `[2, 4, 4, NW]` = word pair (2 lanes, then the NW warps), 8-row group g (4 lanes) and
+  32-row block q (4 lanes). A thread holds 8 rows of one word pair (16 columns, one 8-byte load per
+  row), and one warp holds all 128 rows of a tile, so the per-column maximum over the tile is in-thread
+  then 4 shuffle rounds, and each thread writes its 8 output bytes of a column with one 8-byte store
+  (a warp writes 2 columns x 128 bytes per store).
+- In a tile whose 32-column block scales lie within _FP8_WINDOW of their largest byte `bmax`, with
+  6 <= bmax <= 252, every decoded value is `E2M1(c) * 2^(b - bmax + 13)`, a normal fp16 number looked
+  up four at a time with a byte permute (`transpose._f16_row_values`).
+- The column maximum's fp16 exponent field `ef` gives the E4M3 tile scale, byte `max(ef + bmax - 36, 0)`
+  (0 for an all-zero column), and the factor `F = 2^(1 - (ef - 15))`, or `2^(bmax - 20)` where the scale
+  byte is clamped at 0. `v * F <= 3` is the E4M3 value scaled by 2^-7, so one fp16 fused multiply-add
+  with `3 * 2^-7` (ulp 2^-16 = the E4M3 subnormal step 2^-9, times 2^-7) rounds it to nearest-even onto
+  the E4M3 grid (normal E4M3 values of two significant bits are exact there) and a second one,
+  `(t - 3 * 2^-7) / 2`, leaves fp16 bits `code << 7`.
+- Byte permutes gather 4 rows' codes into an output word; the sign bits come from a byte transpose of
+  the input words (each byte holds two columns' sign bits, at bits 3 and 7).
+
+Window derivation: table exponents `k = b - bmax + 13` in [-13, 13] keep every value normal (0.5 * 2^-13
+= 2^-14 up to 6 * 2^13); a nonzero column maximum is then at least 2^-14, so `F <= 2^15`; the largest,
+below 2^16, gives `F >= 2^-14`; `bmax >= 6` keeps the clamped factor `2^(bmax - 20)` a normal number.
+A program whose tile breaks the window anywhere (also NaN rows, byte 255, and bytes 253-254, whose values
+can overflow fp32) converts the whole tile through exact fp32 values instead (variant 2's arithmetic in
+this layout), decided once per program from its scale bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..checks import rows_in
+from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor, MXFP4Tensor
+from .byteperm import byte_perm, use_asm
+from .launch import CONFIGS
+from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
+from .transpose import (_E4M3_MAGIC, _E4M3_MAGIC_LOW, _TWO_M120, _f16_row_values, _f32_scale,
+                        _max8_u16x2, _mx_abs_values, _mxfp4_rowwise_to_fp8_colwise_kernel,
+                        _mxfp4_rowwise_to_fp8_colwise_v1_kernel, _mxfp4_rowwise_to_fp8_colwise_v2_kernel,
+                        _rows8)
+
+_FP8_WINDOW = tl.constexpr(26)  # largest scale-byte spread of a tile's 32-column block on the fp16 path
+_NEUTRAL = tl.constexpr(0x64646464)  # four scale bytes of 100: inside every window (masked-out words)
+
+
+@triton.jit
+def _tile_reduce_max_u16x2(x, ASM: tl.constexpr):
+    """`max_u16x2` over the 128 rows of a tile: the g and q axes of `[2, 4, 4, NW]` -> `[2, NW]`."""
+    return reduce_max_u16x2(reduce_max_u16x2(x, 2, ASM), 1, ASM)
+
+
+@triton.jit
+def _window_bad(hi, cmax):
+    """16-bit lanes: nonzero where a block's largest scale byte `hi` is above 252 or below 6, or where it
+    exceeds the smallest (`255 - cmax`) by more than _FP8_WINDOW."""
+    over = (hi + 0x00030003) & 0x01000100                         # hi + 3 >= 256
+    under = ~(hi + 0x00FA00FA) & 0x01000100                       # hi + 250 < 256
+    wide = (hi + cmax + (511 - 255 - _FP8_WINDOW) * 0x10001) & 0x02000200  # hi - lo >= WINDOW + 1
+    return over | under | wide
+
+
+@triton.jit
+def _fp8_window_ok(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh, BLOCK_K: tl.constexpr, NW: tl.constexpr,
+                   ASM: tl.constexpr):
+    """1 if every 32-column block of the program's 128-row tile has its scale bytes within the fp16
+    window (module doc), else 0. Reads the scale bytes as words of four blocks, `[2, 4, 4, NW]` words per
+    pass, each thread 8 rows; bytes are split into 16-bit lanes for SIMD maxima of the bytes and of
+    their complements (the minima)."""
+    NWORDS: tl.constexpr = BLOCK_K // 128
+    PASSES: tl.constexpr = (NWORDS + 2 * NW - 1) // (2 * NW)
+    xs32 = (xs_ptr + m0.to(tl.int64) * stride_xs).to(tl.pointer_type(tl.uint32))
+    step = stride_xs // 4
+    bad = tl.zeros((2, 1, 1, NW), tl.uint32)
+    for p in tl.static_range(PASSES):
+        i = p * 2 * NW + ll + 2 * hh                                  # [2, 1, 1, NW]: word of the program
+        wi = pid_k * NWORDS + i
+        ok = (i < NWORDS) & (wi < K // 128)
+        off = row * step + wi
+        r0 = tl.load(xs32 + off, mask=ok, other=_NEUTRAL)
+        r1 = tl.load(xs32 + off + step, mask=ok, other=_NEUTRAL)
+        r2 = tl.load(xs32 + off + 2 * step, mask=ok, other=_NEUTRAL)
+        r3 = tl.load(xs32 + off + 3 * step, mask=ok, other=_NEUTRAL)
+        r4 = tl.load(xs32 + off + 4 * step, mask=ok, other=_NEUTRAL)
+        r5 = tl.load(xs32 + off + 5 * step, mask=ok, other=_NEUTRAL)
+        r6 = tl.load(xs32 + off + 6 * step, mask=ok, other=_NEUTRAL)
+        r7 = tl.load(xs32 + off + 7 * step, mask=ok, other=_NEUTRAL)
+        m = 0x00FF00FF
+        e_hi = _max8_u16x2(r0 & m, r1 & m, r2 & m, r3 & m, r4 & m, r5 & m, r6 & m, r7 & m, ASM)
+        e_cm = _max8_u16x2(m - (r0 & m), m - (r1 & m), m - (r2 & m), m - (r3 & m), m - (r4 & m),
+                           m - (r5 & m), m - (r6 & m), m - (r7 & m), ASM)
+        o_hi = _max8_u16x2((r0 >> 8) & m, (r1 >> 8) & m, (r2 >> 8) & m, (r3 >> 8) & m, (r4 >> 8) & m,
+                           (r5 >> 8) & m, (r6 >> 8) & m, (r7 >> 8) & m, ASM)
+        o_cm = _max8_u16x2(m - ((r0 >> 8) & m), m - ((r1 >> 8) & m), m - ((r2 >> 8) & m),
+                           m - ((r3 >> 8) & m), m - ((r4 >> 8) & m), m - ((r5 >> 8) & m),
+                           m - ((r6 >> 8) & m), m - ((r7 >> 8) & m), ASM)
+        flags = (_window_bad(_tile_reduce_max_u16x2(e_hi, ASM), _tile_reduce_max_u16x2(e_cm, ASM))
+                 | _window_bad(_tile_reduce_max_u16x2(o_hi, ASM), _tile_reduce_max_u16x2(o_cm, ASM)))
+        bad = bad | flags[:, None, None, :]
+    return tl.max(bad) == 0
+
+
+@triton.jit
+def _e4m3_codes(v, f, ASM: tl.constexpr):
+    """fp16 pairs `v * f` (at most 3: the E4M3 value times 2^-7) rounded to the E4M3 grid; the result's
+    fp16 bits are `code << 7` (the E4M3 value times 2^-8)."""
+    t = fma_f16x2(v, f, tl.full(v.shape, 0x26002600, tl.uint32), ASM)   # + 3 * 2^-7: ulp 2^-16
+    return fma_f16x2(t, tl.full(v.shape, 0x38003800, tl.uint32),        # (t - 3 * 2^-7) * 0.5
+                     tl.full(v.shape, 0xA200A200, tl.uint32), ASM)
+
+
+@triton.jit
+def _fp8_pack_pair(v0, v1, v2, v3, v4, v5, v6, v7, f, ASM: tl.constexpr):
+    """Magnitude pairs of rows 0..7 (`v_r`: columns j and j + 2) and their factor pair `f` -> the output
+    words of both columns, rows 0-3 and 4-7 (row r's code in byte r % 4), sign bits clear."""
+    z0 = _e4m3_codes(v0, f, ASM) << 1   # codes in bytes 1 and 3
+    z1 = _e4m3_codes(v1, f, ASM) << 1
+    z2 = _e4m3_codes(v2, f, ASM) << 1
+    z3 = _e4m3_codes(v3, f, ASM) << 1
+    z4 = _e4m3_codes(v4, f, ASM) << 1
+    z5 = _e4m3_codes(v5, f, ASM) << 1
+    z6 = _e4m3_codes(v6, f, ASM) << 1
+    z7 = _e4m3_codes(v7, f, ASM) << 1
+    rows = tl.full(v0.shape, 0x7351, tl.uint32)   # [r j, r' j, r j+2, r' j+2]
+    p01 = byte_perm(z0, z1, rows, ASM)
+    p23 = byte_perm(z2, z3, rows, ASM)
+    p45 = byte_perm(z4, z5, rows, ASM)
+    p67 = byte_perm(z6, z7, rows, ASM)
+    lo = tl.full(v0.shape, 0x5410, tl.uint32)
+    hi = tl.full(v0.shape, 0x7632, tl.uint32)
+    return (byte_perm(p01, p23, lo, ASM), byte_perm(p45, p67, lo, ASM),
+            byte_perm(p01, p23, hi, ASM), byte_perm(p45, p67, hi, ASM))
+
+
+@triton.jit
+def _byte_columns(w0, w1, w2, w3, ASM: tl.constexpr):
+    """Byte transpose of 4 rows' words: four words, byte b of rows 0..3 (columns 2b and 2b + 1 of each
+    row; their sign bits at bits 3 and 7 of every byte)."""
+    a = byte_perm(w0, w1, tl.full(w0.shape, 0x5140, tl.uint32), ASM)   # bytes 0, 1 of rows 0, 1
+    b = byte_perm(w2, w3, tl.full(w0.shape, 0x5140, tl.uint32), ASM)
+    c = byte_perm(w0, w1, tl.full(w0.shape, 0x7362, tl.uint32), ASM)   # bytes 2, 3
+    d = byte_perm(w2, w3, tl.full(w0.shape, 0x7362, tl.uint32), ASM)
+    lo = tl.full(w0.shape, 0x5410, tl.uint32)
+    hi = tl.full(w0.shape, 0x7632, tl.uint32)
+    return (byte_perm(a, b, lo, ASM), byte_perm(a, b, hi, ASM), byte_perm(c, d, lo, ASM),
+            byte_perm(c, d, hi, ASM))
+
+
+@triton.jit
+def _with_signs(code, xb, ODD: tl.constexpr):
+    """Output word `code` with the sign bits of its column (from a byte-transposed word `xb`) at bit 7
+    of every byte."""
+    if ODD:
+        return code | (xb & 0x80808080)
+    else:
+        return code | ((xb << 4) & 0x80808080)
+
+
+@triton.jit
+def _store_column(o64, col, so8, oword, lo, hi, ok, EVEN: tl.constexpr):
+    """One column's 8 output bytes of every thread (rows 0-3 in `lo`, 4-7 in `hi`) as one 8-byte store."""
+    val = lo.to(tl.uint64) | (hi.to(tl.uint64) << 32)
+    if EVEN:
+        tl.store(o64 + col * so8 + oword, val)
+    else:
+        tl.store(o64 + col * so8 + oword, val, mask=ok)
+
+
+@triton.jit
+def _fp8_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col, so8, oword,
+              ok, EVEN: tl.constexpr, ASM: tl.constexpr):
+    """The fp16 path for one input word of every thread's 8 rows (`w_r`, scale bytes `s_r`; `bmax` the
+    tile's largest scale byte of the block, `[2, NW]`): stores columns `col .. col + 7` and returns their
+    scale bytes as two words (columns 0-3 and 4-7, one byte each), `[2, NW]`."""
+    bm = bmax[:, None, None, :]
+    a0, b0, c0, d0 = _f16_row_values(w0, s0, bm, ASM)
+    a1, b1, c1, d1 = _f16_row_values(w1, s1, bm, ASM)
+    a2, b2, c2, d2 = _f16_row_values(w2, s2, bm, ASM)
+    a3, b3, c3, d3 = _f16_row_values(w3, s3, bm, ASM)
+    a4, b4, c4, d4 = _f16_row_values(w4, s4, bm, ASM)
+    a5, b5, c5, d5 = _f16_row_values(w5, s5, bm, ASM)
+    a6, b6, c6, d6 = _f16_row_values(w6, s6, bm, ASM)
+    a7, b7, c7, d7 = _f16_row_values(w7, s7, bm, ASM)
+    # Column pairs: a = columns (0, 2), b = (1, 3), c = (4, 6), d = (5, 7).
+    fa, sca = _fp8_column_pair(_max8_u16x2(a0, a1, a2, a3, a4, a5, a6, a7, ASM), bmax, ASM)
+    fb, scb = _fp8_column_pair(_max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM), bmax, ASM)
+    fc, scc = _fp8_column_pair(_max8_u16x2(c0, c1, c2, c3, c4, c5, c6, c7, ASM), bmax, ASM)
+    fd, scd = _fp8_column_pair(_max8_u16x2(d0, d1, d2, d3, d4, d5, d6, d7, ASM), bmax, ASM)
+    a_lo0, a_hi0, a_lo2, a_hi2 = _fp8_pack_pair(a0, a1, a2, a3, a4, a5, a6, a7, fa[:, None, None, :], ASM)
+    b_lo1, b_hi1, b_lo3, b_hi3 = _fp8_pack_pair(b0, b1, b2, b3, b4, b5, b6, b7, fb[:, None, None, :], ASM)
+    c_lo4, c_hi4, c_lo6, c_hi6 = _fp8_pack_pair(c0, c1, c2, c3, c4, c5, c6, c7, fc[:, None, None, :], ASM)
+    d_lo5, d_hi5, d_lo7, d_hi7 = _fp8_pack_pair(d0, d1, d2, d3, d4, d5, d6, d7, fd[:, None, None, :], ASM)
+    x0, x1, x2, x3 = _byte_columns(w0, w1, w2, w3, ASM)   # rows 0-3, bytes 0..3 (columns 2b, 2b + 1)
+    y0, y1, y2, y3 = _byte_columns(w4, w5, w6, w7, ASM)   # rows 4-7
+    _store_column(o64, col, so8, oword, _with_signs(a_lo0, x0, False), _with_signs(a_hi0, y0, False), ok,
+                  EVEN)
+    _store_column(o64, col + 1, so8, oword, _with_signs(b_lo1, x0, True), _with_signs(b_hi1, y0, True), ok,
+                  EVEN)
+    _store_column(o64, col + 2, so8, oword, _with_signs(a_lo2, x1, False), _with_signs(a_hi2, y1, False), ok,
+                  EVEN)
+    _store_column(o64, col + 3, so8, oword, _with_signs(b_lo3, x1, True), _with_signs(b_hi3, y1, True), ok,
+                  EVEN)
+    _store_column(o64, col + 4, so8, oword, _with_signs(c_lo4, x2, False), _with_signs(c_hi4, y2, False), ok,
+                  EVEN)
+    _store_column(o64, col + 5, so8, oword, _with_signs(d_lo5, x2, True), _with_signs(d_hi5, y2, True), ok,
+                  EVEN)
+    _store_column(o64, col + 6, so8, oword, _with_signs(c_lo6, x3, False), _with_signs(c_hi6, y3, False), ok,
+                  EVEN)
+    _store_column(o64, col + 7, so8, oword, _with_signs(d_lo7, x3, True), _with_signs(d_hi7, y3, True), ok,
+                  EVEN)
+    sel = tl.full(sca.shape, 0x6240, tl.uint32)   # low bytes of the lanes of two pairs: [j, j', j + 2, j' + 2]
+    return byte_perm(sca, scb, sel, ASM), byte_perm(scc, scd, sel, ASM)
+
+
+@triton.jit
+def _fp8_column_pair(m, bmax, ASM: tl.constexpr):
+    """A column pair's maxima over the thread's 8 rows (fp16 bits per lane, `[2, 4, 4, NW]`) -> over the
+    tile's 128 rows, then the factor pair F (fp16) and the scale bytes (low byte of each lane), `[2, NW]`."""
+    m = _tile_reduce_max_u16x2(m, ASM)
+    ef10 = m & 0x7C007C00                                     # exponent fields in place; 0: all-zero column
+    cap = (tl.minimum(bmax - 5, 30) * 0x04000400).to(tl.uint32, bitcast=True)  # clamped scale: 2^(bmax - 20)
+    f = min_u16x2(0x7C007C00 - ef10, cap, ASM)                # exponent field of F: 31 - ef (or the cap)
+    ef = ef10 >> 10
+    # scale byte = max(ef + bmax - 36, 0), 0 for an all-zero column; lanes biased by 256
+    bias = tl.full(m.shape, 0x01000100, tl.uint32)
+    sc = max_u16x2(ef + ((bmax + 220) * 0x10001).to(tl.uint32, bitcast=True), bias, ASM)
+    sc = min_u16x2(sc, ef * 255 + bias, ASM)
+    return f, sc
+
+
+@triton.jit
+def _f32_fp8_byte(word, scale, inv, J: tl.constexpr):
+    """E4M3 byte (sign at bit 7) of column J of `word` requantized with 2^-k = `inv` (exact fp32)."""
+    v, sh = _mx_abs_values(word.to(tl.int32, bitcast=True), scale, J)
+    z = ((v * inv + _E4M3_MAGIC) * _TWO_M120 - _E4M3_MAGIC_LOW).to(tl.int32, bitcast=True)  # code << 20
+    return (z >> 20) | ((sh >> 18) & 0x80)   # the sign (nibble bit 3) sits at bit 25 of `sh`
+
+
+@triton.jit
+def _f32_fp8_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
+                    col, so8, oword, stride_os, pid_m, ok, ok_s, J: tl.constexpr, EVEN: tl.constexpr):
+    """Column J of every thread's 8 rows of one word through exact fp32 values (variant 2's arithmetic):
+    tile maximum (in-thread, then the 16 lanes of the tile), scale, codes, one 8-byte store; the scale
+    byte is stored by the lanes whose `ok_s` is set."""
+    m = tl.maximum(tl.maximum(tl.maximum(_f32_abs(w0, f0, J), _f32_abs(w1, f1, J)),
+                              tl.maximum(_f32_abs(w2, f2, J), _f32_abs(w3, f3, J))),
+                   tl.maximum(tl.maximum(_f32_abs(w4, f4, J), _f32_abs(w5, f5, J)),
+                              tl.maximum(_f32_abs(w6, f6, J), _f32_abs(w7, f7, J))))
+    amax = tl.max(tl.max(m, axis=2), axis=1)[:, None, None, :]  # fp32 bits are ordered like |v|
+    nan = nan_tile | (amax >= 0x7F800000)
+    # k = floor(log2 amax) - 8 (a decoded maximum has significand 1 or 1.5), clamped at -127
+    k = tl.maximum((amax >> 23) - 135, -127)
+    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)
+    lo = (_f32_fp8_byte(w0, f0, inv, J) | (_f32_fp8_byte(w1, f1, inv, J) << 8)
+          | (_f32_fp8_byte(w2, f2, inv, J) << 16) | (_f32_fp8_byte(w3, f3, inv, J) << 24))
+    hi = (_f32_fp8_byte(w4, f4, inv, J) | (_f32_fp8_byte(w5, f5, inv, J) << 8)
+          | (_f32_fp8_byte(w6, f6, inv, J) << 16) | (_f32_fp8_byte(w7, f7, inv, J) << 24))
+    lo = tl.where(nan, 0, lo).to(tl.uint32, bitcast=True)
+    hi = tl.where(nan, 0, hi).to(tl.uint32, bitcast=True)
+    _store_column(o64, col, so8, oword, lo, hi, ok, EVEN)
+    byte = tl.where(nan, 255, k + 127).to(tl.uint8)
+    tl.store(os_ptr + col * stride_os + pid_m + 0 * oword, byte, mask=ok_s)
+
+
+@triton.jit
+def _f32_abs(word, scale, J: tl.constexpr):
+    """fp32 bits of |decoded value| of column J of `word` (ordered like the values; NaN above Inf)."""
+    return _mx_abs_values(word.to(tl.int32, bitcast=True), scale, J)[0].to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def _load_pairs(x64, xs, row, wg, sx8, stride_xs, ok, EVEN: tl.constexpr):
+    """Every thread's 8 rows of word pair `wg` (two uint32 words per row, columns 16wg .. 16wg + 15) and
+    their scale bytes (block wg // 2)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _rows8(x64, row * sx8 + wg, sx8, ok, tl.uint64, EVEN)
+    s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + wg // 2, stride_xs, ok, tl.int32, EVEN)
+    return v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@triton.jit
+def _low(v):
+    return (v & 0xFFFFFFFF).to(tl.uint32)
+
+
+@triton.jit
+def _high(v):
+    return (v >> 32).to(tl.uint32)
+
+
+@triton.jit
+def _tile_max(s0, s1, s2, s3, s4, s5, s6, s7):
+    """Largest scale byte of the tile's 128 rows (the thread's 8, then the g and q lanes): `[2, NW]`."""
+    m = tl.maximum(tl.maximum(tl.maximum(s0, s1), tl.maximum(s2, s3)),
+                   tl.maximum(tl.maximum(s4, s5), tl.maximum(s6, s7)))
+    return tl.max(tl.max(m, axis=2), axis=1)
+
+
+@triton.jit
+def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                            stride_x, stride_xs, stride_o, stride_os,
+                                            BLOCK_K: tl.constexpr, NW: tl.constexpr, EVEN: tl.constexpr,
+                                            ASM: tl.constexpr):
+    # One program: rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K), 32 * NW columns (2 * NW
+    # word pairs) at a time. Indices run backwards along every axis so that none looks contiguous: every
+    # load and store then keeps the one register layout (no shared-memory exchanges).
+    NC: tl.constexpr = BLOCK_K // (32 * NW)
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m0 = pid_m * 128
+    x64 = (x_ptr + m0.to(tl.int64) * stride_x).to(tl.pointer_type(tl.uint64))
+    xs = xs_ptr + m0.to(tl.int64) * stride_xs
+    o64 = o_ptr.to(tl.pointer_type(tl.uint64))
+    ll = 1 - tl.arange(0, 2)[:, None, None, None]
+    gg = 3 - tl.arange(0, 4)[None, :, None, None]
+    qq = 3 - tl.arange(0, 4)[None, None, :, None]
+    hh = NW - 1 - tl.arange(0, NW)[None, None, None, :]
+    wp = ll + 2 * hh                                   # [2, 1, 1, NW]: word pair of the chunk
+    row = 32 * qq + 8 * gg                             # [1, 4, 4, 1]: first of the thread's 8 rows
+    lane = 4 * qq + gg                                 # the column (of 16) whose scale byte a lane stores
+    oword = (m0 + row) // 8                            # output 8-byte word of the thread's rows
+    sx8 = stride_x // 8
+    so8 = stride_o // 8
+    w_end = K // 16
+    if _fp8_window_ok(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh, BLOCK_K, NW, ASM):
+        wg = pid_k * (BLOCK_K // 16) + wp
+        ok = wg < w_end
+        v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(
+            x64, xs, row, wg, sx8, stride_xs, ok, EVEN)
+        for c in range(NC):
+            # The next chunk is loaded before this one is converted (the last chunk reloads itself, an
+            # L1 hit), so its latency overlaps the arithmetic.
+            wn = wg + 2 * NW * (tl.minimum(c + 1, NC - 1) - c)
+            okn = wn < w_end
+            p0, p1, p2, p3, p4, p5, p6, p7, t0, t1, t2, t3, t4, t5, t6, t7 = _load_pairs(
+                x64, xs, row, wn, sx8, stride_xs, okn, EVEN)
+            bmax = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)
+            col = (16 * wg).to(tl.int64)
+            e03, e47 = _fp8_word(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
+                                 _low(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col, so8, oword, ok,
+                                 EVEN, ASM)
+            n03, n47 = _fp8_word(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
+                                 _high(v6), _high(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col + 8,
+                                 so8, oword, ok, EVEN, ASM)
+            # Lane `lane` stores the scale byte of column 16 wg + lane.
+            sel = tl.broadcast_to((lane & 7).to(tl.uint32), v0.shape)
+            first = byte_perm(tl.broadcast_to(e03[:, None, None, :], v0.shape),
+                              tl.broadcast_to(e47[:, None, None, :], v0.shape), sel, ASM)
+            second = byte_perm(tl.broadcast_to(n03[:, None, None, :], v0.shape),
+                               tl.broadcast_to(n47[:, None, None, :], v0.shape), sel, ASM)
+            byte = tl.where(lane >= 8, second, first).to(tl.uint8)
+            sptr = os_ptr + (col + lane) * stride_os + pid_m
+            if EVEN:
+                tl.store(sptr, byte)
+            else:
+                tl.store(sptr, byte, mask=ok)
+            v0, v1, v2, v3, v4, v5, v6, v7 = p0, p1, p2, p3, p4, p5, p6, p7
+            s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
+            wg = wn
+            ok = okn
+    else:
+        # Wide-range, tiny, NaN or Inf blocks in this tile: exact fp32 values, one column at a time.
+        for c in range(NC):
+            wg = pid_k * (BLOCK_K // 16) + c * 2 * NW + wp
+            ok = wg < w_end
+            ok_s = ok & (lane == 0)
+            v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(
+                x64, xs, row, wg, sx8, stride_xs, ok, EVEN)
+            nan_tile = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, None, :] == 255
+            f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
+            f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
+            col = (16 * wg).to(tl.int64)
+            for jj in tl.static_range(8):
+                _f32_fp8_column(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
+                                _low(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr, col + jj,
+                                so8, oword, stride_os, pid_m, ok, ok_s, jj, EVEN)
+            for jj in tl.static_range(8):
+                _f32_fp8_column(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
+                                _high(v6), _high(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
+                                col + 8 + jj, so8, oword, stride_os, pid_m, ok, ok_s, jj, EVEN)
+
+
+def _v3_fits(x: torch.Tensor, xs: torch.Tensor, K: int) -> bool:
+    """Variant 3 reads the codes as 8-byte words and the scales as 4-byte words, whole within each row."""
+    return (K % 128 == 0 and x.stride(0) % 8 == 0 and x.data_ptr() % 8 == 0
+            and xs.stride(0) % 4 == 0 and xs.data_ptr() % 4 == 0)
+
+
+def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
+    """MXFP4 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
+    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_fp8_colwise`). Asynchronous
+    on the current CUDA stream (no host sync)."""
+    x = rows_in(t.data)
+    xs = rows_in(t.scales)
+    M, K = x.shape[0], x.shape[1] * 2
+    out = FP8Tensor(torch.empty(K, M, dtype=E4M3_DTYPE, device=t.device),
+                    torch.empty(K, M // FP8_TILE, dtype=torch.uint8, device=t.device))
+    if M == 0 or K == 0:
+        return out
+    o = out.data.view(torch.uint8)
+    cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
+    variant = cfg.variant
+    if variant == 3 and not _v3_fits(x, xs, K):
+        variant = 2
+    if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
+        variant = 1  # variant 2 reads int32 words
+    grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
+    args = (x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0), o.stride(0), out.scales.stride(0))
+    if variant == 3:
+        _mxfp4_rowwise_to_fp8_colwise_v3_kernel[grid](*args, BLOCK_K=cfg.block_k, NW=cfg.num_warps,
+                                                      EVEN=K % cfg.block_k == 0, ASM=use_asm(),
+                                                      num_warps=cfg.num_warps)
+        return out
+    kernel = {0: _mxfp4_rowwise_to_fp8_colwise_kernel, 1: _mxfp4_rowwise_to_fp8_colwise_v1_kernel,
+              2: _mxfp4_rowwise_to_fp8_colwise_v2_kernel}[variant]
+    extra = {"EVEN": K % cfg.block_k == 0} if variant == 2 else {}  # EVEN: no column masks
+    kernel[grid](*args, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, **extra)
+    return out
