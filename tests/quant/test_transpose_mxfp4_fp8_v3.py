@@ -62,8 +62,13 @@ def test_fp8_colwise_v3_window_edges(seed, monkeypatch, cfg):
         s = x.scales.clone()
         if value[0] <= 6:
             s[:, 1] = 0                      # a block of tiny scales: largest byte value[0]
+        elif value[0] >= 252:
+            s[:, 1] = 240                    # a block near the top: only the largest byte decides
         s[rows[0], 1], s[rows[1], 1] = value
-        check(cfg, MXFP4Tensor(x.data, s), monkeypatch, f"rows {rows} bytes {value}")
+        data = x.data.clone()
+        data[1:, 16:20] = 0                  # columns 32-39: only row 0 (the smallest scale) is nonzero,
+        data[0, 16:18] = 0x11                # with 0.5 in four of them (its smallest decoded value)
+        check(cfg, MXFP4Tensor(data, s), monkeypatch, f"rows {rows} bytes {value}")
     check(cfg, tile_mxfp4(256, 384, g), monkeypatch, "fast path, partial column tiles")
 
 
