@@ -148,8 +148,13 @@ def test_mxfp4_colwise_v3_window_edges_and_partial_tiles(seed, monkeypatch, cfg)
                         ((5, 6), (253, 253)), ((7, 8), (255, 255))):
         x = narrow_mxfp4(64, 128, g, spread=1, lo=100, hi=101)
         s = x.scales.clone()
+        if value[0] >= 252:
+            s[0:32, 1] = 240                 # a block near the top: only the largest byte decides
         s[rows[0], 1], s[rows[1], 1] = value
-        check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(x.data, s), monkeypatch)
+        data = x.data.clone()
+        data[1:32, 16:20] = 0                # columns 32-39: only row 0 (the smallest scale) is nonzero,
+        data[0, 16:18] = 0x11                # with 0.5 in four of them (its smallest decoded value)
+        check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(data, s), monkeypatch)
     # 160 rows, 288 columns: partial row and column tiles on both paths
     check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(160, 288, g), monkeypatch)
     check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(160, 288), monkeypatch)
