@@ -41,8 +41,8 @@ from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor, MXFP4Tensor
 from .byteperm import byte_perm, use_asm
 from .launch import CONFIGS
 from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
-from .transpose import (_E4M3_MAGIC, _E4M3_MAGIC_LOW, _TWO_M120, _f16_row_values, _f32_scale,
-                        _max8_u16x2, _mx_abs_values, _mxfp4_rowwise_to_fp8_colwise_kernel,
+from .transpose import (_E4M3_MAGIC, _E4M3_MAGIC_LOW, _TWO_M120, _f16_row_values, _f32_abs_bits,
+                        _f32_scale, _max8_u16x2, _mx_abs_values, _mxfp4_rowwise_to_fp8_colwise_kernel,
                         _mxfp4_rowwise_to_fp8_colwise_v1_kernel, _mxfp4_rowwise_to_fp8_colwise_v2_kernel,
                         _rows8)
 
@@ -64,6 +64,15 @@ def _window_bad(hi, cmax):
     under = ~(hi + 0x00FA00FA) & 0x01000100                       # hi + 250 < 256
     wide = (hi + cmax + (511 - 255 - _FP8_WINDOW) * 0x10001) & 0x02000200  # hi - lo >= WINDOW + 1
     return over | under | wide
+
+
+@triton.jit
+def _lane_max_and_cmax(b0, b1, b2, b3, b4, b5, b6, b7, ASM: tl.constexpr):
+    """Bytes in 16-bit lanes (`0x00XX00XX`) of 8 rows -> their lane maxima and the maxima of their
+    complements `255 - b` (255 minus the minima)."""
+    m = 0x00FF00FF
+    return (_max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM),
+            _max8_u16x2(m - b0, m - b1, m - b2, m - b3, m - b4, m - b5, m - b6, m - b7, ASM))
 
 
 @triton.jit
@@ -92,14 +101,9 @@ def _fp8_window_ok(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh, BLOCK_K: tl.con
         r6 = tl.load(xs32 + off + 6 * step, mask=ok, other=_NEUTRAL)
         r7 = tl.load(xs32 + off + 7 * step, mask=ok, other=_NEUTRAL)
         m = 0x00FF00FF
-        e_hi = _max8_u16x2(r0 & m, r1 & m, r2 & m, r3 & m, r4 & m, r5 & m, r6 & m, r7 & m, ASM)
-        e_cm = _max8_u16x2(m - (r0 & m), m - (r1 & m), m - (r2 & m), m - (r3 & m), m - (r4 & m),
-                           m - (r5 & m), m - (r6 & m), m - (r7 & m), ASM)
-        o_hi = _max8_u16x2((r0 >> 8) & m, (r1 >> 8) & m, (r2 >> 8) & m, (r3 >> 8) & m, (r4 >> 8) & m,
-                           (r5 >> 8) & m, (r6 >> 8) & m, (r7 >> 8) & m, ASM)
-        o_cm = _max8_u16x2(m - ((r0 >> 8) & m), m - ((r1 >> 8) & m), m - ((r2 >> 8) & m),
-                           m - ((r3 >> 8) & m), m - ((r4 >> 8) & m), m - ((r5 >> 8) & m),
-                           m - ((r6 >> 8) & m), m - ((r7 >> 8) & m), ASM)
+        e_hi, e_cm = _lane_max_and_cmax(r0 & m, r1 & m, r2 & m, r3 & m, r4 & m, r5 & m, r6 & m, r7 & m, ASM)
+        o_hi, o_cm = _lane_max_and_cmax((r0 >> 8) & m, (r1 >> 8) & m, (r2 >> 8) & m, (r3 >> 8) & m,
+                                        (r4 >> 8) & m, (r5 >> 8) & m, (r6 >> 8) & m, (r7 >> 8) & m, ASM)
         flags = (_window_bad(_tile_reduce_max_u16x2(e_hi, ASM), _tile_reduce_max_u16x2(e_cm, ASM))
                  | _window_bad(_tile_reduce_max_u16x2(o_hi, ASM), _tile_reduce_max_u16x2(o_cm, ASM)))
         bad = bad | flags[:, None, None, :]
@@ -214,7 +218,7 @@ def _fp8_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bm
                   EVEN)
     _store_column(o64, col + 7, so8, oword, _with_signs(d_lo7, x3, True), _with_signs(d_hi7, y3, True), ok,
                   EVEN)
-    sel = tl.full(sca.shape, 0x6240, tl.uint32)   # low bytes of the lanes of two pairs: [j, j', j + 2, j' + 2]
+    sel = tl.full(sca.shape, 0x6240, tl.uint32)   # the lanes' low bytes of two pairs: [j, j', j + 2, j' + 2]
     return byte_perm(sca, scb, sel, ASM), byte_perm(scc, scd, sel, ASM)
 
 
@@ -243,35 +247,32 @@ def _f32_fp8_byte(word, scale, inv, J: tl.constexpr):
 
 
 @triton.jit
+def _f32_fp8_word(w0, w1, w2, w3, f0, f1, f2, f3, inv, J: tl.constexpr):
+    """The E4M3 bytes of column J of 4 rows (`w_r`, scales `f_r`), row r in byte r."""
+    return (_f32_fp8_byte(w0, f0, inv, J) | (_f32_fp8_byte(w1, f1, inv, J) << 8)
+            | (_f32_fp8_byte(w2, f2, inv, J) << 16) | (_f32_fp8_byte(w3, f3, inv, J) << 24))
+
+
+@triton.jit
 def _f32_fp8_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
                     col, so8, oword, stride_os, pid_m, ok, ok_s, J: tl.constexpr, EVEN: tl.constexpr):
     """Column J of every thread's 8 rows of one word through exact fp32 values (variant 2's arithmetic):
     tile maximum (in-thread, then the 16 lanes of the tile), scale, codes, one 8-byte store; the scale
     byte is stored by the lanes whose `ok_s` is set."""
-    m = tl.maximum(tl.maximum(tl.maximum(_f32_abs(w0, f0, J), _f32_abs(w1, f1, J)),
-                              tl.maximum(_f32_abs(w2, f2, J), _f32_abs(w3, f3, J))),
-                   tl.maximum(tl.maximum(_f32_abs(w4, f4, J), _f32_abs(w5, f5, J)),
-                              tl.maximum(_f32_abs(w6, f6, J), _f32_abs(w7, f7, J))))
+    m = tl.maximum(tl.maximum(tl.maximum(_f32_abs_bits(w0, f0, J), _f32_abs_bits(w1, f1, J)),
+                              tl.maximum(_f32_abs_bits(w2, f2, J), _f32_abs_bits(w3, f3, J))),
+                   tl.maximum(tl.maximum(_f32_abs_bits(w4, f4, J), _f32_abs_bits(w5, f5, J)),
+                              tl.maximum(_f32_abs_bits(w6, f6, J), _f32_abs_bits(w7, f7, J))))
     amax = tl.max(tl.max(m, axis=2), axis=1)[:, None, None, :]  # fp32 bits are ordered like |v|
     nan = nan_tile | (amax >= 0x7F800000)
     # k = floor(log2 amax) - 8 (a decoded maximum has significand 1 or 1.5), clamped at -127
     k = tl.maximum((amax >> 23) - 135, -127)
     inv = ((127 - k) << 23).to(tl.float32, bitcast=True)
-    lo = (_f32_fp8_byte(w0, f0, inv, J) | (_f32_fp8_byte(w1, f1, inv, J) << 8)
-          | (_f32_fp8_byte(w2, f2, inv, J) << 16) | (_f32_fp8_byte(w3, f3, inv, J) << 24))
-    hi = (_f32_fp8_byte(w4, f4, inv, J) | (_f32_fp8_byte(w5, f5, inv, J) << 8)
-          | (_f32_fp8_byte(w6, f6, inv, J) << 16) | (_f32_fp8_byte(w7, f7, inv, J) << 24))
-    lo = tl.where(nan, 0, lo).to(tl.uint32, bitcast=True)
-    hi = tl.where(nan, 0, hi).to(tl.uint32, bitcast=True)
+    lo = tl.where(nan, 0, _f32_fp8_word(w0, w1, w2, w3, f0, f1, f2, f3, inv, J)).to(tl.uint32, bitcast=True)
+    hi = tl.where(nan, 0, _f32_fp8_word(w4, w5, w6, w7, f4, f5, f6, f7, inv, J)).to(tl.uint32, bitcast=True)
     _store_column(o64, col, so8, oword, lo, hi, ok, EVEN)
     byte = tl.where(nan, 255, k + 127).to(tl.uint8)
     tl.store(os_ptr + col * stride_os + pid_m + 0 * oword, byte, mask=ok_s)
-
-
-@triton.jit
-def _f32_abs(word, scale, J: tl.constexpr):
-    """fp32 bits of |decoded value| of column J of `word` (ordered like the values; NaN above Inf)."""
-    return _mx_abs_values(word.to(tl.int32, bitcast=True), scale, J)[0].to(tl.int32, bitcast=True)
 
 
 @triton.jit
