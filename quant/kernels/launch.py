@@ -17,7 +17,7 @@ class LaunchConfig:
     Constraints: FP8-tile kernels need `block_k` a multiple of 128 (`fp8_to_mxfp4`, `mxfp4_to_fp8`);
     `fp8_rowwise_to_colwise` needs `block_m == 128` and `block_k` dividing 128;
     `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32 (variant 3: of
-    32 * `num_warps`);
+    128 * `num_warps`);
     `mxfp4_rowwise_to_colwise` needs both multiples of 32 (variant 3: `block_m` a multiple of 64 * `num_warps`,
     `block_k` of 64). All powers of two.
 
@@ -86,5 +86,5 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                                            (32, 2, 1), (64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1),
                                            (256, 1, 2), (512, 2, 2), (1024, 4, 2), (2048, 8, 2),
                                            (256, 1, 3), (512, 2, 3), (1024, 2, 3), (512, 4, 3), (1024, 4, 3),
-                                           (2048, 4, 3), (1024, 8, 3), (2048, 8, 3), (512, 8, 3)]),
+                                           (2048, 4, 3), (1024, 8, 3), (2048, 8, 3), (256, 2, 3)]),
 }

@@ -5,11 +5,13 @@ The conversion is `quantize_fp8(dequantize_mxfp4(x, fp32).T)`: MXFP4 row-wise `[
 blocks) to FP8 E4M3 tiles of the transposed `[K, M]` matrix (128 rows of `x` per scale). Variant 3
 works on two values per instruction, like variant 3 of `mxfp4_rowwise_to_colwise`:
 
-- Layout: tensors `[2, 4, 4, NW]` = word pair (2 lanes, then the NW warps), 8-row group g (4 lanes) and
-  32-row block q (4 lanes). A thread holds 8 rows of one word pair (16 columns, one 8-byte load per
-  row), and one warp holds all 128 rows of a tile, so the per-column maximum over the tile is in-thread
-  then 4 shuffle rounds, and each thread writes its 8 output bytes of a column with one 8-byte store
-  (a warp writes 2 columns x 128 bytes per store).
+- Layout: tensors `[2, 4, 4, NW]` = word pair (2 lanes), 8-row group g (4 lanes), 32-row block q (4
+  lanes) and warp. A thread holds 8 rows of one word pair (16 columns, one 8-byte load per row), and
+  one warp holds all 128 rows of a tile, so the per-column maximum over the tile is in-thread then 4
+  shuffle rounds, and each thread writes its 8 output bytes of a column with one 8-byte store (a warp
+  writes 2 columns x 128 bytes per store). Warp h converts its own `BLOCK_K / NW` columns, 32 at a
+  time, so that one scale word (4 blocks) per row, read once for the window check, serves 4 chunks:
+  the scale bytes are the L1's largest load traffic otherwise (ncu: 38.5M -> 22.0M load sectors).
 - In a tile whose 32-column block scales lie within _FP8_WINDOW of their largest byte `bmax`, with
   6 <= bmax <= 252, every decoded value is `E2M1(c) * 2^(b - bmax + 13)`, a normal fp16 number looked
   up four at a time with a byte permute (`transpose._f16_row_values`).
@@ -76,38 +78,62 @@ def _lane_max_and_cmax(b0, b1, b2, b3, b4, b5, b6, b7, ASM: tl.constexpr):
 
 
 @triton.jit
-def _fp8_window_ok(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh, BLOCK_K: tl.constexpr, NW: tl.constexpr,
-                   ASM: tl.constexpr):
-    """1 if every 32-column block of the program's 128-row tile has its scale bytes within the fp16
-    window (module doc), else 0. Reads the scale bytes as words of four blocks, `[2, 4, 4, NW]` words per
-    pass, each thread 8 rows; bytes are split into 16-bit lanes for SIMD maxima of the bytes and of
-    their complements (the minima)."""
-    NWORDS: tl.constexpr = BLOCK_K // 128
-    PASSES: tl.constexpr = (NWORDS + 2 * NW - 1) // (2 * NW)
+def _scale_words(xs32, row, wi, step, ok):
+    """The scale words (4 blocks each) of every thread's 8 rows at word column `wi` (masked-out words read
+    as _NEUTRAL)."""
+    off = row * step + wi
+    return (tl.load(xs32 + off, mask=ok, other=_NEUTRAL), tl.load(xs32 + off + step, mask=ok, other=_NEUTRAL),
+            tl.load(xs32 + off + 2 * step, mask=ok, other=_NEUTRAL),
+            tl.load(xs32 + off + 3 * step, mask=ok, other=_NEUTRAL),
+            tl.load(xs32 + off + 4 * step, mask=ok, other=_NEUTRAL),
+            tl.load(xs32 + off + 5 * step, mask=ok, other=_NEUTRAL),
+            tl.load(xs32 + off + 6 * step, mask=ok, other=_NEUTRAL),
+            tl.load(xs32 + off + 7 * step, mask=ok, other=_NEUTRAL))
+
+
+@triton.jit
+def _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM: tl.constexpr):
+    """Scale words of the tile (every thread's 8 rows) -> the tile's largest byte of each of the 4 blocks
+    in 16-bit lanes (`even`: blocks 0 and 2, `odd`: 1 and 3) and the largest complements `255 - b` (the
+    smallest bytes) likewise, `[2, NW]` each."""
+    m = 0x00FF00FF
+    e_hi, e_cm = _lane_max_and_cmax(r0 & m, r1 & m, r2 & m, r3 & m, r4 & m, r5 & m, r6 & m, r7 & m, ASM)
+    o_hi, o_cm = _lane_max_and_cmax((r0 >> 8) & m, (r1 >> 8) & m, (r2 >> 8) & m, (r3 >> 8) & m,
+                                    (r4 >> 8) & m, (r5 >> 8) & m, (r6 >> 8) & m, (r7 >> 8) & m, ASM)
+    return (_tile_reduce_max_u16x2(e_hi, ASM), _tile_reduce_max_u16x2(o_hi, ASM),
+            _tile_reduce_max_u16x2(e_cm, ASM), _tile_reduce_max_u16x2(o_cm, ASM))
+
+
+@triton.jit
+def _fp8_window(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh, BLOCK_K: tl.constexpr, NW: tl.constexpr,
+                ASM: tl.constexpr):
+    """Whether every 32-column block of the program's 128-row tile has its scale bytes within the fp16
+    window (module doc), from the scale bytes read as words of four blocks. Warp `hh` reads the words of
+    its own `BLOCK_K / NW` columns; the first word of every row and its block maxima are returned for
+    the fast path: `(ok, r0..r7, even, odd)`."""
+    NC: tl.constexpr = BLOCK_K // (32 * NW)
+    NG: tl.constexpr = NC // 4                             # scale words per row and warp
     xs32 = (xs_ptr + m0.to(tl.int64) * stride_xs).to(tl.pointer_type(tl.uint32))
     step = stride_xs // 4
-    bad = tl.zeros((2, 1, 1, NW), tl.uint32)
-    for p in tl.static_range(PASSES):
-        i = p * 2 * NW + ll + 2 * hh                                  # [2, 1, 1, NW]: word of the program
-        wi = pid_k * NWORDS + i
-        ok = (i < NWORDS) & (wi < K // 128)
-        off = row * step + wi
-        r0 = tl.load(xs32 + off, mask=ok, other=_NEUTRAL)
-        r1 = tl.load(xs32 + off + step, mask=ok, other=_NEUTRAL)
-        r2 = tl.load(xs32 + off + 2 * step, mask=ok, other=_NEUTRAL)
-        r3 = tl.load(xs32 + off + 3 * step, mask=ok, other=_NEUTRAL)
-        r4 = tl.load(xs32 + off + 4 * step, mask=ok, other=_NEUTRAL)
-        r5 = tl.load(xs32 + off + 5 * step, mask=ok, other=_NEUTRAL)
-        r6 = tl.load(xs32 + off + 6 * step, mask=ok, other=_NEUTRAL)
-        r7 = tl.load(xs32 + off + 7 * step, mask=ok, other=_NEUTRAL)
-        m = 0x00FF00FF
-        e_hi, e_cm = _lane_max_and_cmax(r0 & m, r1 & m, r2 & m, r3 & m, r4 & m, r5 & m, r6 & m, r7 & m, ASM)
-        o_hi, o_cm = _lane_max_and_cmax((r0 >> 8) & m, (r1 >> 8) & m, (r2 >> 8) & m, (r3 >> 8) & m,
-                                        (r4 >> 8) & m, (r5 >> 8) & m, (r6 >> 8) & m, (r7 >> 8) & m, ASM)
-        flags = (_window_bad(_tile_reduce_max_u16x2(e_hi, ASM), _tile_reduce_max_u16x2(e_cm, ASM))
-                 | _window_bad(_tile_reduce_max_u16x2(o_hi, ASM), _tile_reduce_max_u16x2(o_cm, ASM)))
-        bad = bad | flags[:, None, None, :]
-    return tl.max(bad) == 0
+    wi = pid_k * (BLOCK_K // 128) + NG * hh + 0 * ll         # [2, 1, 1, NW]
+    r0, r1, r2, r3, r4, r5, r6, r7 = _scale_words(xs32, row, wi, step, wi < K // 128)
+    even, odd, e_cm, o_cm = _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM)
+    bad = _window_bad(even, e_cm) | _window_bad(odd, o_cm)
+    for j in tl.static_range(1, NG):
+        q0, q1, q2, q3, q4, q5, q6, q7 = _scale_words(xs32, row, wi + j, step, wi + j < K // 128)
+        e_hi, o_hi, e_lo, o_lo = _word_maxima(q0, q1, q2, q3, q4, q5, q6, q7, ASM)
+        bad = bad | _window_bad(e_hi, e_lo) | _window_bad(o_hi, o_lo)
+    return tl.max(bad) == 0, r0, r1, r2, r3, r4, r5, r6, r7, even, odd
+
+
+@triton.jit
+def _block_bytes(r0, r1, r2, r3, r4, r5, r6, r7, sel, ASM: tl.constexpr):
+    """One byte of every thread's 8 scale words (`sel` = 0x4440 + its index) as int32."""
+    z = tl.zeros(r0.shape, tl.uint32)
+    return (byte_perm(r0, z, sel, ASM).to(tl.int32), byte_perm(r1, z, sel, ASM).to(tl.int32),
+            byte_perm(r2, z, sel, ASM).to(tl.int32), byte_perm(r3, z, sel, ASM).to(tl.int32),
+            byte_perm(r4, z, sel, ASM).to(tl.int32), byte_perm(r5, z, sel, ASM).to(tl.int32),
+            byte_perm(r6, z, sel, ASM).to(tl.int32), byte_perm(r7, z, sel, ASM).to(tl.int32))
 
 
 @triton.jit
@@ -328,19 +354,31 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     sx8 = stride_x // 8
     so8 = stride_o // 8
     w_end = K // 16
-    if _fp8_window_ok(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh, BLOCK_K, NW, ASM):
-        wg = pid_k * (BLOCK_K // 16) + wp
+    fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh,
+                                                                 BLOCK_K, NW, ASM)
+    if fast:
+        # Warp hh converts the NC chunks of its own BLOCK_K / NW columns, so that one scale word of each
+        # row serves 4 chunks (the window check's words serve the first 4).
+        wg = pid_k * (BLOCK_K // 16) + 2 * NC * hh + ll
         ok = wg < w_end
-        v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(
-            x64, xs, row, wg, sx8, stride_xs, ok, EVEN)
+        v0, v1, v2, v3, v4, v5, v6, v7 = _rows8(x64, row * sx8 + wg, sx8, ok, tl.uint64, EVEN)
         for c in range(NC):
             # The next chunk is loaded before this one is converted (the last chunk reloads itself, an
             # L1 hit), so its latency overlaps the arithmetic.
-            wn = wg + 2 * NW * (tl.minimum(c + 1, NC - 1) - c)
+            wn = wg + 2 * (tl.minimum(c + 1, NC - 1) - c)
             okn = wn < w_end
-            p0, p1, p2, p3, p4, p5, p6, p7, t0, t1, t2, t3, t4, t5, t6, t7 = _load_pairs(
-                x64, xs, row, wn, sx8, stride_xs, okn, EVEN)
-            bmax = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)
+            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x64, row * sx8 + wn, sx8, okn, tl.uint64, EVEN)
+            if NC > 4:
+                if (c % 4 == 0) & (c > 0):   # the next scale word of every row
+                    wi = pid_k * (BLOCK_K // 128) + (hh * NC + c) // 4 + 0 * ll
+                    r0, r1, r2, r3, r4, r5, r6, r7 = _scale_words(
+                        (xs_ptr + m0.to(tl.int64) * stride_xs).to(tl.pointer_type(tl.uint32)), row, wi,
+                        stride_xs // 4, wi < K // 128)
+                    even, odd, e_cm, o_cm = _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM)
+            b = c % 4                                       # the chunk's block in the scale words
+            bmax = ((tl.where(b % 2 == 1, odd, even) >> (16 * (b // 2))) & 0xFF).to(tl.int32)  # [2, NW]
+            sel = tl.full(v0.shape, 0x4440, tl.uint32) + b
+            s0, s1, s2, s3, s4, s5, s6, s7 = _block_bytes(r0, r1, r2, r3, r4, r5, r6, r7, sel, ASM)
             col = (16 * wg).to(tl.int64)
             e03, e47 = _fp8_word(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
                                  _low(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col, so8, oword, ok,
@@ -361,7 +399,6 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             else:
                 tl.store(sptr, byte, mask=ok)
             v0, v1, v2, v3, v4, v5, v6, v7 = p0, p1, p2, p3, p4, p5, p6, p7
-            s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
             wg = wn
             ok = okn
     else:
@@ -406,6 +443,9 @@ def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
     o = out.data.view(torch.uint8)
     cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
     variant = cfg.variant
+    if variant == 3 and cfg.block_k % (128 * cfg.num_warps):
+        raise ValueError(f"mxfp4_rowwise_to_fp8_colwise: variant 3 needs block_k a multiple of 128 * num_warps, "
+                         f"got CONFIGS['mxfp4_rowwise_to_fp8_colwise'] = {cfg}")
     if variant == 3 and not _v3_fits(x, xs, K):
         variant = 2
     if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
