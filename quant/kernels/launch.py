@@ -17,7 +17,7 @@ class LaunchConfig:
     Constraints: FP8-tile kernels need `block_k` a multiple of 128 (`fp8_to_mxfp4`, `mxfp4_to_fp8`);
     `fp8_rowwise_to_colwise` needs `block_m == 128` and `block_k` dividing 128;
     `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32 (variant 3: of
-    128 * `num_warps`);
+    128 * `num_warps`; variant 4: `block_m = 128 T`, `block_k = 128 S`, `num_warps = T S <= 8`, T in 1, 2, 4, 8);
     `mxfp4_rowwise_to_colwise` needs both multiples of 32 (variant 3: `block_m` a multiple of 64 * `num_warps`,
     `block_k` of 64). All powers of two.
 
@@ -30,7 +30,8 @@ class LaunchConfig:
     nibble planes, column-wise block maxima as reductions over rows) and transposes only the output
     bytes, instead of interleaving the nibbles and transposing fp32 values; 3 for `mxfp4_rowwise_to_colwise`
     and `mxfp4_rowwise_to_fp8_colwise` computes on packed fp16 pairs (see `transpose.py`,
-    `transpose_mxfp4_fp8.py`)."""
+    `transpose_mxfp4_fp8.py`); 4 for `mxfp4_rowwise_to_fp8_colwise` is variant 3 on several 128-row tiles per
+    program, whose scale bytes leave together."""
 
     block_m: int
     block_k: int
@@ -47,7 +48,7 @@ CONFIGS: dict[str, LaunchConfig] = {
     "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
     "fp8_rowwise_to_colwise": LaunchConfig(128, 128, 8, 4),
     "mxfp4_rowwise_to_colwise": LaunchConfig(256, 1024, 4, 3),
-    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(128, 1024, 8, 3),
+    "mxfp4_rowwise_to_fp8_colwise": LaunchConfig(256, 256, 4, 4),
 }
 
 # Alternatives for the benchmark's --sweep, per kernel (all satisfy the constraints above).
@@ -86,5 +87,8 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                                            (32, 2, 1), (64, 4, 1), (128, 4, 1), (128, 8, 1), (256, 8, 1),
                                            (256, 1, 2), (512, 2, 2), (1024, 4, 2), (2048, 8, 2),
                                            (256, 1, 3), (512, 2, 3), (1024, 2, 3), (512, 4, 3), (1024, 4, 3),
-                                           (2048, 4, 3), (1024, 8, 3), (2048, 8, 3), (256, 2, 3)]),
+                                           (2048, 4, 3), (1024, 8, 3), (2048, 8, 3), (256, 2, 3)])
+                                          + tuple(LaunchConfig(m, k, w, 4) for m, k, w in
+                                                  [(256, 256, 4), (256, 512, 8), (512, 256, 8), (128, 256, 2),
+                                                   (128, 512, 4), (512, 128, 4)]),
 }

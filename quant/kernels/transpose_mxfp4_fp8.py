@@ -1,5 +1,5 @@
-"""`mxfp4_rowwise_to_fp8_colwise` on the GPU: its variant 3 (packed fp16 arithmetic) and the wrapper
-that picks among the conversion's kernels (variants 0-2 live in `transpose.py`).
+"""`mxfp4_rowwise_to_fp8_colwise` on the GPU: its variants 3 and 4 (packed fp16 arithmetic) and the
+wrapper that picks among the conversion's kernels (variants 0-2 live in `transpose.py`).
 
 The conversion is `quantize_fp8(dequantize_mxfp4(x, fp32).T)`: MXFP4 row-wise `[M, K]` (32-column
 blocks) to FP8 E4M3 tiles of the transposed `[K, M]` matrix (128 rows of `x` per scale). Variant 3
@@ -30,6 +30,12 @@ below 2^16, gives `F >= 2^-14`; `bmax >= 6` keeps the clamped factor `2^(bmax - 
 A program whose tile breaks the window anywhere (also NaN rows, byte 255, and bytes 253-254, whose values
 can overflow fp32) converts the whole tile through exact fp32 values instead (variant 2's arithmetic in
 this layout), decided once per program from its scale bytes.
+
+Variant 4 (the default) runs the same per-warp code on T tiles x S slabs of 128 x 128 per program (warp
+h: tile h // S, slab h % S). Every scale byte of variant 3 is a one-byte store, i.e. one L2 write per
+column and tile: half of its L2 write requests (ncu). In variant 4 the warps put their
+bytes into distinct bytes of a 64-bit word, a sum over the warps (shared memory, once every
+min(4, 8 / (T S)) chunks) gathers them, and the T tiles' bytes of a column leave in one T-byte store.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import triton.language as tl
 from ..checks import rows_in
 from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor, MXFP4Tensor
 from .byteperm import byte_perm, use_asm
-from .launch import CONFIGS
+from .launch import CONFIGS, LaunchConfig
 from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
 from .transpose import (_E4M3_MAGIC, _E4M3_MAGIC_LOW, _TWO_M120, _f16_row_values, _f32_abs_bits,
                         _f32_scale, _max8_u16x2, _mx_abs_values, _mxfp4_rowwise_to_fp8_colwise_kernel,
@@ -105,17 +111,16 @@ def _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM: tl.constexpr):
 
 
 @triton.jit
-def _fp8_window(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh, BLOCK_K: tl.constexpr, NW: tl.constexpr,
-                ASM: tl.constexpr):
-    """Whether every 32-column block of the program's 128-row tile has its scale bytes within the fp16
-    window (module doc), from the scale bytes read as words of four blocks. Warp `hh` reads the words of
-    its own `BLOCK_K / NW` columns; the first word of every row and its block maxima are returned for
-    the fast path: `(ok, r0..r7, even, odd)`."""
-    NC: tl.constexpr = BLOCK_K // (32 * NW)
+def _fp8_window(xs_ptr, m0, wbase, K, stride_xs, row, ll, slab, NC: tl.constexpr, ASM: tl.constexpr):
+    """Whether every 32-column block of the program's tiles has its scale bytes within the fp16 window
+    (module doc), from the scale bytes read as words of four blocks: each warp reads the words of its
+    own rows (`m0 + row`) and of its own NC chunks of 32 columns (slab `slab`, from word `wbase` on). The
+    first word of every row and its block maxima are returned for the fast path:
+    `(ok, r0..r7, even, odd)`."""
     NG: tl.constexpr = NC // 4                             # scale words per row and warp
     xs32 = (xs_ptr + m0.to(tl.int64) * stride_xs).to(tl.pointer_type(tl.uint32))
     step = stride_xs // 4
-    wi = pid_k * (BLOCK_K // 128) + NG * hh + 0 * ll         # [2, 1, 1, NW]
+    wi = wbase + NG * slab + 0 * ll                        # [2, 1, 1, NW]
     r0, r1, r2, r3, r4, r5, r6, r7 = _scale_words(xs32, row, wi, step, wi < K // 128)
     even, odd, e_cm, o_cm = _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM)
     bad = _window_bad(even, e_cm) | _window_bad(odd, o_cm)
@@ -354,8 +359,8 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     sx8 = stride_x // 8
     so8 = stride_o // 8
     w_end = K // 16
-    fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k, K, stride_xs, row, ll, hh,
-                                                                 BLOCK_K, NW, ASM)
+    fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k * (BLOCK_K // 128), K,
+                                                                 stride_xs, row, ll, hh, NC, ASM)
     if fast:
         # Warp hh converts the NC chunks of its own BLOCK_K / NW columns, so that one scale word of each
         # row serves 4 chunks (the window check's words serve the first 4).
@@ -423,6 +428,100 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                                 col + 8 + jj, so8, oword, stride_os, pid_m, ok, ok_s, jj, EVEN)
 
 
+@triton.jit
+def _mxfp4_rowwise_to_fp8_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                            stride_x, stride_xs, stride_o, stride_os,
+                                            T: tl.constexpr, S: tl.constexpr, WORD: tl.constexpr,
+                                            ASM: tl.constexpr):
+    # One program: T tiles of 128 rows x S slabs of 128 columns, one warp each (warp h: tile h // S,
+    # slab h % S), variant 3's arithmetic per warp. The T tiles' scale bytes of a column are adjacent in
+    # the output, so they leave as one T-byte word (type WORD) per column instead of T one-byte stores,
+    # each a separate L2 write. Needs M % (128 T) == 0 and K % (128 S) == 0 (no masks).
+    NW: tl.constexpr = T * S
+    R: tl.constexpr = 4 if NW == 1 else (8 // NW if NW <= 4 else 1)   # chunks per gathering of scale bytes
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m0 = pid_m * (128 * T)
+    x64 = (x_ptr + m0.to(tl.int64) * stride_x).to(tl.pointer_type(tl.uint64))
+    xs = xs_ptr + m0.to(tl.int64) * stride_xs
+    o64 = o_ptr.to(tl.pointer_type(tl.uint64))
+    osw = os_ptr.to(tl.pointer_type(WORD))
+    ll = 1 - tl.arange(0, 2)[:, None, None, None]
+    gg = 3 - tl.arange(0, 4)[None, :, None, None]
+    qq = 3 - tl.arange(0, 4)[None, None, :, None]
+    hh = NW - 1 - tl.arange(0, NW)[None, None, None, :]
+    tt = hh // S                                       # [1, 1, 1, NW]: the warp's tile
+    slab = hh % S                                      # and its 128 columns
+    row = 128 * tt + 32 * qq + 8 * gg                  # [1, 4, 4, NW]: first of the thread's 8 rows
+    lane = 4 * qq + gg                                 # [1, 4, 4, 1]: the column (of 16) whose scale a lane stores
+    oword = (m0 + row) // 8
+    sx8 = stride_x // 8
+    so8 = stride_o // 8
+    true = row >= 0
+    fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k * S, K, stride_xs, row,
+                                                                 ll, slab, 4, ASM)
+    if fast:
+        wg = pid_k * (8 * S) + 8 * slab + ll           # [2, 1, 1, NW]: the thread's word pair
+        v0, v1, v2, v3, v4, v5, v6, v7 = _rows8(x64, row * sx8 + wg, sx8, true, tl.uint64, True)
+        acc = tl.zeros(v0.shape, tl.uint64)
+        for c in range(4):
+            wn = wg + 2 * (tl.minimum(c + 1, 3) - c)   # next chunk (the last one reloads itself)
+            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x64, row * sx8 + wn, sx8, true, tl.uint64, True)
+            bmax = ((tl.where(c % 2 == 1, odd, even) >> (16 * (c // 2))) & 0xFF).to(tl.int32)  # [2, NW]
+            sel = tl.full(v0.shape, 0x4440, tl.uint32) + c
+            s0, s1, s2, s3, s4, s5, s6, s7 = _block_bytes(r0, r1, r2, r3, r4, r5, r6, r7, sel, ASM)
+            col = (16 * wg).to(tl.int64)
+            e03, e47 = _fp8_word(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
+                                 _low(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col, so8, oword, true,
+                                 True, ASM)
+            n03, n47 = _fp8_word(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
+                                 _high(v6), _high(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col + 8,
+                                 so8, oword, true, True, ASM)
+            sel = tl.broadcast_to((lane & 7).to(tl.uint32), v0.shape)
+            first = byte_perm(tl.broadcast_to(e03[:, None, None, :], v0.shape),
+                              tl.broadcast_to(e47[:, None, None, :], v0.shape), sel, ASM)
+            second = byte_perm(tl.broadcast_to(n03[:, None, None, :], v0.shape),
+                               tl.broadcast_to(n47[:, None, None, :], v0.shape), sel, ASM)
+            byte = tl.where(lane >= 8, second, first) & 0xFF
+            # Warp h's byte of chunk c goes to byte NW (c % R) + tt + T slab of a 64-bit word; every R
+            # chunks a sum over the warps gathers them, and each slab's T bytes of a chunk are one store.
+            acc = acc | (byte.to(tl.uint64) << (8 * (NW * (c % R) + tt + T * slab)).to(tl.uint64))
+            if c % R == R - 1:
+                word = tl.sum(acc, axis=3, keep_dims=True)
+                for cc in tl.static_range(R):
+                    for sj in tl.static_range(S):
+                        col1 = 16 * (pid_k * (8 * S) + 8 * sj + 2 * (c - (R - 1) + cc) + ll).to(tl.int64)
+                        part = (word >> (8 * (NW * cc + T * sj))).to(WORD)
+                        tl.store(osw + (col1 + lane) * (stride_os // T) + pid_m, part)   # [2, 4, 4, 1]
+                acc = tl.zeros(acc.shape, tl.uint64)
+            v0, v1, v2, v3, v4, v5, v6, v7 = p0, p1, p2, p3, p4, p5, p6, p7
+            wg = wn
+    else:
+        # Wide-range, tiny, NaN or Inf blocks in the program's tiles: variant 3's exact fp32 fallback.
+        tile = pid_m * T + tt                           # the scale column of the warp's tile
+        ok_s = lane == 0
+        for c in range(4):
+            wg = pid_k * (8 * S) + 8 * slab + 2 * c + ll
+            v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(
+                x64, xs, row, wg, sx8, stride_xs, true, True)
+            nan_tile = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, None, :] == 255
+            f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
+            f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
+            col = (16 * wg).to(tl.int64)
+            for jj in tl.static_range(8):
+                _f32_fp8_column(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
+                                _low(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr, col + jj,
+                                so8, oword, stride_os, tile, true, ok_s, jj, True)
+            for jj in tl.static_range(8):
+                _f32_fp8_column(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
+                                _high(v6), _high(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
+                                col + 8 + jj, so8, oword, stride_os, tile, true, ok_s, jj, True)
+
+
+_V4_WORDS = {1: tl.uint8, 2: tl.uint16, 4: tl.uint32, 8: tl.uint64}   # a column's scale bytes of a program
+_V3_AFTER_V4 = LaunchConfig(128, 1024, 8, 3)    # where variant 4 does not apply
+
+
 def _v3_fits(x: torch.Tensor, xs: torch.Tensor, K: int) -> bool:
     """Variant 3 reads the codes as 8-byte words and the scales as 4-byte words, whole within each row."""
     return (K % 128 == 0 and x.stride(0) % 8 == 0 and x.data_ptr() % 8 == 0
@@ -443,6 +542,19 @@ def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
     o = out.data.view(torch.uint8)
     cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
     variant = cfg.variant
+    args = (x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0), o.stride(0), out.scales.stride(0))
+    if variant == 4:
+        tiles, slabs = cfg.block_m // 128, cfg.block_k // 128
+        if (cfg.block_m % 128 or cfg.block_k % 128 or tiles * slabs != cfg.num_warps
+                or tiles not in _V4_WORDS or cfg.num_warps > 8):
+            raise ValueError(f"mxfp4_rowwise_to_fp8_colwise: variant 4 needs block_m = 128 * T, block_k = 128 * S and "
+                             f"num_warps = T * S <= 8 with T in 1, 2, 4, 8, got "
+                             f"CONFIGS['mxfp4_rowwise_to_fp8_colwise'] = {cfg}")
+        if M % cfg.block_m == 0 and K % cfg.block_k == 0 and _v3_fits(x, xs, K):
+            _mxfp4_rowwise_to_fp8_colwise_v4_kernel[(M // cfg.block_m, K // cfg.block_k)](
+                *args, T=tiles, S=slabs, WORD=_V4_WORDS[tiles], ASM=use_asm(), num_warps=cfg.num_warps)
+            return out
+        cfg, variant = _V3_AFTER_V4, 3   # fewer rows or columns than a whole program, or unaligned words
     if variant == 3 and cfg.block_k % (128 * cfg.num_warps):
         raise ValueError(f"mxfp4_rowwise_to_fp8_colwise: variant 3 needs block_k a multiple of 128 * num_warps, "
                          f"got CONFIGS['mxfp4_rowwise_to_fp8_colwise'] = {cfg}")
@@ -451,7 +563,6 @@ def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
     if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
         variant = 1  # variant 2 reads int32 words
     grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
-    args = (x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0), o.stride(0), out.scales.stride(0))
     if variant == 3:
         _mxfp4_rowwise_to_fp8_colwise_v3_kernel[grid](*args, BLOCK_K=cfg.block_k, NW=cfg.num_warps,
                                                       EVEN=K % cfg.block_k == 0, ASM=use_asm(),
