@@ -334,6 +334,51 @@ def _tile_max(s0, s1, s2, s3, s4, s5, s6, s7):
 
 
 @triton.jit
+def _fp8_chunk(v0, v1, v2, v3, v4, v5, v6, v7, r0, r1, r2, r3, r4, r5, r6, r7, even, odd, b, o64, col, so8, oword,
+               ok, lane, EVEN: tl.constexpr, ASM: tl.constexpr):
+    """The fp16 path for one chunk: every thread's 8 rows of a word pair (`v_r`, columns `col` ..
+    `col + 15`), whose scales are byte `b` of the scale words `r_r` (block maxima `even` / `odd`, as
+    `_word_maxima` gives them). Stores the 16 columns and returns the scale byte of column `col + lane`
+    in the low byte of every lane's word (the other bytes are not zero)."""
+    bmax = ((tl.where(b % 2 == 1, odd, even) >> (16 * (b // 2))) & 0xFF).to(tl.int32)  # [2, NW]
+    sel = tl.full(v0.shape, 0x4440, tl.uint32) + b
+    s0, s1, s2, s3, s4, s5, s6, s7 = _block_bytes(r0, r1, r2, r3, r4, r5, r6, r7, sel, ASM)
+    e03, e47 = _fp8_word(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6), _low(v7),
+                         s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col, so8, oword, ok, EVEN, ASM)
+    n03, n47 = _fp8_word(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5), _high(v6),
+                         _high(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col + 8, so8, oword, ok, EVEN,
+                         ASM)
+    sel = tl.broadcast_to((lane & 7).to(tl.uint32), v0.shape)
+    first = byte_perm(tl.broadcast_to(e03[:, None, None, :], v0.shape),
+                      tl.broadcast_to(e47[:, None, None, :], v0.shape), sel, ASM)
+    second = byte_perm(tl.broadcast_to(n03[:, None, None, :], v0.shape),
+                       tl.broadcast_to(n47[:, None, None, :], v0.shape), sel, ASM)
+    return tl.where(lane >= 8, second, first)
+
+
+@triton.jit
+def _f32_fp8_chunk(x64, xs, row, wg, sx8, stride_xs, o64, os_ptr, so8, oword, stride_os, tile, ok, ok_s,
+                   EVEN: tl.constexpr):
+    """The exact fp32 fallback for one chunk: every thread's 8 rows of word pair `wg` (scale bytes loaded
+    here), one column at a time; the scale bytes go to column `tile` of the scales, from the lanes whose
+    `ok_s` is set."""
+    v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(x64, xs, row, wg, sx8,
+                                                                                 stride_xs, ok, EVEN)
+    nan_tile = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, None, :] == 255
+    f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
+    f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
+    col = (16 * wg).to(tl.int64)
+    for jj in tl.static_range(8):
+        _f32_fp8_column(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6), _low(v7),
+                        f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr, col + jj, so8, oword, stride_os,
+                        tile, ok, ok_s, jj, EVEN)
+    for jj in tl.static_range(8):
+        _f32_fp8_column(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5), _high(v6),
+                        _high(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr, col + 8 + jj, so8,
+                        oword, stride_os, tile, ok, ok_s, jj, EVEN)
+
+
+@triton.jit
 def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                                             stride_x, stride_xs, stride_o, stride_os,
                                             BLOCK_K: tl.constexpr, NW: tl.constexpr, EVEN: tl.constexpr,
@@ -380,24 +425,10 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                         (xs_ptr + m0.to(tl.int64) * stride_xs).to(tl.pointer_type(tl.uint32)), row, wi,
                         stride_xs // 4, wi < K // 128)
                     even, odd, e_cm, o_cm = _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM)
-            b = c % 4                                       # the chunk's block in the scale words
-            bmax = ((tl.where(b % 2 == 1, odd, even) >> (16 * (b // 2))) & 0xFF).to(tl.int32)  # [2, NW]
-            sel = tl.full(v0.shape, 0x4440, tl.uint32) + b
-            s0, s1, s2, s3, s4, s5, s6, s7 = _block_bytes(r0, r1, r2, r3, r4, r5, r6, r7, sel, ASM)
             col = (16 * wg).to(tl.int64)
-            e03, e47 = _fp8_word(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
-                                 _low(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col, so8, oword, ok,
-                                 EVEN, ASM)
-            n03, n47 = _fp8_word(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
-                                 _high(v6), _high(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col + 8,
-                                 so8, oword, ok, EVEN, ASM)
             # Lane `lane` stores the scale byte of column 16 wg + lane.
-            sel = tl.broadcast_to((lane & 7).to(tl.uint32), v0.shape)
-            first = byte_perm(tl.broadcast_to(e03[:, None, None, :], v0.shape),
-                              tl.broadcast_to(e47[:, None, None, :], v0.shape), sel, ASM)
-            second = byte_perm(tl.broadcast_to(n03[:, None, None, :], v0.shape),
-                               tl.broadcast_to(n47[:, None, None, :], v0.shape), sel, ASM)
-            byte = tl.where(lane >= 8, second, first).to(tl.uint8)
+            byte = _fp8_chunk(v0, v1, v2, v3, v4, v5, v6, v7, r0, r1, r2, r3, r4, r5, r6, r7, even, odd, c % 4,
+                              o64, col, so8, oword, ok, lane, EVEN, ASM).to(tl.uint8)
             sptr = os_ptr + (col + lane) * stride_os + pid_m
             if EVEN:
                 tl.store(sptr, byte)
@@ -412,20 +443,8 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             wg = pid_k * (BLOCK_K // 16) + c * 2 * NW + wp
             ok = wg < w_end
             ok_s = ok & (lane == 0)
-            v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(
-                x64, xs, row, wg, sx8, stride_xs, ok, EVEN)
-            nan_tile = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, None, :] == 255
-            f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
-            f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
-            col = (16 * wg).to(tl.int64)
-            for jj in tl.static_range(8):
-                _f32_fp8_column(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
-                                _low(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr, col + jj,
-                                so8, oword, stride_os, pid_m, ok, ok_s, jj, EVEN)
-            for jj in tl.static_range(8):
-                _f32_fp8_column(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
-                                _high(v6), _high(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
-                                col + 8 + jj, so8, oword, stride_os, pid_m, ok, ok_s, jj, EVEN)
+            _f32_fp8_chunk(x64, xs, row, wg, sx8, stride_xs, o64, os_ptr, so8, oword, stride_os, pid_m, ok,
+                           ok_s, EVEN)
 
 
 @triton.jit
@@ -467,22 +486,8 @@ def _mxfp4_rowwise_to_fp8_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
         for c in range(4):
             wn = wg + 2 * (tl.minimum(c + 1, 3) - c)   # next chunk (the last one reloads itself)
             p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x64, row * sx8 + wn, sx8, true, tl.uint64, True)
-            bmax = ((tl.where(c % 2 == 1, odd, even) >> (16 * (c // 2))) & 0xFF).to(tl.int32)  # [2, NW]
-            sel = tl.full(v0.shape, 0x4440, tl.uint32) + c
-            s0, s1, s2, s3, s4, s5, s6, s7 = _block_bytes(r0, r1, r2, r3, r4, r5, r6, r7, sel, ASM)
-            col = (16 * wg).to(tl.int64)
-            e03, e47 = _fp8_word(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
-                                 _low(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col, so8, oword, true,
-                                 True, ASM)
-            n03, n47 = _fp8_word(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
-                                 _high(v6), _high(v7), s0, s1, s2, s3, s4, s5, s6, s7, bmax, o64, col + 8,
-                                 so8, oword, true, True, ASM)
-            sel = tl.broadcast_to((lane & 7).to(tl.uint32), v0.shape)
-            first = byte_perm(tl.broadcast_to(e03[:, None, None, :], v0.shape),
-                              tl.broadcast_to(e47[:, None, None, :], v0.shape), sel, ASM)
-            second = byte_perm(tl.broadcast_to(n03[:, None, None, :], v0.shape),
-                               tl.broadcast_to(n47[:, None, None, :], v0.shape), sel, ASM)
-            byte = tl.where(lane >= 8, second, first) & 0xFF
+            byte = _fp8_chunk(v0, v1, v2, v3, v4, v5, v6, v7, r0, r1, r2, r3, r4, r5, r6, r7, even, odd, c,
+                              o64, (16 * wg).to(tl.int64), so8, oword, true, lane, True, ASM) & 0xFF
             # Warp h's byte of chunk c goes to byte NW (c % R) + tt + T slab of a 64-bit word; every R
             # chunks a sum over the warps gathers them, and each slab's T bytes of a chunk are one store.
             acc = acc | (byte.to(tl.uint64) << (8 * (NW * (c % R) + tt + T * slab)).to(tl.uint64))
@@ -502,20 +507,8 @@ def _mxfp4_rowwise_to_fp8_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
         ok_s = lane == 0
         for c in range(4):
             wg = pid_k * (8 * S) + 8 * slab + 2 * c + ll
-            v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(
-                x64, xs, row, wg, sx8, stride_xs, true, True)
-            nan_tile = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, None, :] == 255
-            f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
-            f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
-            col = (16 * wg).to(tl.int64)
-            for jj in tl.static_range(8):
-                _f32_fp8_column(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6),
-                                _low(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr, col + jj,
-                                so8, oword, stride_os, tile, true, ok_s, jj, True)
-            for jj in tl.static_range(8):
-                _f32_fp8_column(_high(v0), _high(v1), _high(v2), _high(v3), _high(v4), _high(v5),
-                                _high(v6), _high(v7), f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
-                                col + 8 + jj, so8, oword, stride_os, tile, true, ok_s, jj, True)
+            _f32_fp8_chunk(x64, xs, row, wg, sx8, stride_xs, o64, os_ptr, so8, oword, stride_os, tile, true,
+                           ok_s, True)
 
 
 _V4_WORDS = {1: tl.uint8, 2: tl.uint16, 4: tl.uint32, 8: tl.uint64}   # a column's scale bytes of a program
