@@ -42,7 +42,7 @@ class LaunchConfig:
 # The winners of the sweeps on one H200 at M = 65536, K = 7168 (inputs ~10x the L2; at 16384 the L2 holds
 # part of them and skews the ranking), 2026-11-26 (benchmarks/results/conversion_throughput_h200_1126.*,
 # conversion_ncu_h200.txt; mxfp4_rowwise_to_colwise: mxfp4_colwise_v3_sweep_h200_1126.json;
-# mxfp4_rowwise_to_fp8_colwise: mxfp4_fp8_colwise_v3_h200_1126.txt).
+# mxfp4_rowwise_to_fp8_colwise: mxfp4_fp8_colwise_v4_h200_1126.txt).
 CONFIGS: dict[str, LaunchConfig] = {
     "fp8_to_mxfp4": LaunchConfig(2, 1024, 1, 2),
     "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
