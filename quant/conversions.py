@@ -144,7 +144,7 @@ def mxfp4_rowwise_to_colwise(t: MXFP4Tensor, *, backend: str = "auto") -> MXFP4T
     _check_transpose_rows(t.shape, MXFP4_BLOCK, fn)
     if pick_backend(backend, t.device, fn) == "torch":
         return ref.mxfp4_rowwise_to_colwise(t)
-    from .kernels.transpose import mxfp4_rowwise_to_colwise_triton
+    from .kernels.transpose_mxfp4 import mxfp4_rowwise_to_colwise_triton
     return mxfp4_rowwise_to_colwise_triton(t)
 
 

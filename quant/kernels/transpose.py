@@ -22,19 +22,16 @@ rounding and nibble/byte packing all stay in registers (no shared memory), decod
 with fp32 bit tricks and fused multiply-adds (see the variant-2 section below). Variant 3 of
 `mxfp4_rowwise_to_colwise` gives each thread two words of 8 rows and computes on two values per
 instruction (fp16 table lookups with `prmt`, `max.u16x2` maxima, `fma.rn.f16x2` rounding; see its
-section), with an exact fp32 fallback for tiles whose block scales spread too far for fp16.
+section), with an exact fp32 fallback for tiles whose block scales spread too far for fp16. Variant 4
+(the default) and the conversion's wrapper are in `transpose_mxfp4.py`.
 """
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from ..checks import rows_in
-from ..formats import MXFP4_BLOCK, MXFP4Tensor
-from .launch import CONFIGS
-from .byteperm import byte_perm, use_asm
+from .byteperm import byte_perm
 from .minifloat import e2m1_abs_f32, e2m1_round, e4m3_round, pow2_f32
 from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
 
@@ -657,14 +654,19 @@ def _max8_u16x2(a, b, c, d, e, f, g, h, ASM: tl.constexpr):
 
 
 @triton.jit
-def _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                   EVEN: tl.constexpr):
     """1 if every 32-row block of the program's tile has scale bytes below 253 and within _F16_WINDOW
-    of each other (the fp16 path is exact there), else 0: one pass over the tile's scale bytes."""
+    of each other (the fp16 path is exact there), else 0: one pass over the tile's scale bytes (EVEN: a
+    whole tile, unmasked loads that Triton vectorizes)."""
     NB: tl.constexpr = BLOCK_K // 32
     rows = m0 + tl.arange(0, BLOCK_M)
     blks = pid_k * NB + tl.arange(0, NB)
-    sb = tl.load(xs_ptr + rows.to(tl.int64)[:, None] * stride_xs + blks[None, :],
-                 mask=(rows < M)[:, None] & (blks < K // 32)[None, :], other=0).to(tl.int32)
+    ptrs = xs_ptr + rows.to(tl.int64)[:, None] * stride_xs + blks[None, :]
+    if EVEN:
+        sb = tl.load(ptrs).to(tl.int32)
+    else:
+        sb = tl.load(ptrs, mask=(rows < M)[:, None] & (blks < K // 32)[None, :], other=0).to(tl.int32)
     sb = tl.reshape(sb, (BLOCK_M // 32, 32, NB))
     hi = tl.max(sb, axis=1)
     lo = tl.min(sb, axis=1)
@@ -695,7 +697,7 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     first = (gg == 3) & (m0 + 32 * qq < M)                        # one lane per block stores its scales
     sx = stride_x // 4
     so = stride_o // 4
-    if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K) == 1:
+    if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K, EVEN) == 1:
         w = pid_k * (BLOCK_K // 8) + 2 * (3 - tl.arange(0, 4)[:, None, None])  # [4, 1, 1]: even words
         ok = row_ok & (w < K // 8)           # K / 8 is even: words w and w + 1 are both in or both out
         e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
@@ -724,28 +726,36 @@ def _mxfp4_rowwise_to_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             w = wn
             ok = okn
     else:
-        # Wide-range, NaN or Inf blocks in this tile: exact fp32 values, one column at a time.
-        for c in range(BLOCK_K // 64):
-            w = pid_k * (BLOCK_K // 8) + c * 8 + (7 - tl.arange(0, 8)[:, None, None])
-            ok = row_ok & (w < K // 8)
-            okb = first & (w < K // 8)
-            w0, w1, w2, w3, w4, w5, w6, w7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
-            s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32,
-                                                    EVEN)
-            nan_row = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, :] == 255
-            f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
-            f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
-            col = (8 * w).to(tl.int64)
-            for jj in tl.static_range(8):
-                _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_row, o32,
-                            os_ptr, col + jj, so, stride_os, oword, oblk, ok, okb, jj, EVEN)
+        _f32_tile(x32, xs, o32, os_ptr, pid_k, K, sx, so, stride_xs, stride_os, row, row_ok, oword, oblk, first,
+                  BLOCK_K, EVEN)
 
 
 @triton.jit
-def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col, so,
-              stride_os, oword, oblk, ok, okb, EVEN: tl.constexpr, ASM: tl.constexpr):
-    """The fp16 path for one word column of every thread's 8 rows (`w_r`, scale bytes `s_r`; `bmax`
-    the 32-row blocks' largest scale byte): output words of columns `col` .. `col + 7` and their scales."""
+def _f32_tile(x32, xs, o32, os_ptr, pid_k, K, sx, so, stride_xs, stride_os, row, row_ok, oword, oblk, first,
+              BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """A program's tile with wide-range, NaN or Inf blocks: exact fp32 values, one column at a time
+    (tensors `[8, 4, RB]`: 8 words on lanes; `row` .. `first` as in the variant-3 kernel)."""
+    for c in range(BLOCK_K // 64):
+        w = pid_k * (BLOCK_K // 8) + c * 8 + (7 - tl.arange(0, 8)[:, None, None])
+        ok = row_ok & (w < K // 8)
+        okb = first & (w < K // 8)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
+        s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32, EVEN)
+        nan_row = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, :] == 255
+        f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
+        f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
+        col = (8 * w).to(tl.int64)
+        for jj in tl.static_range(8):
+            _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_row, o32,
+                        os_ptr, col + jj, so, stride_os, oword, oblk, ok, okb, jj, EVEN)
+
+
+@triton.jit
+def _f16_word_values(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, ASM: tl.constexpr):
+    """The fp16 path for one word column of every thread's 8 rows (`w_r`, scale bytes `s_r`; `bmax` the
+    32-row blocks' largest scale byte): the output words of columns 0..7 of the word (row r's code in
+    nibble r, `[4, 4, RB]`) and the scale bytes of column pairs (0, 2), (1, 3), (4, 6), (5, 7) (low byte
+    of each 16-bit lane, `[4, RB]`)."""
     bm = bmax[:, None, :]
     a0, b0, c0, d0 = _f16_row_values(w0, s0, bm, ASM)
     a1, b1, c1, d1 = _f16_row_values(w1, s1, bm, ASM)
@@ -765,18 +775,27 @@ def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bm
     o4, o6 = _f16_pack_pair(c0, c1, c2, c3, c4, c5, c6, c7, fc[:, None, :], ASM)
     o5, o7 = _f16_pack_pair(d0, d1, d2, d3, d4, d5, d6, d7, fd[:, None, :], ASM)
     g0, g1, g2, g3, g4, g5, g6, g7 = _sign_transpose(w0, w1, w2, w3, w4, w5, w6, w7, ASM)
+    return o0 | g0, o1 | g1, o2 | g2, o3 | g3, o4 | g4, o5 | g5, o6 | g6, o7 | g7, sca, scb, scc, scd
+
+
+@triton.jit
+def _f16_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, o32, os_ptr, col, so,
+              stride_os, oword, oblk, ok, okb, EVEN: tl.constexpr, ASM: tl.constexpr):
+    """`_f16_word_values`, stored: output words of columns `col` .. `col + 7` and their scales."""
+    o0, o1, o2, o3, o4, o5, o6, o7, sca, scb, scc, scd = _f16_word_values(
+        w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bmax, ASM)
     sca = sca[:, None, :]
     scb = scb[:, None, :]
     scc = scc[:, None, :]
     scd = scd[:, None, :]
-    _f16_store(o32, os_ptr, o0 | g0, sca, col, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o1 | g1, scb, col + 1, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o2 | g2, sca, col + 2, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
-    _f16_store(o32, os_ptr, o3 | g3, scb, col + 3, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
-    _f16_store(o32, os_ptr, o4 | g4, scc, col + 4, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o5 | g5, scd, col + 5, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
-    _f16_store(o32, os_ptr, o6 | g6, scc, col + 6, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
-    _f16_store(o32, os_ptr, o7 | g7, scd, col + 7, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o0, sca, col, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o1, scb, col + 1, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o2, sca, col + 2, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o3, scb, col + 3, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o4, scc, col + 4, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o5, scd, col + 5, so, stride_os, oword, oblk, ok, okb, 0, EVEN)
+    _f16_store(o32, os_ptr, o6, scc, col + 6, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
+    _f16_store(o32, os_ptr, o7, scd, col + 7, so, stride_os, oword, oblk, ok, okb, 16, EVEN)
 
 
 @triton.jit
@@ -836,32 +855,3 @@ def _f16_store(o32, os_ptr, word, sc, col, so, stride_os, oword, oblk, ok, okb, 
     """`_colwise_store` of an fp16-path word (uint32) with the scale byte in lane LANE of `sc`."""
     _colwise_store(o32, os_ptr, word.to(tl.int32, bitcast=True), ((sc >> LANE) & 0xFF).to(tl.uint8), col,
                    so, stride_os, oword, oblk, ok, okb, EVEN)
-
-
-def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
-    """MXFP4 row-wise `[M, K]` -> MXFP4 blocks of the transposed `[K, M]` matrix, one Triton pass
-    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_colwise`). Asynchronous on the
-    current CUDA stream (no host sync)."""
-    x = rows_in(t.data)
-    xs = rows_in(t.scales)
-    M, K = x.shape[0], x.shape[1] * 2
-    out = MXFP4Tensor(torch.empty(K, M // 2, dtype=torch.uint8, device=t.device),
-                      torch.empty(K, M // MXFP4_BLOCK, dtype=torch.uint8, device=t.device), t.scale_mode)
-    if M == 0 or K == 0:
-        return out
-    cfg = CONFIGS["mxfp4_rowwise_to_colwise"]
-    variant = cfg.variant
-    if variant in (2, 3) and (x.stride(0) % 4 or x.data_ptr() % 4):
-        variant = 1  # variants 2 and 3 read int32 words
-    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
-    kernel = {0: _mxfp4_rowwise_to_colwise_kernel, 1: _mxfp4_rowwise_to_colwise_v1_kernel,
-              2: _mxfp4_rowwise_to_colwise_v2_kernel, 3: _mxfp4_rowwise_to_colwise_v3_kernel}[variant]
-    extra = {}
-    if variant == 2:  # EVEN: no column masks
-        extra = {"EVEN": K % cfg.block_k == 0}
-    elif variant == 3:  # EVEN: no row or column masks
-        extra = {"EVEN": K % cfg.block_k == 0 and M % cfg.block_m == 0, "ASM": use_asm()}
-    kernel[grid](x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0), out.data.stride(0),
-                 out.scales.stride(0), BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-                 **extra)
-    return out

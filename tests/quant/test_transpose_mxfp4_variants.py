@@ -1,7 +1,8 @@
-"""The register-only variants of the MXFP4 row-wise -> column-wise kernels (`LaunchConfig.variant` 2)
-equal the torch references bit for bit, for several tiles and warp counts: random many-binade bytes,
-NaN blocks, zero blocks, scale spreads above 2^14, partial column tiles, strided wire rows, and the
-fall-back for rows that are not 4-byte aligned."""
+"""The register-only variants of the MXFP4 row-wise -> column-wise kernels (`LaunchConfig.variant` 2, and
+3 and 4 of `mxfp4_rowwise_to_colwise`) equal the torch references bit for bit, for several tiles and warp
+counts: random many-binade bytes, NaN blocks, zero blocks, scale spreads above 2^14, partial column
+tiles, strided wire rows, and the fall-backs (rows that are not 4-byte aligned; partial programs of
+variant 4)."""
 
 import pytest
 import torch
@@ -110,11 +111,14 @@ def test_fp8_colwise_variants_read_strided_and_misaligned_rows(seed, monkeypatch
         assert_same_bits(to_device(got, "cpu"), want, f"{cfg} +{extra}")
 
 
-# --- Variant 3 of mxfp4_rowwise_to_colwise (packed fp16 arithmetic, exact fp32 fallback per program) ---
-# Its fast path needs every 32-row block's scale bytes within 25 of each other and below 253; the data
-# below puts blocks on both sides of those limits. The interpreter runs it slowly: small shapes on CPU.
-V3_CONFIGS = ([LaunchConfig(64, 128, 1, 3)] if TRITON_DEVICE == "cpu" else
-              [LaunchConfig(64, 128, 1, 3), LaunchConfig(128, 512, 2, 3), LaunchConfig(256, 256, 4, 3)])
+# --- Variants 3 and 4 of mxfp4_rowwise_to_colwise (packed fp16 arithmetic, exact fp32 fallback per program) ---
+# Their fast path needs every 32-row block's scale bytes within 25 of each other and below 253; the data
+# below puts blocks on both sides of those limits. Variant 4 takes whole programs (the shapes below are,
+# for its configurations, unless said otherwise) and hands the others to variant 3. The interpreter runs
+# them slowly: small shapes on CPU.
+V3_CONFIGS = ([LaunchConfig(64, 128, 1, 3), LaunchConfig(64, 128, 2, 4)] if TRITON_DEVICE == "cpu" else
+              [LaunchConfig(64, 128, 1, 3), LaunchConfig(128, 512, 2, 3), LaunchConfig(256, 256, 4, 3),
+               LaunchConfig(64, 128, 2, 4), LaunchConfig(128, 256, 4, 4), LaunchConfig(64, 64, 1, 4)])
 
 
 def narrow_mxfp4(m: int, k: int, g: torch.Generator, spread: int = 26, lo: int = 0,
@@ -181,3 +185,24 @@ def test_mxfp4_colwise_v3_one_chunk_and_chunk_pairs(seed, monkeypatch, cfg):
     # The fast path converts 64-column chunks in pairs: block_k 64 has a single chunk, 256 two pairs.
     g = torch.Generator().manual_seed(seed)
     check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 288, g), monkeypatch)
+
+
+@pytest.mark.parametrize("cfg", [LaunchConfig(64, 128, 2, 4), LaunchConfig(32, 64, 1, 4)], ids=str)
+def test_mxfp4_colwise_v4_whole_programs_mix_both_paths(seed, monkeypatch, cfg):
+    # edge_mxfp4 has NaN rows, scale spreads above 2^14 and zero tiles in some programs (fp32 path) and
+    # narrow blocks in others (fp16 path); all programs whole, so variant 4 runs every one.
+    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(128, 256), monkeypatch)
+    g = torch.Generator().manual_seed(seed)
+    x = narrow_mxfp4(128, 256, g)
+    s = x.scales.clone()
+    s[64:96, 4] = 255                       # one NaN block: that program takes the fp32 path
+    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(x.data, s), monkeypatch)
+
+
+def test_mxfp4_colwise_v4_rejects_configs_it_cannot_tile(monkeypatch):
+    x = to_device(random_mxfp4(64, 128, "realistic"), TRITON_DEVICE)
+    # variant 4: 64 rows for 4 warps of 32; block_k not a multiple of 64; variant 3: 128 rows for 4 x 64
+    for cfg in (LaunchConfig(64, 128, 4, 4), LaunchConfig(64, 96, 1, 4), LaunchConfig(128, 128, 4, 3)):
+        monkeypatch.setitem(launch.CONFIGS, "mxfp4_rowwise_to_colwise", cfg)
+        with pytest.raises(ValueError, match="CONFIGS\\['mxfp4_rowwise_to_colwise'\\]"):
+            mxfp4_rowwise_to_colwise(x, backend="triton")

@@ -1,0 +1,161 @@
+"""`mxfp4_rowwise_to_colwise` on the GPU: its variant 4 (the default) and the wrapper that picks among the
+conversion's kernels (variants 0-3 and the shared fp16 / fp32 helpers live in `transpose.py`).
+
+Variant 4 computes exactly like variant 3 (packed fp16 arithmetic, `transpose._f16_word_values`, with
+the exact fp32 fallback for programs whose scale bytes leave the fp16 window), in a layout chosen for the
+loads, and stores through shared memory:
+
+- Layout `[8, 4, RB]`: word w (8 lanes), 8-row group g (4 lanes), 32-row block q (warps). A thread holds
+  8 rows of one 32-bit word (8 columns), so each load of a warp reads 4 rows x 32 bytes, whole sectors
+  used once; a 32-row block's column maximum is in-thread then 2 shuffle rounds.
+- Stores: variant 3 writes from that layout, 4 columns x 32 bytes per warp store and one scale byte per
+  store: one L2 write request per 32-byte sector, and as many scale requests as data requests (ncu).
+  Here the 8 words of each thread's 64-column chunk are joined into one `[64, BLOCK_M / 8]` tensor
+  (output row, 32-bit word) and the scale bytes into one `[64, BLOCK_M / 32]` tensor, stored through
+  pointers that run along the output rows: Triton passes them through shared memory and writes each
+  output row's `BLOCK_M / 2` code bytes with 16-byte stores (a whole 128-byte line for `BLOCK_M = 256`)
+  and its `BLOCK_M / 32` scale bytes with one store. ncu at 65536 x 7168: L2 write requests 14.4M -> 3.7M.
+- The window check reads the program's scale bytes with unmasked, vectorized loads (whole programs
+  only; variant 3's masked byte loads were half of its L1 load sectors), and the per-chunk scale loads
+  are evict_last (a row's 32-byte sector serves 16 chunks).
+
+Inputs that are not whole programs (`M % block_m`, `K % block_k`) use variant 3, which masks.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..checks import rows_in
+from ..formats import MXFP4_BLOCK, MXFP4Tensor
+from .byteperm import use_asm
+from .launch import CONFIGS, LaunchConfig
+from .transpose import (_block_max, _f16_window_ok, _f16_word_values, _f32_tile, _mxfp4_rowwise_to_colwise_kernel,
+                        _mxfp4_rowwise_to_colwise_v1_kernel, _mxfp4_rowwise_to_colwise_v2_kernel,
+                        _mxfp4_rowwise_to_colwise_v3_kernel, _rows8)
+
+
+@triton.jit
+def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
+    """8 tensors -> one with three more axes of 2 (j0, j1, j2): element j = j0 + 2 j1 + 4 j2 is `v_j`."""
+    return tl.join(tl.join(tl.join(v0, v1), tl.join(v2, v3)), tl.join(tl.join(v4, v5), tl.join(v6, v7)))
+
+
+@triton.jit
+def _word_scales(sca, scb, scc, scd):
+    """Scale-byte pairs of column pairs (0, 2), (1, 3), (4, 6), (5, 7) (`[4, RB]`, low byte of each
+    16-bit lane) -> `[4, RB, 2, 2, 2]` bytes of columns j = j0 + 2 j1 + 4 j2."""
+    # j0 picks a/b (c/d), j1 the 16-bit lane, j2 a/b or c/d.
+    pairs = tl.join(tl.join(sca, scb), tl.join(scc, scd))           # [4, RB, j0, j2]
+    both = tl.join(pairs & 0xFF, (pairs >> 16) & 0xFF)             # [4, RB, j0, j2, j1]
+    return tl.permute(both, (0, 1, 2, 4, 3))
+
+
+@triton.jit
+def _scale_rows8(ptr, off, step):
+    """Scale bytes of the thread's 8 rows, `ptr[off + r * step]` (int32), loaded with evict_last: one
+    32-byte sector of a row's scale bytes serves 16 chunks, and the code words stream past it."""
+    return (tl.load(ptr + off, eviction_policy="evict_last").to(tl.int32),
+            tl.load(ptr + off + step, eviction_policy="evict_last").to(tl.int32),
+            tl.load(ptr + off + 2 * step, eviction_policy="evict_last").to(tl.int32),
+            tl.load(ptr + off + 3 * step, eviction_policy="evict_last").to(tl.int32),
+            tl.load(ptr + off + 4 * step, eviction_policy="evict_last").to(tl.int32),
+            tl.load(ptr + off + 5 * step, eviction_policy="evict_last").to(tl.int32),
+            tl.load(ptr + off + 6 * step, eviction_policy="evict_last").to(tl.int32),
+            tl.load(ptr + off + 7 * step, eviction_policy="evict_last").to(tl.int32))
+
+
+@triton.jit
+def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                        stride_x, stride_xs, stride_o, stride_os,
+                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    # Whole programs only (M % BLOCK_M == 0, K % BLOCK_K == 0: the wrapper checks), so no masks.
+    # Tensors [8, 4, RB]: word w (lanes), 8-row group g (lanes), 32-row block q (warps, then registers).
+    RB: tl.constexpr = BLOCK_M // 32
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m0 = pid_m * BLOCK_M
+    x32 = (x_ptr + m0.to(tl.int64) * stride_x).to(tl.pointer_type(tl.uint32))
+    xs = xs_ptr + m0.to(tl.int64) * stride_xs
+    o32 = o_ptr.to(tl.pointer_type(tl.int32))
+    sx = stride_x // 4
+    so = stride_o // 4
+    if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K, True) == 1:
+        row = 32 * tl.arange(0, RB)[None, None, :] + 8 * tl.arange(0, 4)[None, :, None]  # the group's first row
+        w = pid_k * (BLOCK_K // 8) + tl.arange(0, 8)[:, None, None]      # the lane's word (8 columns)
+        e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, True, tl.uint32, True)
+        s0, s1, s2, s3, s4, s5, s6, s7 = _scale_rows8(xs, row * stride_xs + w // 4, stride_xs)
+        ocol = tl.arange(0, 64)[:, None]                                  # output row in the chunk
+        oword = m0 // 8 + tl.arange(0, BLOCK_M // 8)[None, :]
+        oblk = m0 // 32 + tl.arange(0, RB)[None, :]
+        for c in range(BLOCK_K // 64):
+            # The next chunk's words are loaded before this one is converted (the last chunk reloads
+            # itself, an L1 hit), so their latency overlaps the arithmetic.
+            wn = w + 8 * (tl.minimum(c + 1, BLOCK_K // 64 - 1) - c)
+            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x32, row * sx + wn, sx, True, tl.uint32, True)
+            t0, t1, t2, t3, t4, t5, t6, t7 = _scale_rows8(xs, row * stride_xs + wn // 4, stride_xs)
+            a0, a1, a2, a3, a4, a5, a6, a7, sa, sb, sc, sd = _f16_word_values(
+                e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7,
+                _block_max(s0, s1, s2, s3, s4, s5, s6, s7), ASM)
+            # [w, g, q, j0, j1, j2] -> [w, j2, j1, j0, q, g] = [64 output rows, BLOCK_M / 8 words]
+            words = tl.reshape(tl.permute(_join8(a0, a1, a2, a3, a4, a5, a6, a7), (0, 5, 4, 3, 2, 1)),
+                               (64, BLOCK_M // 8))
+            # [w, q, j0, j1, j2] -> [w, j2, j1, j0, q] = [64 output rows, RB blocks]
+            scales = tl.reshape(tl.permute(_word_scales(sa, sb, sc, sd), (0, 4, 3, 2, 1)), (64, RB))
+            col = (pid_k * BLOCK_K + c * 64 + ocol).to(tl.int64)
+            tl.store(o32 + col * so + oword, words.to(tl.int32, bitcast=True))
+            tl.store(os_ptr + col * stride_os + oblk, scales.to(tl.uint8))
+            e0, e1, e2, e3, e4, e5, e6, e7 = p0, p1, p2, p3, p4, p5, p6, p7
+            s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
+            w = wn
+    else:
+        # Variant 3's exact fp32 path, with its reversed indices (they keep its stores in its layout).
+        qr = RB - 1 - tl.arange(0, RB)[None, None, :]
+        gr = 3 - tl.arange(0, 4)[None, :, None]
+        row = 32 * qr + 8 * gr
+        _f32_tile(x32, xs, o32, os_ptr, pid_k, K, sx, so, stride_xs, stride_os, row, row >= 0,
+                  m0 // 8 + row // 8, m0 // 32 + qr, gr == 3, BLOCK_K, True)
+
+
+_V3_AFTER_V4 = LaunchConfig(256, 1024, 4, 3)   # where variant 4 does not apply (partial programs)
+
+
+def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
+    """MXFP4 row-wise `[M, K]` -> MXFP4 blocks of the transposed `[K, M]` matrix, one Triton pass
+    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_colwise`). Asynchronous on the
+    current CUDA stream (no host sync)."""
+    x = rows_in(t.data)
+    xs = rows_in(t.scales)
+    M, K = x.shape[0], x.shape[1] * 2
+    out = MXFP4Tensor(torch.empty(K, M // 2, dtype=torch.uint8, device=t.device),
+                      torch.empty(K, M // MXFP4_BLOCK, dtype=torch.uint8, device=t.device), t.scale_mode)
+    if M == 0 or K == 0:
+        return out
+    cfg = CONFIGS["mxfp4_rowwise_to_colwise"]
+    variant = cfg.variant
+    rows_per_warp = {3: 64, 4: 32}.get(variant)
+    if rows_per_warp and (cfg.block_m % (rows_per_warp * cfg.num_warps) or cfg.block_k % 64):
+        raise ValueError(f"mxfp4_rowwise_to_colwise: variant {variant} needs block_m a multiple of "
+                         f"{rows_per_warp} * num_warps and block_k a multiple of 64, got "
+                         f"CONFIGS['mxfp4_rowwise_to_colwise'] = {cfg}")
+    if variant in (2, 3, 4) and (x.stride(0) % 4 or x.data_ptr() % 4):
+        variant = 1  # variants 2-4 read int32 words
+    args = (x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0), out.data.stride(0), out.scales.stride(0))
+    if variant == 4:
+        if M % cfg.block_m == 0 and K % cfg.block_k == 0:
+            _mxfp4_rowwise_to_colwise_v4_kernel[(M // cfg.block_m, K // cfg.block_k)](
+                *args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ASM=use_asm(), num_warps=cfg.num_warps)
+            return out
+        cfg, variant = _V3_AFTER_V4, 3  # fewer rows or columns than a whole program: variant 3 masks them
+    grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))
+    kernel = {0: _mxfp4_rowwise_to_colwise_kernel, 1: _mxfp4_rowwise_to_colwise_v1_kernel,
+              2: _mxfp4_rowwise_to_colwise_v2_kernel, 3: _mxfp4_rowwise_to_colwise_v3_kernel}[variant]
+    extra = {}
+    if variant == 2:  # EVEN: no column masks
+        extra = {"EVEN": K % cfg.block_k == 0}
+    elif variant == 3:  # EVEN: no row or column masks
+        extra = {"EVEN": K % cfg.block_k == 0 and M % cfg.block_m == 0, "ASM": use_asm()}
+    kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, **extra)
+    return out
