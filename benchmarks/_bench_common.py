@@ -177,9 +177,13 @@ def median(values: Iterable[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def time_cuda(fn: Callable[[], Any], iters: int, warmup: int) -> list[float]:
+def time_cuda(fn: Callable[[], Any], iters: int, warmup: int, queue_ahead: bool = False) -> list[float]:
     """Microseconds of each of `iters` calls of `fn`, by CUDA events on the current stream, after
-    `warmup` untimed calls. The calls run back to back; the host syncs once at the end."""
+    `warmup` untimed calls. The calls run back to back; the host syncs once at the end.
+
+    `queue_ahead`: the stream first spins for about 20 ms, so that the host has enqueued every timed
+    call before the GPU reaches it and the events time the kernels alone. Without it, a kernel shorter
+    than the host's launch path (argument checks, allocations, the launcher) is timed at the host's pace."""
     import torch
 
     for _ in range(warmup):
@@ -187,6 +191,8 @@ def time_cuda(fn: Callable[[], Any], iters: int, warmup: int) -> list[float]:
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     torch.cuda.synchronize()
+    if queue_ahead:
+        torch.cuda._sleep(40_000_000)  # GPU clock cycles: about 20 ms at 2 GHz
     for i in range(iters):
         starts[i].record()
         fn()

@@ -127,7 +127,7 @@ def main() -> None:
 
     def timed(fn) -> float:
         if cuda:
-            return median(time_cuda(fn, args.iters, args.warmup))
+            return median(time_cuda(fn, args.iters, args.warmup, queue_ahead=True))
         return median(time_host(fn, args.iters, args.warmup))
 
     chosen = {}
