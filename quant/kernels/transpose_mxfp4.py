@@ -82,11 +82,13 @@ def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     o32 = o_ptr.to(tl.pointer_type(tl.int32))
     sx = stride_x // 4
     so = stride_o // 4
+    # The first chunk's loads go out before the window check, so that their latency overlaps it (a
+    # program on the fp32 path does not use them): 251.9 -> 249.8 us on one H100.
+    row = 32 * tl.arange(0, RB)[None, None, :] + 8 * tl.arange(0, 4)[None, :, None]  # the group's first row
+    w = pid_k * (BLOCK_K // 8) + tl.arange(0, 8)[:, None, None]          # the lane's word (8 columns)
+    e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, True, tl.uint32, True)
+    s0, s1, s2, s3, s4, s5, s6, s7 = _scale_rows8(xs, row * stride_xs + w // 4, stride_xs)
     if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K, True) == 1:
-        row = 32 * tl.arange(0, RB)[None, None, :] + 8 * tl.arange(0, 4)[None, :, None]  # the group's first row
-        w = pid_k * (BLOCK_K // 8) + tl.arange(0, 8)[:, None, None]      # the lane's word (8 columns)
-        e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, True, tl.uint32, True)
-        s0, s1, s2, s3, s4, s5, s6, s7 = _scale_rows8(xs, row * stride_xs + w // 4, stride_xs)
         ocol = tl.arange(0, 64)[:, None]                                  # output row in the chunk
         oword = m0 // 8 + tl.arange(0, BLOCK_M // 8)[None, :]
         oblk = m0 // 32 + tl.arange(0, RB)[None, :]
