@@ -8,8 +8,8 @@ loads, and stores through shared memory:
 - Layout `[8, 4, RB]`: word w (8 lanes), 8-row group g (4 lanes), 32-row block q (warps). A thread holds
   8 rows of one 32-bit word (8 columns), so each load of a warp reads 4 rows x 32 bytes, whole sectors
   used once; a 32-row block's column maximum is in-thread then 2 shuffle rounds.
-- Stores: variant 3 writes from that layout, 4 columns x 32 bytes per warp store and one scale byte per
-  store: one L2 write request per 32-byte sector, and as many scale requests as data requests (ncu).
+- Stores: variant 3 stores from its compute layout, 4 columns x 32 bytes per warp store and one scale
+  byte per store: one L2 write request per 32-byte sector, and as many scale requests as data requests (ncu).
   Here the 8 words of each thread's 64-column chunk are joined into one `[64, BLOCK_M / 8]` tensor
   (output row, 32-bit word) and the scale bytes into one `[64, BLOCK_M / 32]` tensor, stored through
   pointers that run along the output rows: Triton passes them through shared memory and writes each
@@ -38,18 +38,18 @@ from .transpose import (_block_max, _f16_window_ok, _f16_word_values, _f32_tile,
 
 
 @triton.jit
-def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
+def _stack8(v0, v1, v2, v3, v4, v5, v6, v7):
     """8 tensors -> one with three more axes of 2 (j0, j1, j2): element j = j0 + 2 j1 + 4 j2 is `v_j`."""
     return tl.join(tl.join(tl.join(v0, v1), tl.join(v2, v3)), tl.join(tl.join(v4, v5), tl.join(v6, v7)))
 
 
 @triton.jit
 def _word_scales(sca, scb, scc, scd):
-    """Scale-byte pairs of column pairs (0, 2), (1, 3), (4, 6), (5, 7) (`[4, RB]`, low byte of each
-    16-bit lane) -> `[4, RB, 2, 2, 2]` bytes of columns j = j0 + 2 j1 + 4 j2."""
+    """Scale-byte pairs of a word's column pairs (0, 2), (1, 3), (4, 6), (5, 7) (`[8, RB]`, low byte of
+    each 16-bit lane) -> `[8, RB, 2, 2, 2]` bytes of columns j = j0 + 2 j1 + 4 j2."""
     # j0 picks a/b (c/d), j1 the 16-bit lane, j2 a/b or c/d.
-    pairs = tl.join(tl.join(sca, scb), tl.join(scc, scd))           # [4, RB, j0, j2]
-    both = tl.join(pairs & 0xFF, (pairs >> 16) & 0xFF)             # [4, RB, j0, j2, j1]
+    pairs = tl.join(tl.join(sca, scb), tl.join(scc, scd))           # [8, RB, j0, j2]
+    both = tl.join(pairs & 0xFF, (pairs >> 16) & 0xFF)             # [8, RB, j0, j2, j1]
     return tl.permute(both, (0, 1, 2, 4, 3))
 
 
@@ -102,7 +102,7 @@ def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                 e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7,
                 _block_max(s0, s1, s2, s3, s4, s5, s6, s7), ASM)
             # [w, g, q, j0, j1, j2] -> [w, j2, j1, j0, q, g] = [64 output rows, BLOCK_M / 8 words]
-            words = tl.reshape(tl.permute(_join8(a0, a1, a2, a3, a4, a5, a6, a7), (0, 5, 4, 3, 2, 1)),
+            words = tl.reshape(tl.permute(_stack8(a0, a1, a2, a3, a4, a5, a6, a7), (0, 5, 4, 3, 2, 1)),
                                (64, BLOCK_M // 8))
             # [w, q, j0, j1, j2] -> [w, j2, j1, j0, q] = [64 output rows, RB blocks]
             scales = tl.reshape(tl.permute(_word_scales(sa, sb, sc, sd), (0, 4, 3, 2, 1)), (64, RB))
