@@ -54,20 +54,6 @@ def _word_scales(sca, scb, scc, scd):
 
 
 @triton.jit
-def _scale_rows8(ptr, off, step):
-    """Scale bytes of the thread's 8 rows, `ptr[off + r * step]` (int32), loaded with evict_last: one
-    32-byte sector of a row's scale bytes serves 16 chunks, and the code words stream past it."""
-    return (tl.load(ptr + off, eviction_policy="evict_last").to(tl.int32),
-            tl.load(ptr + off + step, eviction_policy="evict_last").to(tl.int32),
-            tl.load(ptr + off + 2 * step, eviction_policy="evict_last").to(tl.int32),
-            tl.load(ptr + off + 3 * step, eviction_policy="evict_last").to(tl.int32),
-            tl.load(ptr + off + 4 * step, eviction_policy="evict_last").to(tl.int32),
-            tl.load(ptr + off + 5 * step, eviction_policy="evict_last").to(tl.int32),
-            tl.load(ptr + off + 6 * step, eviction_policy="evict_last").to(tl.int32),
-            tl.load(ptr + off + 7 * step, eviction_policy="evict_last").to(tl.int32))
-
-
-@triton.jit
 def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                                         stride_x, stride_xs, stride_o, stride_os,
                                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
@@ -87,7 +73,10 @@ def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     row = 32 * tl.arange(0, RB)[None, None, :] + 8 * tl.arange(0, 4)[None, :, None]  # the group's first row
     w = pid_k * (BLOCK_K // 8) + tl.arange(0, 8)[:, None, None]          # the lane's word (8 columns)
     e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, True, tl.uint32, True)
-    s0, s1, s2, s3, s4, s5, s6, s7 = _scale_rows8(xs, row * stride_xs + w // 4, stride_xs)
+    # Scale loads are evict_last: one 32-byte sector of a row's scale bytes serves 16 chunks, and the
+    # code words stream past it.
+    s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, True, tl.int32, True,
+                                            "evict_last")
     if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K, True) == 1:
         ocol = tl.arange(0, 64)[:, None]                                  # output row in the chunk
         oword = m0 // 8 + tl.arange(0, BLOCK_M // 8)[None, :]
@@ -97,7 +86,8 @@ def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             # itself, an L1 hit), so their latency overlaps the arithmetic.
             wn = w + 8 * (tl.minimum(c + 1, BLOCK_K // 64 - 1) - c)
             p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x32, row * sx + wn, sx, True, tl.uint32, True)
-            t0, t1, t2, t3, t4, t5, t6, t7 = _scale_rows8(xs, row * stride_xs + wn // 4, stride_xs)
+            t0, t1, t2, t3, t4, t5, t6, t7 = _rows8(xs, row * stride_xs + wn // 4, stride_xs, True, tl.int32,
+                                                    True, "evict_last")
             a0, a1, a2, a3, a4, a5, a6, a7, sa, sb, sc, sd = _f16_word_values(
                 e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7,
                 _block_max(s0, s1, s2, s3, s4, s5, s6, s7), ASM)
