@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from mxa2a.quant import reference
+from mxa2a.quant.kernels import launch
 from mxa2a.quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 
 # Where backend="triton" runs in the CPU-sized tests: the GPU when there is one (compiled kernels),
@@ -73,6 +74,15 @@ def assert_same_bits(got, want, what: str = "") -> None:
         bad = (g != w).nonzero()
         assert bad.numel() == 0, (f"{what}: {bad.shape[0]} {name} bytes differ, first at {tuple(bad[0].tolist())}: "
                                   f"got {int(g[tuple(bad[0])]):#04x}, want {int(w[tuple(bad[0])]):#04x}")
+
+
+def check_config(fn, name: str, cfg, t, monkeypatch, what: str = ""):
+    """`fn(t)` on TRITON_DEVICE with `launch.CONFIGS[name] = cfg` equals its torch backend bit for bit;
+    returns the Triton result, on the CPU."""
+    monkeypatch.setitem(launch.CONFIGS, name, cfg)
+    got = to_device(fn(to_device(t, TRITON_DEVICE), backend="triton"), "cpu")
+    assert_same_bits(got, fn(t, backend="torch"), f"{name} {cfg} {what}")
+    return got
 
 
 def decoded(t) -> torch.Tensor:

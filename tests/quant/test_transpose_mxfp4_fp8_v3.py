@@ -6,7 +6,7 @@ tiles, and the wrapper's fall-backs for inputs it cannot read as whole words."""
 
 import pytest
 import torch
-from conversion_data import TRITON_DEVICE, assert_same_bits, banded_mxfp4, random_mxfp4, to_device
+from conversion_data import TRITON_DEVICE, assert_same_bits, banded_mxfp4, check_config, random_mxfp4, to_device
 
 from mxa2a.quant.conversions import mxfp4_rowwise_to_fp8_colwise
 from mxa2a.quant.formats import MXFP4Tensor
@@ -25,9 +25,7 @@ NAME = "mxfp4_rowwise_to_fp8_colwise"
 
 
 def check(cfg, t, monkeypatch, what=""):
-    monkeypatch.setitem(launch.CONFIGS, NAME, cfg)
-    got = mxfp4_rowwise_to_fp8_colwise(to_device(t, TRITON_DEVICE), backend="triton")
-    assert_same_bits(to_device(got, "cpu"), mxfp4_rowwise_to_fp8_colwise(t, backend="torch"), f"{cfg} {what}")
+    check_config(mxfp4_rowwise_to_fp8_colwise, NAME, cfg, t, monkeypatch, what)
 
 
 def tile_mxfp4(m: int, k: int, g: torch.Generator, spread: int = 27, lo: int = 6,

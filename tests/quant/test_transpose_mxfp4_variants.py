@@ -6,7 +6,7 @@ variant 4)."""
 
 import pytest
 import torch
-from conversion_data import TRITON_DEVICE, assert_same_bits, banded_mxfp4, random_mxfp4, to_device
+from conversion_data import TRITON_DEVICE, assert_same_bits, banded_mxfp4, check_config, random_mxfp4, to_device
 
 from mxa2a.quant.conversions import mxfp4_rowwise_to_colwise, mxfp4_rowwise_to_fp8_colwise
 from mxa2a.quant.formats import MXFP4Tensor
@@ -19,13 +19,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWar
 
 MX_CONFIGS = [LaunchConfig(32, 256, 1, 2), LaunchConfig(64, 512, 2, 2)]
 FP8_CONFIGS = [LaunchConfig(128, 256, 1, 2), LaunchConfig(128, 512, 2, 2)]
-
-
-def check(fn, name, cfg, t, monkeypatch):
-    monkeypatch.setitem(launch.CONFIGS, name, cfg)
-    got = to_device(fn(to_device(t, TRITON_DEVICE), backend="triton"), "cpu")
-    assert_same_bits(got, fn(t, backend="torch"), f"{name} {cfg}")
-    return got
 
 
 def edge_mxfp4(m: int, k: int) -> MXFP4Tensor:
@@ -49,15 +42,15 @@ def edge_mxfp4(m: int, k: int) -> MXFP4Tensor:
 @pytest.mark.parametrize("scale_range", ["all", "realistic", "bottom", "top"])
 def test_mxfp4_colwise_variants_match_reference(seed, monkeypatch, cfg, scale_range):
     x = random_mxfp4(64, 512, scale_range)
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, x, monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, x, monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", MX_CONFIGS, ids=str)
 def test_mxfp4_colwise_variants_edge_cases_and_partial_tiles(seed, monkeypatch, cfg):
     for k in (512, 288):  # 288: a partial column tile for every block_k
-        check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(128, k), monkeypatch)
+        check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(128, k), monkeypatch)
     # 160 rows: the last program of a 64-row tile has one 32-row block
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(160, 256), monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(160, 256), monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", MX_CONFIGS, ids=str)
@@ -77,13 +70,13 @@ def test_mxfp4_colwise_variants_read_strided_and_misaligned_rows(seed, monkeypat
 @pytest.mark.parametrize("scale_range", ["all", "realistic", "bottom", "top"])
 def test_fp8_colwise_variants_match_reference(seed, monkeypatch, cfg, scale_range):
     x = random_mxfp4(128, 512, scale_range)
-    check(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg, x, monkeypatch)
+    check_config(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg, x, monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", FP8_CONFIGS, ids=str)
 def test_fp8_colwise_variants_edge_cases_and_partial_tiles(seed, monkeypatch, cfg):
     for k in (512, 288):
-        check(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg, edge_mxfp4(128, k),
+        check_config(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg, edge_mxfp4(128, k),
               monkeypatch)
 
 
@@ -94,7 +87,7 @@ def test_fp8_colwise_variants_round_e4m3_subnormals(seed, monkeypatch, cfg):
     x = random_mxfp4(128, 256, "realistic")
     scales = torch.full((128, 8), 140, dtype=torch.uint8)
     scales[1:] = (140 - torch.randint(8, 21, (127, 8))).to(torch.uint8)
-    check(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg,
+    check_config(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg,
           MXFP4Tensor(x.data, scales), monkeypatch)
 
 
@@ -136,10 +129,10 @@ def test_mxfp4_colwise_v3_fast_path_matches_reference(seed, monkeypatch, cfg):
     data[:, 4] &= 0x88                      # -0 and +0 columns
     data[5, 4] = 0x01                       # ... one of which has one nonzero value (0.5)
     data[64:96, 8:12] &= 0x11               # columns of only 0.5 / -0.5 / 0
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(data, x.scales), monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(data, x.scales), monkeypatch)
     # the bottom of E8M0 (scale-byte-0 clamp, fp32-subnormal maxima) and the top of the window
     for lo, hi in ((0, 3), (225, 228)):
-        check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 256, g, 26, lo, hi),
+        check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 256, g, 26, lo, hi),
               monkeypatch)
 
 
@@ -158,10 +151,10 @@ def test_mxfp4_colwise_v3_window_edges_and_partial_tiles(seed, monkeypatch, cfg)
         data = x.data.clone()
         data[1:32, 16:20] = 0                # columns 32-39: only row 0 (the smallest scale) is nonzero,
         data[0, 16:18] = 0x11                # with 0.5 in four of them (its smallest decoded value)
-        check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(data, s), monkeypatch)
+        check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(data, s), monkeypatch)
     # 160 rows, 288 columns: partial row and column tiles on both paths
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(160, 288, g), monkeypatch)
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(160, 288), monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(160, 288, g), monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(160, 288), monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", V3_CONFIGS, ids=str)
@@ -177,26 +170,26 @@ def test_mxfp4_colwise_v3_window_scan_reads_unaligned_scale_rows(seed, monkeypat
             buf = torch.zeros(64, width, dtype=torch.uint8)
             buf[:, start:start + 8] = s
             view = MXFP4Tensor(x.data, buf[:, start:start + 8])
-            check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, view, monkeypatch)
+            check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, view, monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", [LaunchConfig(64, 64, 1, 3), LaunchConfig(64, 256, 1, 3)], ids=str)
 def test_mxfp4_colwise_v3_one_chunk_and_chunk_pairs(seed, monkeypatch, cfg):
     # The fast path converts 64-column chunks in pairs: block_k 64 has a single chunk, 256 two pairs.
     g = torch.Generator().manual_seed(seed)
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 288, g), monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 288, g), monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", [LaunchConfig(64, 128, 2, 4), LaunchConfig(32, 64, 1, 4)], ids=str)
 def test_mxfp4_colwise_v4_whole_programs_mix_both_paths(seed, monkeypatch, cfg):
     # edge_mxfp4 has NaN rows, scale spreads above 2^14 and zero tiles in some programs (fp32 path) and
     # narrow blocks in others (fp16 path); all programs whole, so variant 4 runs every one.
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(128, 256), monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, edge_mxfp4(128, 256), monkeypatch)
     g = torch.Generator().manual_seed(seed)
     x = narrow_mxfp4(128, 256, g)
     s = x.scales.clone()
     s[64:96, 4] = 255                       # one NaN block: that program takes the fp32 path
-    check(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(x.data, s), monkeypatch)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(x.data, s), monkeypatch)
 
 
 def test_mxfp4_colwise_v4_rejects_configs_it_cannot_tile(monkeypatch):
