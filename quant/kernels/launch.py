@@ -19,7 +19,8 @@ class LaunchConfig:
     `mxfp4_rowwise_to_fp8_colwise` needs `block_m == 128` and `block_k` a multiple of 32 (variant 3: of
     128 * `num_warps`; variant 4: `block_m = 128 T`, `block_k = 128 S`, `num_warps = T S <= 8`, T in 1, 2, 4, 8);
     `mxfp4_rowwise_to_colwise` needs both multiples of 32 (variant 3: `block_m` a multiple of 64 * `num_warps`,
-    `block_k` of 64; variant 4: `block_m` a multiple of 32 * `num_warps`, `block_k` of 64). All powers of two.
+    `block_k` of 64; variant 4: `block_m` a multiple of 32 * `num_warps`, `block_k` 128, 256 or 512). All
+    powers of two.
 
     `variant` picks a kernel body where a conversion has several (same bits, different schedule); variant 3
     of `mxfp4_to_fp8` (table lookups with a byte permute) needs `block_m * block_k / 128` to be a multiple of
@@ -32,7 +33,8 @@ class LaunchConfig:
     and `mxfp4_rowwise_to_fp8_colwise` computes on packed fp16 pairs (see `transpose.py`,
     `transpose_mxfp4_fp8.py`); 4 for `mxfp4_rowwise_to_fp8_colwise` is variant 3 on several 128-row tiles per
     program, whose scale bytes leave together; 4 for `mxfp4_rowwise_to_colwise` is variant 3's arithmetic
-    with one word per lane and whole-line stores through shared memory (`transpose_mxfp4.py`)."""
+    with one word per lane, scale bytes held in registers and passed between lanes, and whole-line stores
+    through shared memory (`transpose_mxfp4.py`)."""
 
     block_m: int
     block_k: int
@@ -43,7 +45,7 @@ class LaunchConfig:
 # The winners of the sweeps on one H200 at M = 65536, K = 7168 (inputs ~10x the L2; at 16384 the L2 holds
 # part of them and skews the ranking), 2026-11-26 (benchmarks/results/conversion_throughput_h200_1126.*,
 # conversion_ncu_h200.txt; mxfp4_rowwise_to_fp8_colwise: mxfp4_fp8_colwise_v4_h200_1126.txt);
-# mxfp4_rowwise_to_colwise: one H100, 2026-11-26 (mxfp4_colwise_v4_h100_1126.txt).
+# mxfp4_rowwise_to_colwise: one H100, 2026-11-26 (mxfp4_colwise_v4_h100_1126.txt, mxfp4_colwise_v4_h100_1126b.txt).
 CONFIGS: dict[str, LaunchConfig] = {
     "fp8_to_mxfp4": LaunchConfig(2, 1024, 1, 2),
     "mxfp4_to_fp8": LaunchConfig(2, 1024, 2, 3),
@@ -83,7 +85,7 @@ SWEEP: dict[str, tuple[LaunchConfig, ...]] = {
                                        (64, 256, 1, 3), (64, 512, 1, 3), (128, 256, 2, 3), (128, 512, 2, 3),
                                        (128, 1024, 2, 3), (256, 256, 4, 3), (256, 512, 4, 3), (256, 1024, 4, 3),
                                        (128, 2048, 2, 3), (512, 512, 8, 3),
-                                       (256, 512, 8, 4), (256, 256, 8, 4), (256, 1024, 8, 4), (128, 512, 4, 4),
+                                       (256, 512, 8, 4), (256, 256, 8, 4), (256, 128, 8, 4), (128, 512, 4, 4),
                                        (128, 256, 4, 4), (512, 512, 16, 4)]),
     "mxfp4_rowwise_to_fp8_colwise": tuple(LaunchConfig(128, k, w, v) for k, w, v in
                                           [(64, 4, 0), (128, 4, 0),

@@ -606,24 +606,21 @@ def _sign_transpose(w0, w1, w2, w3, w4, w5, w6, w7, ASM: tl.constexpr):
 
 
 @triton.jit
-def _load_as(ptr, off, ok, DTYPE: tl.constexpr, EVEN: tl.constexpr, POLICY: tl.constexpr = tl.constexpr("")):
+def _load_as(ptr, off, ok, DTYPE: tl.constexpr, EVEN: tl.constexpr):
     if EVEN:
-        return tl.load(ptr + off, eviction_policy=POLICY).to(DTYPE)
+        return tl.load(ptr + off).to(DTYPE)
     else:
-        return tl.load(ptr + off, mask=ok, other=0, eviction_policy=POLICY).to(DTYPE)
+        return tl.load(ptr + off, mask=ok, other=0).to(DTYPE)
 
 
 @triton.jit
-def _rows8(ptr, off, step, ok, DTYPE: tl.constexpr, EVEN: tl.constexpr, POLICY: tl.constexpr = tl.constexpr("")):
+def _rows8(ptr, off, step, ok, DTYPE: tl.constexpr, EVEN: tl.constexpr):
     """`ptr[off + r * step]` for the 8 rows r of every thread's group, as DTYPE (masked loads give 0
-    unless EVEN; POLICY: the loads' eviction policy, "" for the default)."""
-    return (_load_as(ptr, off, ok, DTYPE, EVEN, POLICY), _load_as(ptr, off + step, ok, DTYPE, EVEN, POLICY),
-            _load_as(ptr, off + 2 * step, ok, DTYPE, EVEN, POLICY),
-            _load_as(ptr, off + 3 * step, ok, DTYPE, EVEN, POLICY),
-            _load_as(ptr, off + 4 * step, ok, DTYPE, EVEN, POLICY),
-            _load_as(ptr, off + 5 * step, ok, DTYPE, EVEN, POLICY),
-            _load_as(ptr, off + 6 * step, ok, DTYPE, EVEN, POLICY),
-            _load_as(ptr, off + 7 * step, ok, DTYPE, EVEN, POLICY))
+    unless EVEN)."""
+    return (_load_as(ptr, off, ok, DTYPE, EVEN), _load_as(ptr, off + step, ok, DTYPE, EVEN),
+            _load_as(ptr, off + 2 * step, ok, DTYPE, EVEN), _load_as(ptr, off + 3 * step, ok, DTYPE, EVEN),
+            _load_as(ptr, off + 4 * step, ok, DTYPE, EVEN), _load_as(ptr, off + 5 * step, ok, DTYPE, EVEN),
+            _load_as(ptr, off + 6 * step, ok, DTYPE, EVEN), _load_as(ptr, off + 7 * step, ok, DTYPE, EVEN))
 
 
 @triton.jit

@@ -15,9 +15,14 @@ loads, and stores through shared memory:
   pointers that run along the output rows: Triton passes them through shared memory and writes each
   output row's `BLOCK_M / 2` code bytes with 16-byte stores (a whole 128-byte line for `BLOCK_M = 256`)
   and its `BLOCK_M / 32` scale bytes with one store. ncu at 65536 x 7168: L2 write requests 14.4M -> 3.7M.
-- The window check reads the program's scale bytes with unmasked, vectorized loads (whole programs
-  only; variant 3's masked byte loads were half of its L1 load sectors), and the per-chunk scale loads
-  are evict_last (a row's 32-byte sector serves 16 chunks).
+- Scale bytes: the window check reads the program's scale bytes with unmasked, vectorized loads (whole
+  programs only; variant 3's masked byte loads were half of its L1 load sectors). The chunks take theirs
+  from registers: `_scale_quads` loads them once, 4 rows' bytes of one block per word and 4 words per
+  thread, and each chunk gathers its 8 rows' bytes from 2 lanes of the row group (`tl.gather` along the
+  lane axis, which Triton lowers to 2 warp shuffles). Loading 8 bytes per thread and chunk instead read
+  each row's sector again per chunk from the L2 (ncu, one H100: L2 read sectors 10.9M -> 8.6M, the input
+  is 7.8M). With the register cap below: 250 -> 241 us on one H100 at 65536 x 7168.
+- Launch order and registers: `_V4_GROUP_M` and `_V4_MAX_REGISTERS` below, with their measurements.
 
 Inputs that are not whole programs (`M % block_m`, `K % block_k`) use variant 3, which masks.
 """
@@ -54,14 +59,69 @@ def _word_scales(sca, scb, scc, scd):
 
 
 @triton.jit
+def _quad(xs, off, step):
+    """Scale bytes `xs[off + i * step]`, i = 0..3, as one word (byte i = row i)."""
+    b0 = tl.load(xs + off).to(tl.uint32)
+    b1 = tl.load(xs + off + step).to(tl.uint32)
+    b2 = tl.load(xs + off + 2 * step).to(tl.uint32)
+    b3 = tl.load(xs + off + 3 * step).to(tl.uint32)
+    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+
+
+@triton.jit
+def _scale_quads(xs, row, pid_k, stride_xs, NB: tl.constexpr):
+    """The program's scale bytes (NB = 4, 8 or 16 blocks of 32 columns), 4 words per thread: lane w of
+    row group g holds in word k the bytes of the group's rows 4 (w % 2) .. + 3 in the program's block
+    4 k + w // 2 (words past the program's blocks: 0)."""
+    w = tl.arange(0, 8)[:, None, None]
+    off = (row + 4 * (w % 2)) * stride_xs + pid_k * NB + w // 2
+    q0 = _quad(xs, off, stride_xs)
+    q1 = tl.zeros_like(q0)
+    q2 = tl.zeros_like(q0)
+    q3 = tl.zeros_like(q0)
+    if NB > 4:
+        q1 = _quad(xs, off + 4, stride_xs)
+    if NB > 8:
+        q2 = _quad(xs, off + 8, stride_xs)
+        q3 = _quad(xs, off + 12, stride_xs)
+    return q0, q1, q2, q3
+
+
+@triton.jit
+def _chunk_scales(quads, half):
+    """Scale bytes of the thread's 8 rows in its word's block of chunk c = 2 k + `half` (`quads`: word k
+    of `_scale_quads`): lanes 4 half + 2 (w // 4) + {0, 1} of the group hold them (rows 0-3, 4-7)."""
+    w = tl.arange(0, 8)[:, None, None]
+    src = tl.broadcast_to(4 * half + 2 * (w // 4), quads.shape)
+    lo = tl.gather(quads, src, 0)
+    hi = tl.gather(quads, src + 1, 0)
+    return (lo & 0xFF, (lo >> 8) & 0xFF, (lo >> 16) & 0xFF, lo >> 24,
+            hi & 0xFF, (hi >> 8) & 0xFF, (hi >> 16) & 0xFF, hi >> 24)
+
+
+@triton.jit
+def _grouped_program(GROUP_M: tl.constexpr):
+    """(pid_m, pid_k) of this program when the grid is walked GROUP_M row blocks at a time, every column
+    block of a group before the next group."""
+    num_m = tl.num_programs(0)
+    num_k = tl.num_programs(1)
+    pid = tl.program_id(0) + tl.program_id(1) * num_m
+    first = (pid // (GROUP_M * num_k)) * GROUP_M
+    size = tl.minimum(num_m - first, GROUP_M)
+    inner = pid - first * num_k
+    return first + inner % size, inner // size
+
+
+@triton.jit
 def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                                         stride_x, stride_xs, stride_o, stride_os,
-                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
-    # Whole programs only (M % BLOCK_M == 0, K % BLOCK_K == 0: the wrapper checks), so no masks.
-    # Tensors [8, 4, RB]: word w (lanes), 8-row group g (lanes), 32-row block q (warps, then registers).
+                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                                        ASM: tl.constexpr):
+    # Whole programs only (M % BLOCK_M == 0, K % BLOCK_K == 0; BLOCK_K 128, 256 or 512: the wrapper
+    # checks), so no masks. Tensors [8, 4, RB]: word w (lanes), 8-row group g (lanes), 32-row block q (warps).
     RB: tl.constexpr = BLOCK_M // 32
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    NC: tl.constexpr = BLOCK_K // 64
+    pid_m, pid_k = _grouped_program(GROUP_M)
     m0 = pid_m * BLOCK_M
     x32 = (x_ptr + m0.to(tl.int64) * stride_x).to(tl.pointer_type(tl.uint32))
     xs = xs_ptr + m0.to(tl.int64) * stride_xs
@@ -69,25 +129,21 @@ def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     sx = stride_x // 4
     so = stride_o // 4
     # The first chunk's loads go out before the window check, so that their latency overlaps it (a
-    # program on the fp32 path does not use them): 251.9 -> 249.8 us on one H100.
+    # program on the fp32 path does not use them).
     row = 32 * tl.arange(0, RB)[None, None, :] + 8 * tl.arange(0, 4)[None, :, None]  # the group's first row
     w = pid_k * (BLOCK_K // 8) + tl.arange(0, 8)[:, None, None]          # the lane's word (8 columns)
     e0, e1, e2, e3, e4, e5, e6, e7 = _rows8(x32, row * sx + w, sx, True, tl.uint32, True)
-    # Scale loads are evict_last: one 32-byte sector of a row's scale bytes serves 16 chunks, and the
-    # code words stream past it.
-    s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + w // 4, stride_xs, True, tl.int32, True,
-                                            "evict_last")
+    q0, q1, q2, q3 = _scale_quads(xs, row, pid_k, stride_xs, BLOCK_K // 32)
     if _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M, BLOCK_K, True) == 1:
         ocol = tl.arange(0, 64)[:, None]                                  # output row in the chunk
         oword = m0 // 8 + tl.arange(0, BLOCK_M // 8)[None, :]
         oblk = m0 // 32 + tl.arange(0, RB)[None, :]
-        for c in range(BLOCK_K // 64):
+        for c in range(NC):
             # The next chunk's words are loaded before this one is converted (the last chunk reloads
             # itself, an L1 hit), so their latency overlaps the arithmetic.
-            wn = w + 8 * (tl.minimum(c + 1, BLOCK_K // 64 - 1) - c)
+            wn = w + 8 * (tl.minimum(c + 1, NC - 1) - c)
             p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x32, row * sx + wn, sx, True, tl.uint32, True)
-            t0, t1, t2, t3, t4, t5, t6, t7 = _rows8(xs, row * stride_xs + wn // 4, stride_xs, True, tl.int32,
-                                                    True, "evict_last")
+            s0, s1, s2, s3, s4, s5, s6, s7 = _chunk_scales(q0, c % 2)
             a0, a1, a2, a3, a4, a5, a6, a7, sa, sb, sc, sd = _f16_word_values(
                 e0, e1, e2, e3, e4, e5, e6, e7, s0, s1, s2, s3, s4, s5, s6, s7,
                 _block_max(s0, s1, s2, s3, s4, s5, s6, s7), ASM)
@@ -100,8 +156,11 @@ def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             tl.store(o32 + col * so + oword, words.to(tl.int32, bitcast=True))
             tl.store(os_ptr + col * stride_os + oblk, scales.to(tl.uint8))
             e0, e1, e2, e3, e4, e5, e6, e7 = p0, p1, p2, p3, p4, p5, p6, p7
-            s0, s1, s2, s3, s4, s5, s6, s7 = t0, t1, t2, t3, t4, t5, t6, t7
             w = wn
+            # Two chunks per scale word: after an odd chunk, the next word moves to the front.
+            odd = c % 2 == 1
+            q0, q1, q2, q3 = (tl.where(odd, q1, q0), tl.where(odd, q2, q1), tl.where(odd, q3, q2),
+                              tl.where(odd, q0, q3))
     else:
         # Variant 3's exact fp32 path, with its reversed indices (they keep its stores in its layout).
         qr = RB - 1 - tl.arange(0, RB)[None, None, :]
@@ -112,6 +171,15 @@ def _mxfp4_rowwise_to_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 
 
 _V3_AFTER_V4 = LaunchConfig(256, 1024, 4, 3)   # where variant 4 does not apply (partial programs)
+# Variant 4's launch order: 4 row blocks at a time, all their column blocks before the next 4. The programs
+# of one row block share the 32-byte sectors of its scale bytes (16 bytes per program and row) and its
+# DRAM pages; walking row blocks first read the scale sectors from DRAM again (ncu, one H100: DRAM reads
+# 291 MB -> 250 MB, the input's size; 242 -> 225 us at 65536 x 7168; 1, 2 or 8 row blocks: 226-228 us).
+_V4_GROUP_M = 4
+# Variant 4's register cap: ptxas gives the kernel 122 registers (2 programs of 8 warps per SM) unless
+# capped; at 80 (3 programs per SM) it schedules without spills: 256 -> 241 us (one H100). 72 and 64
+# spill (244 and 316 us).
+_V4_MAX_REGISTERS = 80
 
 
 def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
@@ -128,17 +196,19 @@ def mxfp4_rowwise_to_colwise_triton(t: MXFP4Tensor) -> MXFP4Tensor:
     cfg = CONFIGS["mxfp4_rowwise_to_colwise"]
     variant = cfg.variant
     rows_per_warp = {3: 64, 4: 32}.get(variant)
-    if rows_per_warp and (cfg.block_m % (rows_per_warp * cfg.num_warps) or cfg.block_k % 64):
+    if rows_per_warp and (cfg.block_m % (rows_per_warp * cfg.num_warps) or cfg.block_k % 64
+                          or (variant == 4 and cfg.block_k not in (128, 256, 512))):
         raise ValueError(f"mxfp4_rowwise_to_colwise: variant {variant} needs block_m a multiple of "
-                         f"{rows_per_warp} * num_warps and block_k a multiple of 64, got "
-                         f"CONFIGS['mxfp4_rowwise_to_colwise'] = {cfg}")
+                         f"{rows_per_warp} * num_warps and block_k a multiple of 64 (variant 4: block_k 128, "
+                         f"256 or 512), got CONFIGS['mxfp4_rowwise_to_colwise'] = {cfg}")
     if variant in (2, 3, 4) and (x.stride(0) % 4 or x.data_ptr() % 4):
         variant = 1  # variants 2-4 read int32 words
     args = (x, xs, out.data, out.scales, M, K, x.stride(0), xs.stride(0), out.data.stride(0), out.scales.stride(0))
     if variant == 4:
         if M % cfg.block_m == 0 and K % cfg.block_k == 0:
             _mxfp4_rowwise_to_colwise_v4_kernel[(M // cfg.block_m, K // cfg.block_k)](
-                *args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, ASM=use_asm(), num_warps=cfg.num_warps)
+                *args, BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, GROUP_M=_V4_GROUP_M, ASM=use_asm(),
+                num_warps=cfg.num_warps, maxnreg=_V4_MAX_REGISTERS)
             return out
         cfg, variant = _V3_AFTER_V4, 3  # fewer rows or columns than a whole program: variant 3 masks them
     grid = (triton.cdiv(M, cfg.block_m), triton.cdiv(K, cfg.block_k))

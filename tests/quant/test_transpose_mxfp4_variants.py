@@ -111,7 +111,8 @@ def test_fp8_colwise_variants_read_strided_and_misaligned_rows(seed, monkeypatch
 # them slowly: small shapes on CPU.
 V3_CONFIGS = ([LaunchConfig(64, 128, 1, 3), LaunchConfig(64, 128, 2, 4)] if TRITON_DEVICE == "cpu" else
               [LaunchConfig(64, 128, 1, 3), LaunchConfig(128, 512, 2, 3), LaunchConfig(256, 256, 4, 3),
-               LaunchConfig(64, 128, 2, 4), LaunchConfig(128, 256, 4, 4), LaunchConfig(64, 64, 1, 4)])
+               LaunchConfig(64, 128, 2, 4), LaunchConfig(128, 256, 4, 4), LaunchConfig(32, 128, 1, 4),
+               LaunchConfig(256, 512, 8, 4)])
 
 
 def narrow_mxfp4(m: int, k: int, g: torch.Generator, spread: int = 26, lo: int = 0,
@@ -180,7 +181,7 @@ def test_mxfp4_colwise_v3_one_chunk_and_chunk_pairs(seed, monkeypatch, cfg):
     check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 288, g), monkeypatch)
 
 
-@pytest.mark.parametrize("cfg", [LaunchConfig(64, 128, 2, 4), LaunchConfig(32, 64, 1, 4)], ids=str)
+@pytest.mark.parametrize("cfg", [LaunchConfig(64, 128, 2, 4), LaunchConfig(32, 128, 1, 4)], ids=str)
 def test_mxfp4_colwise_v4_whole_programs_mix_both_paths(seed, monkeypatch, cfg):
     # edge_mxfp4 has NaN rows, scale spreads above 2^14 and zero tiles in some programs (fp32 path) and
     # narrow blocks in others (fp16 path); all programs whole, so variant 4 runs every one.
@@ -192,10 +193,23 @@ def test_mxfp4_colwise_v4_whole_programs_mix_both_paths(seed, monkeypatch, cfg):
     check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, MXFP4Tensor(x.data, s), monkeypatch)
 
 
+@pytest.mark.parametrize("cfg, rows, cols", [(LaunchConfig(64, 128, 2, 4), 320, 384),
+                                              (LaunchConfig(256, 512, 8, 4), 256, 1024)], ids=str)
+def test_mxfp4_colwise_v4_program_order_and_scale_words(seed, monkeypatch, cfg, rows, cols):
+    # Variant 4 walks the grid 4 row blocks at a time (5 row blocks: a group of 4, then one of 1) and
+    # holds a program's scale bytes in 1, 2 or 4 words per thread (block_k 128, 256, 512), two chunks
+    # per word. Scale bytes differ per row and block, so a byte from the wrong row, block or chunk shows.
+    g = torch.Generator().manual_seed(seed)
+    check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(rows, cols, g, 26, 100, 120),
+                 monkeypatch)
+
+
 def test_mxfp4_colwise_v4_rejects_configs_it_cannot_tile(monkeypatch):
     x = to_device(random_mxfp4(64, 128, "realistic"), TRITON_DEVICE)
-    # variant 4: 64 rows for 4 warps of 32; block_k not a multiple of 64; variant 3: 128 rows for 4 x 64
-    for cfg in (LaunchConfig(64, 128, 4, 4), LaunchConfig(64, 96, 1, 4), LaunchConfig(128, 128, 4, 3)):
+    # variant 4: 64 rows for 4 warps of 32; block_k not a multiple of 64, or not 128, 256 or 512;
+    # variant 3: 128 rows for 4 x 64
+    for cfg in (LaunchConfig(64, 128, 4, 4), LaunchConfig(64, 96, 1, 4), LaunchConfig(64, 64, 1, 4),
+                LaunchConfig(64, 1024, 2, 4), LaunchConfig(128, 128, 4, 3)):
         monkeypatch.setitem(launch.CONFIGS, "mxfp4_rowwise_to_colwise", cfg)
         with pytest.raises(ValueError, match="CONFIGS\\['mxfp4_rowwise_to_colwise'\\]"):
             mxfp4_rowwise_to_colwise(x, backend="triton")
