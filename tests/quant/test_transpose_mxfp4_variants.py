@@ -77,7 +77,7 @@ def test_fp8_colwise_variants_match_reference(seed, monkeypatch, cfg, scale_rang
 def test_fp8_colwise_variants_edge_cases_and_partial_tiles(seed, monkeypatch, cfg):
     for k in (512, 288):
         check_config(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg, edge_mxfp4(128, k),
-              monkeypatch)
+                     monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", FP8_CONFIGS, ids=str)
@@ -88,7 +88,7 @@ def test_fp8_colwise_variants_round_e4m3_subnormals(seed, monkeypatch, cfg):
     scales = torch.full((128, 8), 140, dtype=torch.uint8)
     scales[1:] = (140 - torch.randint(8, 21, (127, 8))).to(torch.uint8)
     check_config(mxfp4_rowwise_to_fp8_colwise, "mxfp4_rowwise_to_fp8_colwise", cfg,
-          MXFP4Tensor(x.data, scales), monkeypatch)
+                 MXFP4Tensor(x.data, scales), monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", FP8_CONFIGS, ids=str)
@@ -134,7 +134,7 @@ def test_mxfp4_colwise_v3_fast_path_matches_reference(seed, monkeypatch, cfg):
     # the bottom of E8M0 (scale-byte-0 clamp, fp32-subnormal maxima) and the top of the window
     for lo, hi in ((0, 3), (225, 228)):
         check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(64, 256, g, 26, lo, hi),
-              monkeypatch)
+                     monkeypatch)
 
 
 @pytest.mark.parametrize("cfg", V3_CONFIGS, ids=str)
@@ -197,8 +197,9 @@ def test_mxfp4_colwise_v4_whole_programs_mix_both_paths(seed, monkeypatch, cfg):
                                               (LaunchConfig(256, 512, 8, 4), 256, 1024)], ids=str)
 def test_mxfp4_colwise_v4_program_order_and_scale_words(seed, monkeypatch, cfg, rows, cols):
     # Variant 4 walks the grid 4 row blocks at a time (5 row blocks: a group of 4, then one of 1) and
-    # holds a program's scale bytes in 1, 2 or 4 words per thread (block_k 128, 256, 512), two chunks
-    # per word. Scale bytes differ per row and block, so a byte from the wrong row, block or chunk shows.
+    # holds a program's scale bytes in 1, 2 or 4 words per thread (block_k 128, 256, 512; here 1 and 4,
+    # and 2 in the GPU list of V3_CONFIGS), two chunks per word. Scale bytes differ per row and block, so
+    # a byte from the wrong row, block or chunk shows.
     g = torch.Generator().manual_seed(seed)
     check_config(mxfp4_rowwise_to_colwise, "mxfp4_rowwise_to_colwise", cfg, narrow_mxfp4(rows, cols, g, 26, 100, 120),
                  monkeypatch)
