@@ -55,7 +55,7 @@ def _row_factors(kt, rbyte):
 
 @triton.jit
 def _nan_columns(mag, BLOCK_K: tl.constexpr):
-    """1 for the columns of `mag` [128, BLOCK_K] (rows ordered as in the v2/v3 kernels) holding the
+    """1 for the columns of `mag` [128, BLOCK_K] (rows ordered as `_packed_rows` gives them) holding the
     E4M3 NaN magnitude 0x7F. The column maxima of each thread's 4 rows are packed 4 columns to a word
     (little endian), a byte's top bit set by +1 only at 0x7F, so the cross-thread reduction over rows
     is an OR of BLOCK_K / 4 words instead of a maximum of BLOCK_K values."""
@@ -67,7 +67,7 @@ def _nan_columns(mag, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _packed_rows(pid_m, M, qs_ptr, stride_qs, tile, EVEN: tl.constexpr):
-    """Rows of one 128-row block in the v2/v3 order and their per-row factors: tensor row i holds
+    """Rows of one 128-row block in the "bytes" kernel's order and their per-row factors: tensor row i holds
     memory row 4 * (i % 32) + i // 32, so the rows a thread holds (i, i + 32, ...) are 4 consecutive
     memory rows and their output bytes pack into one int32 word in registers; only words go through
     the shared-memory transpose. Returns rows, int64 rows, kt, dd and g of `_shift_round`."""
@@ -116,8 +116,8 @@ def _packed_chunk(q_ptr, o_ptr, os_ptr, rows, r64, kt, dd, g, pid_m, cols, M, K,
 
 @triton.jit
 def _fp8_rowwise_to_colwise_bytes_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
-                                      stride_q, stride_qs, stride_o, stride_os,
-                                      BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+                                         stride_q, stride_qs, stride_o, stride_os,
+                                         BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
     # One program: a whole 128x128 tile, BLOCK_K columns at a time (the per-row work done once).
     pid_m = tl.program_id(0)
     pid_t = tl.program_id(1)
@@ -142,9 +142,9 @@ def _row_word(code, mag, dd, g, ASM: tl.constexpr):
 
 @triton.jit
 def _fp8_rowwise_to_colwise_words_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
-                                      stride_q, stride_qs, stride_o, stride_os,
-                                      BLOCK_K: tl.constexpr, ASM: tl.constexpr):
-    # Variant 4: words throughout. One program per 128x128 tile, BLOCK_K columns at a time; tensors are
+                                         stride_q, stride_qs, stride_o, stride_os,
+                                         BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    # Words throughout. One program per 128x128 tile, BLOCK_K columns at a time; tensors are
     # [32 row groups, BLOCK_K / 4 word columns], one per row a of each group (rows 4g + a), so a thread
     # holds 4x4-byte blocks: each row's word is rounded with `_shift_round`'s arithmetic per byte and
     # repacked, then the 4x4 block is transposed with 8 byte permutes into 4 words that each hold 4

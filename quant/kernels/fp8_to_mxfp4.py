@@ -28,16 +28,16 @@ from .simd16 import max_u16x2, reduce_max_u16x2
 
 @triton.jit
 def _fp8_to_mxfp4_f32_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
-                            stride_q, stride_qs, stride_x, stride_xs,
-                            RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                             stride_q, stride_qs, stride_x, stride_xs,
+                             RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     _fp8_to_mxfp4_f32_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x, stride_xs,
-                          tl.program_id(0), tl.program_id(1), RCEIL, BLOCK_M, BLOCK_K)
+                           tl.program_id(0), tl.program_id(1), RCEIL, BLOCK_M, BLOCK_K)
 
 
 @triton.jit
 def _fp8_to_mxfp4_f32_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x, stride_xs,
-                          pid_m, pid_k, RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Variant 1: every value of an MXFP4 block lies in one FP8 tile, so the block maximum is the
+                           pid_m, pid_k, RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Every value of an MXFP4 block lies in one FP8 tile, so the block maximum is the
     # largest magnitude code (integer max; E4M3 codes are ordered like values) decoded once per block,
     # and each value is scaled by the single per-block factor 2^(k - e): one multiply per value less.
     NT: tl.constexpr = BLOCK_K // 128
@@ -87,7 +87,7 @@ def _fp8_to_mxfp4_f32_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_
 
 @triton.jit
 def _word_tile_indices(pid_m, pid_k, BLOCK_M: tl.constexpr, NT: tl.constexpr):
-    """Indices of the word-wise variants' [rows, tiles, 4 blocks] tensors: the program's rows (and as
+    """Indices of the SWAR kernel's [rows, tiles, 4 blocks] tensors: the program's rows (and as
     int64), its FP8 tiles as `[1, NT, 1]` and the block of each tile as `[1, 1, 4]`."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     t3 = (pid_k * NT + tl.arange(0, NT))[None, :, None]
@@ -96,10 +96,10 @@ def _word_tile_indices(pid_m, pid_k, BLOCK_M: tl.constexpr, NT: tl.constexpr):
 
 @triton.jit
 def _fp8_to_mxfp4_swar_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
-                            stride_q, stride_qs, stride_x, stride_xs,
-                            RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                            EVEN: tl.constexpr, ASM: tl.constexpr):
-    # Variant 2: integer-only, four E4M3 codes per 32-bit word, no fp32 per element. Tensors are
+                              stride_q, stride_qs, stride_x, stride_xs,
+                              RCEIL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                              EVEN: tl.constexpr, ASM: tl.constexpr):
+    # Integer-only, four E4M3 codes per 32-bit word, no fp32 per element. Tensors are
     # [rows, tiles, 4 blocks, 4 words]; a block's 8 words are loaded as two such halves so that one
     # thread holds the whole block. Needs 4-byte aligned input rows and 2-byte aligned output rows.
     NT: tl.constexpr = BLOCK_K // 128
@@ -145,11 +145,11 @@ def _fp8_to_mxfp4_swar_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
         if ASM:
             for i in range(BLOCK_M * NT):
                 _fp8_to_mxfp4_f32_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x,
-                                      stride_xs, pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, RCEIL, 1, 128)
+                                       stride_xs, pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, RCEIL, 1, 128)
         else:  # the interpreter: whole rows (its cost is per operation, not per register)
             for r in range(BLOCK_M):
                 _fp8_to_mxfp4_f32_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_qs, stride_x,
-                                      stride_xs, pid_m * BLOCK_M + r, pid_k, RCEIL, 1, BLOCK_K)
+                                       stride_xs, pid_m * BLOCK_M + r, pid_k, RCEIL, 1, BLOCK_K)
     else:
         # Per block, with d = 3 - g (the exponent shift from E4M3 to E2M1 codes): an element whose value
         # y = |v| 2^-e is >= 1 has E2M1 code RNE(m / 4) + 2d (a shift of the 7-bit code m); below 1 the

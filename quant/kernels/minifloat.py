@@ -63,8 +63,8 @@ def e4m3_round(y):
 # --- shared by several conversions: packed-word decoding, row loads, alignment ----------------------
 
 def words_aligned(rows: torch.Tensor, size: int = 4) -> bool:
-    """Whether uint8 rows `[M, W]` can be read / written as `size`-byte words (variant 2): aligned start
-    and row stride; otherwise the wrapper falls back to the byte-wise variant 1."""
+    """Whether uint8 rows `[M, W]` can be read / written as `size`-byte words: aligned start and row
+    stride (the word-wise kernels need it; their wrappers fall back to a byte-wise kernel otherwise)."""
     return rows.data_ptr() % size == 0 and (rows.stride(0) % size == 0 or rows.shape[0] <= 1)
 
 
@@ -145,8 +145,8 @@ def load_rows8(ptr, off, step, ok, DTYPE: tl.constexpr, EVEN: tl.constexpr):
 
 @triton.jit
 def load_e2m1_planes(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
-                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Variant 1 input side, no decode-side transpose: input rows [BLOCK_M*pid_m, +BLOCK_M) x packed
+                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The "planes" kernels' input side, no decode-side transpose: input rows [BLOCK_M*pid_m, +BLOCK_M) x packed
     columns [BLOCK_K/2*pid_k, +BLOCK_K/2) as they lie in memory, split into the even-column (low
     nibble) and odd-column (high nibble) code planes `[BLOCK_M, BLOCK_K/2]` (int32), with the block
     scale as fp32 and 1 where the block scale byte is 255 (NaN), both broadcast to that shape."""

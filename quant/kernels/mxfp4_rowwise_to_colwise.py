@@ -60,12 +60,12 @@ def _mxfp4_colwise_plane(code, scale, nan, o_ptr, os_ptr, pid_m, pid_k, plane, M
 
 @triton.jit
 def _mxfp4_rowwise_to_colwise_planes_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                        stride_x, stride_xs, stride_o, stride_os,
-                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                                            stride_x, stride_xs, stride_o, stride_os,
+                                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     lo, hi, scale, nan = load_e2m1_planes(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
-                                            BLOCK_M, BLOCK_K)
+                                          BLOCK_M, BLOCK_K)
     _mxfp4_colwise_plane(lo, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 0, M, K, stride_o, stride_os,
                          BLOCK_M, BLOCK_K)
     _mxfp4_colwise_plane(hi, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 1, M, K, stride_o, stride_os,
@@ -194,9 +194,9 @@ def _f16_window_ok(xs_ptr, m0, pid_k, M, K, stride_xs, BLOCK_M: tl.constexpr, BL
 
 @triton.jit
 def _mxfp4_rowwise_to_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                        stride_x, stride_xs, stride_o, stride_os,
-                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
-                                        ASM: tl.constexpr):
+                                           stride_x, stride_xs, stride_o, stride_os,
+                                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+                                           ASM: tl.constexpr):
     # One program: rows [BLOCK_M*pid_m, +BLOCK_M) x columns [BLOCK_K*pid_k, +BLOCK_K), 64 columns (8
     # words) at a time. Indices run backwards along every axis so that none looks contiguous: every load
     # and store then keeps the one register layout (no shared-memory exchanges).
@@ -222,7 +222,7 @@ def _mxfp4_rowwise_to_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
         e0, e1, e2, e3, e4, e5, e6, e7 = load_rows8(x32, row * sx + w, sx, ok, tl.uint32, EVEN)
         n0, n1, n2, n3, n4, n5, n6, n7 = load_rows8(x32, row * sx + w + 1, sx, ok, tl.uint32, EVEN)
         s0, s1, s2, s3, s4, s5, s6, s7 = load_rows8(xs, row * stride_xs + w // 4, stride_xs, ok, tl.int32,
-                                                EVEN)  # one scale block (w // 4) for both words
+                                                    EVEN)  # one scale block (w // 4) for both words
         for c in range(BLOCK_K // 64):
             # The next chunk's words are loaded before this one is converted (the last chunk reloads
             # itself, an L1 hit), so their latency overlaps the arithmetic.
@@ -231,7 +231,7 @@ def _mxfp4_rowwise_to_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             p0, p1, p2, p3, p4, p5, p6, p7 = load_rows8(x32, row * sx + wn, sx, okn, tl.uint32, EVEN)
             q0, q1, q2, q3, q4, q5, q6, q7 = load_rows8(x32, row * sx + wn + 1, sx, okn, tl.uint32, EVEN)
             t0, t1, t2, t3, t4, t5, t6, t7 = load_rows8(xs, row * stride_xs + wn // 4, stride_xs, okn, tl.int32,
-                                                    EVEN)
+                                                        EVEN)
             okb = first & (w < K // 8)
             bmax = _block_max(s0, s1, s2, s3, s4, s5, s6, s7)        # [4, RB]
             col = (8 * w).to(tl.int64)                                # output row of column 8w
@@ -253,7 +253,7 @@ def _mxfp4_rowwise_to_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 def _f32_tile(x32, xs, o32, os_ptr, pid_k, K, sx, so, stride_xs, stride_os, row, row_ok, oword, oblk, first,
               BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
     """A program's tile with wide-range, NaN or Inf blocks: exact fp32 values, one column at a time
-    (tensors `[8, 4, RB]`: 8 words on lanes; `row` .. `first` as in the variant-3 kernel)."""
+    (tensors `[8, 4, RB]`: 8 words on lanes; `row` .. `first` as in the f16x2 kernel)."""
     for c in range(BLOCK_K // 64):
         w = pid_k * (BLOCK_K // 8) + c * 8 + (7 - tl.arange(0, 8)[:, None, None])
         ok = row_ok & (w < K // 8)
@@ -327,7 +327,7 @@ def _f32_code_bits(words, scale, inv, J: tl.constexpr):
 @triton.jit
 def _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_row, o32, os_ptr,
                 col, so, stride_os, oword, oblk, ok, okb, J: tl.constexpr, EVEN: tl.constexpr):
-    """Column J of every thread's 8 x 8 block through exact fp32 values (variant 2's arithmetic):
+    """Column J of every thread's 8 x 8 block through exact fp32 values:
     block maximum over the 8 rows and the 4 lanes of the 32-row block, scale, codes, output word."""
     m = tl.maximum(tl.maximum(tl.maximum(e2m1_word_abs_bits(w0, f0, J), e2m1_word_abs_bits(w1, f1, J)),
                               tl.maximum(e2m1_word_abs_bits(w2, f2, J), e2m1_word_abs_bits(w3, f3, J))),
@@ -335,7 +335,7 @@ def _f32_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, 
                               tl.maximum(e2m1_word_abs_bits(w6, f6, J), e2m1_word_abs_bits(w7, f7, J))))
     amax = tl.max(m, axis=1)[:, None, :]            # fp32 bits are ordered like |v|; NaN above Inf
     nan = nan_row | (amax >= 0x7F800000)
-    e = tl.maximum((amax >> 23) - 129, -127)        # as in variant 2 (significand 1 or 1.5)
+    e = tl.maximum((amax >> 23) - 129, -127)        # a decoded maximum has significand 1 or 1.5
     inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
     word = ((_f32_code_bits(w0, f0, inv, J) >> 22)
             | ((_f32_code_bits(w1, f1, inv, J) >> 18) & 0xF0)
@@ -442,9 +442,9 @@ def _grouped_program(GROUP_M: tl.constexpr):
 
 @triton.jit
 def _mxfp4_rowwise_to_colwise_f16x2_smem_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                        stride_x, stride_xs, stride_o, stride_os,
-                                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                                        ASM: tl.constexpr):
+                                                stride_x, stride_xs, stride_o, stride_os,
+                                                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                                                ASM: tl.constexpr):
     # Whole programs only (M % BLOCK_M == 0, K % BLOCK_K == 0; BLOCK_K 128, 256 or 512: the wrapper
     # checks), so no masks. Tensors [8, 4, RB]: word w (lanes), 8-row group g (lanes), 32-row block q (warps).
     RB: tl.constexpr = BLOCK_M // 32
@@ -490,7 +490,7 @@ def _mxfp4_rowwise_to_colwise_f16x2_smem_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M,
             q0, q1, q2, q3 = (tl.where(odd, q1, q0), tl.where(odd, q2, q1), tl.where(odd, q3, q2),
                               tl.where(odd, q0, q3))
     else:
-        # Variant 3's exact fp32 path, with its reversed indices (they keep its stores in its layout).
+        # The f16x2 kernel's exact fp32 path, with its reversed indices (they keep its stores in its layout).
         qr = RB - 1 - tl.arange(0, RB)[None, None, :]
         gr = 3 - tl.arange(0, 4)[None, :, None]
         row = 32 * qr + 8 * gr
@@ -498,7 +498,7 @@ def _mxfp4_rowwise_to_colwise_f16x2_smem_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M,
                   m0 // 8 + row // 8, m0 // 32 + qr, gr == 3, BLOCK_K, True)
 
 
-_PARTIAL_CONFIG = LaunchConfig(256, 1024, 4, 3)   # where variant 4 does not apply (partial programs)
+_PARTIAL_CONFIG = LaunchConfig(256, 1024, 4, "f16x2")   # where f16x2_smem does not apply (partial programs)
 _SMEM_GROUP_M = 4
 _SMEM_MAX_REGISTERS = 80
 

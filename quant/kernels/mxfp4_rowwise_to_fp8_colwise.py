@@ -55,12 +55,12 @@ def _fp8_colwise_plane(code, scale, nan, o_ptr, os_ptr, pid_m, pid_k, plane, M, 
 
 @triton.jit
 def _mxfp4_rowwise_to_fp8_colwise_planes_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                            stride_x, stride_xs, stride_o, stride_os,
-                                            BLOCK_K: tl.constexpr):
+                                                stride_x, stride_xs, stride_o, stride_os,
+                                                BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     lo, hi, scale, nan = load_e2m1_planes(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
-                                            128, BLOCK_K)
+                                          128, BLOCK_K)
     _fp8_colwise_plane(lo, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 0, M, K, stride_o, stride_os, BLOCK_K)
     _fp8_colwise_plane(hi, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 1, M, K, stride_o, stride_os, BLOCK_K)
 
@@ -168,7 +168,7 @@ def _fp8_colmax_chunk(words, scale, NW: tl.constexpr):
 
 @triton.jit
 def _f32_words_column(words, scale, inv, nan, o32, pid_m, g, w, w_ok, stride_o4,
-                           J: tl.constexpr, NW: tl.constexpr):
+                      J: tl.constexpr, NW: tl.constexpr):
     """E4M3 codes of column J for 32 rows (chunk g of the 128-row tile), stored as 8 words."""
     v, sh = e2m1_word_abs_f32(words, scale, J)
     # v * 2^-k <= 448 is exact; + 1.5 * 2^14 rounds it to a multiple of 2^-9 (RNE: E4M3 subnormals;
@@ -190,8 +190,8 @@ def _f32_words_column(words, scale, inv, nan, o32, pid_m, g, w, w_ok, stride_o4,
 
 @triton.jit
 def _mxfp4_rowwise_to_fp8_colwise_f32_words_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                            stride_x, stride_xs, stride_o, stride_os,
-                                            BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+                                                   stride_x, stride_xs, stride_o, stride_os,
+                                                   BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
     # One program: rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K); each thread owns one
     # packed word (8 columns) of every row and walks the tile in four 32-row chunks twice: first for
     # the column maxima, then (reloading the chunk, an L1/L2 hit) for the codes.
@@ -478,7 +478,7 @@ def _f32_fp8_word(w0, w1, w2, w3, f0, f1, f2, f3, inv, J: tl.constexpr):
 @triton.jit
 def _f32_fp8_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
                     col, so8, oword, stride_os, pid_m, ok, ok_s, J: tl.constexpr, EVEN: tl.constexpr):
-    """Column J of every thread's 8 rows of one word through exact fp32 values (variant 2's arithmetic):
+    """Column J of every thread's 8 rows of one word through exact fp32 values (the f32_words kernel's arithmetic):
     tile maximum (in-thread, then the 16 lanes of the tile), scale, codes, one 8-byte store; the scale
     byte is stored by the lanes whose `ok_s` is set."""
     m = tl.maximum(tl.maximum(tl.maximum(e2m1_word_abs_bits(w0, f0, J), e2m1_word_abs_bits(w1, f1, J)),
@@ -571,9 +571,9 @@ def _f32_fp8_chunk(x64, xs, row, wg, sx8, stride_xs, o64, os_ptr, so8, oword, st
 
 @triton.jit
 def _mxfp4_rowwise_to_fp8_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                            stride_x, stride_xs, stride_o, stride_os,
-                                            BLOCK_K: tl.constexpr, NW: tl.constexpr, EVEN: tl.constexpr,
-                                            ASM: tl.constexpr):
+                                               stride_x, stride_xs, stride_o, stride_os,
+                                               BLOCK_K: tl.constexpr, NW: tl.constexpr, EVEN: tl.constexpr,
+                                               ASM: tl.constexpr):
     # One program: rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K), 32 * NW columns (2 * NW
     # word pairs) at a time. Indices run backwards along every axis so that none looks contiguous: every
     # load and store then keeps the one register layout (no shared-memory exchanges).
@@ -596,7 +596,7 @@ def _mxfp4_rowwise_to_fp8_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, 
     so8 = stride_o // 8
     w_end = K // 16
     fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k * (BLOCK_K // 128), K,
-                                                                 stride_xs, row, ll, hh, NC, ASM)
+                                                                  stride_xs, row, ll, hh, NC, ASM)
     if fast:
         # Warp hh converts the NC chunks of its own BLOCK_K / NW columns, so that one scale word of each
         # row serves 4 chunks (the window check's words serve the first 4).
@@ -640,11 +640,11 @@ def _mxfp4_rowwise_to_fp8_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, 
 
 @triton.jit
 def _mxfp4_rowwise_to_fp8_colwise_f16x2_tiles_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                            stride_x, stride_xs, stride_o, stride_os,
-                                            T: tl.constexpr, S: tl.constexpr, WORD: tl.constexpr,
-                                            ASM: tl.constexpr):
+                                                     stride_x, stride_xs, stride_o, stride_os,
+                                                     T: tl.constexpr, S: tl.constexpr, WORD: tl.constexpr,
+                                                     ASM: tl.constexpr):
     # One program: T tiles of 128 rows x S slabs of 128 columns, one warp each (warp h: tile h // S,
-    # slab h % S), variant 3's arithmetic per warp. The T tiles' scale bytes of a column are adjacent in
+    # slab h % S), the f16x2 kernel's arithmetic per warp. The T tiles' scale bytes of a column are adjacent in
     # the output, so they leave as one T-byte word (type WORD) per column instead of T one-byte stores,
     # each a separate L2 write. Needs M % (128 T) == 0 and K % (128 S) == 0 (no masks).
     NW: tl.constexpr = T * S
@@ -669,7 +669,7 @@ def _mxfp4_rowwise_to_fp8_colwise_f16x2_tiles_kernel(x_ptr, xs_ptr, o_ptr, os_pt
     so8 = stride_o // 8
     true = row >= 0
     fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k * S, K, stride_xs, row,
-                                                                 ll, slab, 4, ASM)
+                                                                  ll, slab, 4, ASM)
     if fast:
         wg = pid_k * (8 * S) + 8 * slab + ll           # [2, 1, 1, NW]: the thread's word pair
         v0, v1, v2, v3, v4, v5, v6, v7 = load_rows8(x64, row * sx8 + wg, sx8, true, tl.uint64, True)
@@ -693,7 +693,7 @@ def _mxfp4_rowwise_to_fp8_colwise_f16x2_tiles_kernel(x_ptr, xs_ptr, o_ptr, os_pt
             v0, v1, v2, v3, v4, v5, v6, v7 = p0, p1, p2, p3, p4, p5, p6, p7
             wg = wn
     else:
-        # Wide-range, tiny, NaN or Inf blocks in the program's tiles: variant 3's exact fp32 fallback.
+        # Wide-range, tiny, NaN or Inf blocks in the program's tiles: the f16x2 kernel's exact fp32 fallback.
         tile = pid_m * T + tt                           # the scale column of the warp's tile
         ok_s = lane == 0
         for c in range(4):
@@ -703,11 +703,11 @@ def _mxfp4_rowwise_to_fp8_colwise_f16x2_tiles_kernel(x_ptr, xs_ptr, o_ptr, os_pt
 
 
 _TILE_WORDS = {1: tl.uint8, 2: tl.uint16, 4: tl.uint32, 8: tl.uint64}   # a column's scale bytes of a program
-_PARTIAL_CONFIG = LaunchConfig(128, 1024, 8, 3)    # where variant 4 does not apply
+_PARTIAL_CONFIG = LaunchConfig(128, 1024, 8, "f16x2")    # where f16x2_tiles does not apply
 
 
 def _f16x2_fits(x: torch.Tensor, xs: torch.Tensor, K: int) -> bool:
-    """Variant 3 reads the codes as 8-byte words and the scales as 4-byte words, whole within each row."""
+    """The f16x2 kernels read the codes as 8-byte words and the scales as 4-byte words, whole within each row."""
     return (K % 128 == 0 and x.stride(0) % 8 == 0 and x.data_ptr() % 8 == 0
             and xs.stride(0) % 4 == 0 and xs.data_ptr() % 4 == 0)
 

@@ -27,18 +27,18 @@ from .minifloat import bit_or, e2m1_abs_f32, e4m3_round, pow2_f32, words_aligned
 
 @triton.jit
 def _mxfp4_to_fp8_f32_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
-                            stride_x, stride_xs, stride_q, stride_qs,
-                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                             stride_x, stride_xs, stride_q, stride_qs,
+                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     _mxfp4_to_fp8_f32_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
-                          tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
+                           tl.program_id(0), tl.program_id(1), BLOCK_M, BLOCK_K)
 
 
 @triton.jit
 def _mxfp4_to_fp8_f32_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
-                          pid_m, pid_k, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Variant 1: block maxima from the integer maximum of the E2M1 codes (ordered like values), decoded
+                           pid_m, pid_k, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Block maxima from the integer maximum of the E2M1 codes (ordered like values), decoded
     # once per block; every value is scaled by the one per-block factor 2^(b - 127 - k): one multiply
-    # per value less than `_mxfp4_to_fp8_kernel`.
+    # per value less than decoding every value.
     NT: tl.constexpr = BLOCK_K // 128
     NB: tl.constexpr = BLOCK_K // 32
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -59,7 +59,7 @@ def _mxfp4_to_fp8_f32_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_
     bmax = (e2m1_abs_f32(cmax) * pow2_f32(b)).to(tl.int32, bitcast=True)
     amax = tl.max(tl.reshape(bmax, (BLOCK_M, NT, 4)), axis=2)
     nan_tile = (amax >= 0x7F800000) | (tl.max(tl.reshape((bbyte == 255).to(tl.int32), (BLOCK_M, NT, 4)),
-                                                 axis=2) > 0)
+                                              axis=2) > 0)
     k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
     k = tl.where(amax < 0x800000, -127, k)
     k = tl.minimum(tl.maximum(k, -127), 127)
@@ -95,26 +95,26 @@ def _e2m1_block_exponent(o, a, bbyte):
 @triton.jit
 def _mxfp4_to_fp8_general(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
                           pid_m, pid_k, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
-    """The variant-1 body over a variant-2/3 program's tile: on a GPU one row's 128-column tile at a
+    """The "f32" body over a "lut" program's tile: on a GPU one row's 128-column tile at a
     time, so that its registers do not lower the occupancy of the fast path; under the interpreter whole
     rows (its cost is per operation, not per register)."""
     NT: tl.constexpr = BLOCK_K // 128
     if ASM:
         for i in range(BLOCK_M * NT):
             _mxfp4_to_fp8_f32_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
-                                  pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
+                                   pid_m * BLOCK_M + i // NT, pid_k * NT + i % NT, 1, 128)
     else:
         for r in range(BLOCK_M):
             _mxfp4_to_fp8_f32_tile(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K, stride_x, stride_xs, stride_q, stride_qs,
-                                  pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
+                                   pid_m * BLOCK_M + r, pid_k, 1, BLOCK_K)
 
 
 @triton.jit
 def _mxfp4_to_fp8_lut_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
-                            stride_x, stride_xs, stride_q, stride_qs,
-                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
-                            ASM: tl.constexpr):
-    # Variant 3: variant 2's scales and fast-path test, then a table lookup per code: in a block of the
+                             stride_x, stride_xs, stride_q, stride_qs,
+                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+                             ASM: tl.constexpr):
+    # Integer-only scales and fast-path test, then a table lookup per code: in a block of the
     # fast path every nonzero code c becomes |E4M3| = T[c] = 4c + 4[c >= 2] + 4(2 (6 + delta) - 1)
     # (T[0] = 0), eight bytes built with two multiply-adds per block, and `byte_perm` looks up four codes
     # at once. A thread holds one block: 4 words in, 8 words out.
@@ -149,7 +149,8 @@ def _mxfp4_to_fp8_lut_kernel(x_ptr, xs_ptr, q_ptr, qs_ptr, M, K,
         sb4 = tl.load(xs_ptrs, mask=ok[:, :, :, None], other=0).to(tl.int32)
     bbyte = tl.max(tl.where(j4 == b3[:, :, :, None], sb4, 0), axis=3)  # this block's scale byte
 
-    # Scales exactly as in variant 2 (see there).
+    # The tile's largest p gives k + 127 = p - 9 (E2M1 significands are never above 1.75); p >= 256 is
+    # fp32 Inf -> NaN tile. A block ~2^14 below its tile's largest (delta < -5) would give E4M3 subnormals.
     nz, p = _e2m1_block_exponent(tl.reduce(wa | wb, 3, bit_or),
                                  tl.reduce((wa & (wa << 1)) | (wb & (wb << 1)), 3, bit_or), bbyte)
     pmax = tl.max(p, axis=0)
