@@ -76,13 +76,27 @@ def assert_same_bits(got, want, what: str = "") -> None:
                                   f"got {int(g[tuple(bad[0])]):#04x}, want {int(w[tuple(bad[0])]):#04x}")
 
 
-def check_config(fn, name: str, cfg, t, monkeypatch, what: str = ""):
-    """`fn(t)` on TRITON_DEVICE with `launch.CONFIGS[name] = cfg` equals its torch backend bit for bit;
-    returns the Triton result, on the CPU."""
-    monkeypatch.setitem(launch.CONFIGS, name, cfg)
-    got = to_device(fn(to_device(t, TRITON_DEVICE), backend="triton"), "cpu")
-    assert_same_bits(got, fn(t, backend="torch"), f"{name} {cfg} {what}")
+def check_config(fn, cfg, t, what: str = "", **kwargs):
+    """`fn(t, config=cfg)` on TRITON_DEVICE equals its torch backend bit for bit (`cfg` None: the
+    default configuration); returns the Triton result, on the CPU."""
+    got = to_device(fn(to_device(t, TRITON_DEVICE), backend="triton", config=cfg, **kwargs), "cpu")
+    assert_same_bits(got, fn(t, backend="torch", **kwargs), f"{fn.__name__} {cfg} {what}")
     return got
+
+
+def live_configs(name: str) -> list:
+    """Configurations that run every kernel of conversion `name`: on a GPU the default and all of
+    `launch.SWEEP[name]`; under the interpreter, which has no register layouts (configurations of one
+    kernel run the same code there), the default and the first sweep entry of each other kernel."""
+    configs = [launch.CONFIGS[name]] + [c for c in launch.SWEEP[name] if c != launch.CONFIGS[name]]
+    if TRITON_DEVICE == "cuda":
+        return configs
+    seen, subset = set(), []
+    for c in configs:
+        if c.variant not in seen:
+            subset.append(c)
+            seen.add(c.variant)
+    return subset
 
 
 def decoded(t) -> torch.Tensor:
