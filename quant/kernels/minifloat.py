@@ -1,4 +1,5 @@
-"""E4M3 / E2M1 decoding and rounding in fp32 registers, for the conversion kernels.
+"""Bit-level helpers of the conversion kernels: E4M3 / E2M1 decoding and rounding in fp32 registers, and
+the packed-word helpers that several conversions share.
 
 Each conversion decodes its input to the exact fp32 values the two-step path would hold (a code's bits
 dropped into an fp32 pattern and multiplied by powers of two: exact products, Inf from 2^128 on, as in
@@ -7,8 +8,8 @@ addition: adding C = 1.5 * 2^(p + 23), whose ulp 2^p is the grid spacing at the 
 nearest even in hardware and leaves the rounded multiple of 2^p in C's low significand bits. No
 log2/exp2 and no float <-> int conversion; exponents come from bit fields. This relies on fp32 `mul` /
 `add` being IEEE with subnormals: Triton emits `mul.f32` / `add.f32` / `fma.rn.f32` without `.ftz`
-(checked in the PTX of an sm_90 compile), and the Triton interpreter computes in numpy fp32. None of
-these values is ever written to global memory.
+(checked in the PTX of an sm_90 compile), and the Triton interpreter computes in numpy fp32. Shared
+below: packed E2M1 words decoded per column (fp32) or per row as fp16 pairs, row loads, `words_aligned`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def e4m3_round(y):
 
 
 # --- shared by several conversions: packed-word decoding, row loads, alignment ----------------------
+
 
 def words_aligned(rows: torch.Tensor, size: int = 4) -> bool:
     """Whether uint8 rows `[M, W]` can be read / written as `size`-byte words: aligned start and row

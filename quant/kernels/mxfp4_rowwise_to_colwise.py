@@ -499,7 +499,10 @@ def _mxfp4_rowwise_to_colwise_f16x2_smem_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M,
 
 
 _PARTIAL_CONFIG = LaunchConfig(256, 1024, 4, "f16x2")   # where f16x2_smem does not apply (partial programs)
+# f16x2_smem's launch order: 4 row blocks at a time, all their column blocks before the next 4, so that
+# the programs of a row block, which share the 32-byte sectors of its scale bytes, run close together.
 _SMEM_GROUP_M = 4
+# f16x2_smem's register cap: 3 programs of 8 warps per SM without spills (ptxas would take 122).
 _SMEM_MAX_REGISTERS = 80
 
 
