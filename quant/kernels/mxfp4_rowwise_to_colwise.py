@@ -87,6 +87,14 @@ def _e2m1_code_bits(v, inv, sh):
     return z.to(tl.int32, bitcast=True) | (sh & 0x2000000)
 
 
+# --- f16x2 and f16x2_smem: packed fp16 arithmetic, two values per instruction ---------------------------
+# In a 32-row block whose scale bytes lie within _F16_WINDOW of each other (and below 253, so nothing is
+# NaN or Inf), every decoded value is E2M1(c) * 2^(b - bmax + 13), a normal fp16 number that a byte
+# permute looks up in a per-row table (`e2m1_row_f16x2`). Column maxima are 16-bit maxima of those
+# patterns (`max.u16x2`, over the thread's rows, then the 4 lanes of the block); the maximum's exponent
+# gives the scale byte and the factor F = 2^(2 - floor(log2 max)) (or the scale-byte-0 clamp), and two
+# fp16 FMAs per pair give (RNE(v * F) on the E2M1 grid) * 2^-14, whose bits are `code << 9`. Byte
+# permutes gather 8 rows' codes into output words; the signs go through an 8 x 8 nibble transpose.
 _F16_WINDOW = tl.constexpr(25)  # largest scale-byte spread of a 32-row block on the fp16 path
 
 

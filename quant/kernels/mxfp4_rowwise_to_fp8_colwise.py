@@ -65,6 +65,10 @@ def _mxfp4_rowwise_to_fp8_colwise_planes_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M,
     _fp8_colwise_plane(hi, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 1, M, K, stride_o, stride_os, BLOCK_K)
 
 
+# --- f32_words: a thread owns one packed word (8 columns) of every row; no shared memory -------------
+# The 32 rows of a block are stacked into in-thread dimensions with `tl.join`, so column maxima are
+# in-thread reductions; each column is decoded by a shift and mask into the fp32 pattern `c << 22`, and
+# two fused multiply-adds round the scaled value onto the E4M3 grid, leaving fp32 bits `code << 20`.
 _TWO_M120 = tl.constexpr(7.52316384526264e-37)     # 2^-120: |E4M3| * 2^-120 has fp32 bits code << 20
 _E4M3_MAGIC = tl.constexpr(24576.0)                # 1.5 * 2^14: ulp 2^-9, the E4M3 subnormal spacing
 _E4M3_MAGIC_LOW = tl.constexpr(1.8488927466117464e-32)  # 1.5 * 2^14 * 2^-120
@@ -245,6 +249,17 @@ def _mxfp4_rowwise_to_fp8_colwise_f32_words_kernel(x_ptr, xs_ptr, o_ptr, os_ptr,
         _f32_words_column(words, scale, i7, n7, o32, pid_m, g, w, w_ok, stride_o // 4, 7, NW)
 
 
+# --- f16x2 and f16x2_tiles: packed fp16 arithmetic ----------------------------------------------------
+# In a tile whose 32-column block scales lie within _FP8_WINDOW of their largest byte bmax, with
+# 6 <= bmax <= 252, every decoded value is E2M1(c) * 2^(b - bmax + 13), a normal fp16 number (0.5 * 2^-13
+# = 2^-14 up to 6 * 2^13) looked up four at a time with a byte permute (`e2m1_row_f16x2`). The column
+# maximum's fp16 exponent field ef gives the E4M3 tile scale byte max(ef + bmax - 36, 0) and the factor
+# F = 2^(1 - (ef - 15)), or 2^(bmax - 20) where the byte is clamped at 0 (bmax >= 6 keeps it normal);
+# v * F <= 3 is the E4M3 value times 2^-7, so one fp16 FMA with 3 * 2^-7 (ulp 2^-16 = the E4M3
+# subnormal step 2^-9 times 2^-7) rounds it to nearest even on the E4M3 grid, and a second one leaves
+# fp16 bits `code << 7`. Byte permutes gather 4 rows' codes into an output word; the sign bits come from
+# a byte transpose of the input words. A tile outside the window (also NaN rows, bytes 253-254 whose
+# values can overflow fp32) is converted through exact fp32 values, decided once per program.
 _FP8_WINDOW = tl.constexpr(26)  # largest scale-byte spread of a tile's 32-column block on the fp16 path
 _NEUTRAL = tl.constexpr(0x64646464)  # four scale bytes of 100: inside every window (masked-out words)
 
@@ -304,7 +319,7 @@ def _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM: tl.constexpr):
 @triton.jit
 def _fp8_window(xs_ptr, m0, wbase, K, stride_xs, row, ll, slab, NC: tl.constexpr, ASM: tl.constexpr):
     """Whether every 32-column block of the program's tiles has its scale bytes within the fp16 window
-    (module doc), from the scale bytes read as words of four blocks: each warp reads the words of its
+    (see _FP8_WINDOW), from the scale bytes read as words of four blocks: each warp reads the words of its
     own rows (`m0 + row`) and of its own NC chunks of 32 columns (slab `slab`, from word `wbase` on). The
     first word of every row and its block maxima are returned for the fast path:
     `(ok, r0..r7, even, odd)`."""
