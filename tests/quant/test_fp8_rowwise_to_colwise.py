@@ -7,8 +7,8 @@ strided rows, shapes, empties, bad input and bad configurations."""
 import pytest
 import torch
 import triton
-from conversion_data import (TRITON_DEVICE, assert_same_bits, assert_same_values, check_config, decoded,
-                             fp8_from_bytes, live_configs, random_fp8, to_device)
+from conversion_data import (TRITON_DEVICE, assert_same_bits, assert_same_values, check_config,
+                             check_transpose_shapes, decoded, fp8_from_bytes, live_configs, random_fp8, to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant import reference_conversions as ref
@@ -165,19 +165,9 @@ def test_lossless_when_shifted_values_stay_normal(seed):
 
 # --- shapes, bad input and bad configurations ---------------------------------------------------------------
 
-def test_rows_not_a_multiple_of_the_tile_are_refused():
-    for backend in ("triton", "torch"):
-        with pytest.raises(ValueError, match="multiple of 128"):
-            fp8_rowwise_to_colwise(random_fp8(192, 128), backend=backend)
-
-
-def test_takes_2d_input_and_handles_empty():
+def test_bad_shapes_are_refused_and_empty_input_gives_empty_output():
     t3 = FP8Tensor(torch.zeros(2, 128, 128, dtype=E4M3_DTYPE), torch.zeros(2, 128, 1, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="2-D"):
-        fp8_rowwise_to_colwise(t3)
-    with pytest.raises(TypeError, match="Tensor"):
-        fp8_rowwise_to_colwise(torch.zeros(128, 128))
-    assert both(random_fp8(0, 256)).shape == (256, 0)
+    check_transpose_shapes(fp8_rowwise_to_colwise, 128, random_fp8(192, 128), t3, random_fp8(0, 256))
 
 
 @pytest.mark.parametrize("bad, match", [(LaunchConfig(128, 64, 4, "v9"), "variant"),

@@ -9,7 +9,8 @@ program order and scale words of "f16x2_smem", lossless equal-scale tiles, bad i
 import pytest
 import torch
 from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, banded_mxfp4,
-                             check_config, decoded, live_configs, random_mxfp4, to_device)
+                             check_config, check_transpose_shapes, decoded, edge_mxfp4, live_configs, random_mxfp4,
+                             to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import mxfp4_rowwise_to_colwise
@@ -40,23 +41,6 @@ def narrow_mxfp4(m: int, k: int, g: torch.Generator, spread: int = 26, lo: int =
     """Random codes; each 32-row block's scale bytes are base + [0, spread) with base in [lo, hi): the
     fp16 window holds for spread <= 26."""
     return banded_mxfp4(m, k, g, 32, spread, lo, hi)
-
-
-def edge_mxfp4(m: int, k: int) -> MXFP4Tensor:
-    """Random bytes with every kind of block: all scales, NaN rows, zero blocks, one nonzero, -0,
-    a column of tiny values under huge row scales, and rows whose scales differ by more than 2^14."""
-    t = random_mxfp4(m, k, "all")
-    data, scales = t.data.clone(), t.scales.clone()
-    data[:32, :16] = 0                     # a zero 32x32 tile
-    data[32:64, 16:32] = 0x88              # -0 everywhere
-    data[40, 20] = 0x07                    # one nonzero (6) among -0
-    scales[0:32, 2 % (k // 32)] = 255      # NaN row block
-    scales[64:96, 0] = 250                 # big scales, zero data except one tiny row:
-    data[64:96, 0:16] = 0
-    scales[70, 0], data[70, 3] = 1, 0x21   # column 6 and 7 of the tile: only row 70 is nonzero
-    scales[96:128, 1] = torch.randint(100, 120, (32,)).to(torch.uint8)
-    scales[100, 1] = 140                   # a spread of 2^20..2^40 within one tile
-    return MXFP4Tensor(data, scales)
 
 
 def test_reference_is_the_two_step_path(seed):
@@ -265,19 +249,9 @@ def test_lossless_with_equal_row_scales(seed):
     assert_same_values(decoded(both(x, SMEM[0])), decoded(x).T, "equal row scales")
 
 
-def test_rows_not_a_multiple_of_32_are_refused():
-    for backend in ("triton", "torch"):
-        with pytest.raises(ValueError, match="multiple of 32"):
-            mxfp4_rowwise_to_colwise(random_mxfp4(48, 64), backend=backend)
-
-
-def test_takes_2d_input_and_handles_empty():
+def test_bad_shapes_are_refused_and_empty_input_gives_empty_output():
     t3 = MXFP4Tensor(torch.zeros(2, 128, 64, dtype=torch.uint8), torch.zeros(2, 128, 4, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="2-D"):
-        mxfp4_rowwise_to_colwise(t3)
-    with pytest.raises(TypeError, match="Tensor"):
-        mxfp4_rowwise_to_colwise(torch.zeros(128, 128))
-    assert both(random_mxfp4(0, 256)).shape == (256, 0)
+    check_transpose_shapes(mxfp4_rowwise_to_colwise, 32, random_mxfp4(48, 64), t3, random_mxfp4(0, 256))
 
 
 def test_rejects_configs_it_cannot_tile():

@@ -10,7 +10,8 @@ window, shapes, bad input and bad configurations."""
 import pytest
 import torch
 from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, banded_mxfp4,
-                             check_config, decoded, live_configs, random_mxfp4, to_device)
+                             check_config, check_transpose_shapes, decoded, edge_mxfp4, live_configs, random_mxfp4,
+                             to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import mxfp4_rowwise_to_fp8_colwise
@@ -38,23 +39,6 @@ F16X2_ALL = [F16X2] if TRITON_DEVICE == "cpu" else [
 def both(t: MXFP4Tensor, cfg: LaunchConfig | None = None, what: str = "") -> MXFP4Tensor:
     """Triton result (configuration `cfg`, default the tuned one), checked against the torch reference."""
     return check_config(mxfp4_rowwise_to_fp8_colwise, cfg, t, what)
-
-
-def edge_mxfp4(m: int, k: int) -> MXFP4Tensor:
-    """Random bytes with every kind of block: all scales, NaN rows, zero blocks, one nonzero, -0,
-    a column of tiny values under huge row scales, and rows whose scales differ by more than 2^14."""
-    t = random_mxfp4(m, k, "all")
-    data, scales = t.data.clone(), t.scales.clone()
-    data[:32, :16] = 0
-    data[32:64, 16:32] = 0x88
-    data[40, 20] = 0x07
-    scales[0:32, 2 % (k // 32)] = 255
-    scales[64:96, 0] = 250
-    data[64:96, 0:16] = 0
-    scales[70, 0], data[70, 3] = 1, 0x21
-    scales[96:128, 1] = torch.randint(100, 120, (32,)).to(torch.uint8)
-    scales[100, 1] = 140
-    return MXFP4Tensor(data, scales)
 
 
 def tile_mxfp4(m: int, k: int, g: torch.Generator, spread: int = 27, lo: int = 6, hi: int = 226) -> MXFP4Tensor:
@@ -254,19 +238,9 @@ def test_lossless_inside_the_2_pow_14_window(seed):
     assert_same_values(decoded(both(x)), decoded(x).T, "2^14 window")
 
 
-def test_rows_not_a_multiple_of_128_are_refused():
-    for backend in ("triton", "torch"):
-        with pytest.raises(ValueError, match="multiple of 128"):
-            mxfp4_rowwise_to_fp8_colwise(random_mxfp4(192, 64), backend=backend)
-
-
-def test_takes_2d_input_and_handles_empty():
+def test_bad_shapes_are_refused_and_empty_input_gives_empty_output():
     t3 = MXFP4Tensor(torch.zeros(2, 128, 64, dtype=torch.uint8), torch.zeros(2, 128, 4, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="2-D"):
-        mxfp4_rowwise_to_fp8_colwise(t3)
-    with pytest.raises(TypeError, match="Tensor"):
-        mxfp4_rowwise_to_fp8_colwise(torch.zeros(128, 128))
-    assert both(random_mxfp4(0, 256)).shape == (256, 0)
+    check_transpose_shapes(mxfp4_rowwise_to_fp8_colwise, 128, random_mxfp4(192, 64), t3, random_mxfp4(0, 256))
 
 
 @pytest.mark.parametrize("bad", [LaunchConfig(256, 256, 2, "f16x2_tiles"), LaunchConfig(384, 128, 3, "f16x2_tiles"),
