@@ -28,6 +28,8 @@ from .minifloat import (e2m1_abs_f32, e2m1_round, e2m1_row_f16x2, e2m1_word_abs_
 from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
 
 
+# --- planes: fp32 values on the even / odd nibble planes, only the output bytes transposed ------------
+
 @triton.jit
 def _mxfp4_colwise_plane(code, scale, nan, o_ptr, os_ptr, pid_m, pid_k, plane, M, K, stride_o, stride_os,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -72,6 +74,7 @@ def _mxfp4_rowwise_to_colwise_planes_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                          BLOCK_M, BLOCK_K)
 
 
+# --- the f16x2 kernels' exact fp32 fallback: codes requantized as fp32 bit patterns `code << 22` -------
 _TWO_M126 = tl.constexpr(1.1754943508222875e-38)   # 2^-126
 _E2M1_MAGIC = tl.constexpr(6291456.0)              # 1.5 * 2^22: ulp 0.5, the E2M1 spacing below 2
 _E2M1_MAGIC_LOW = tl.constexpr(7.395570986446986e-32)  # 1.5 * 2^22 * 2^-126
@@ -377,6 +380,8 @@ def _f16_store(o32, os_ptr, word, sc, col, so, stride_os, oword, oblk, ok, okb, 
     _colwise_store(o32, os_ptr, word.to(tl.int32, bitcast=True), ((sc >> LANE) & 0xFF).to(tl.uint8), col,
                    so, stride_os, oword, oblk, ok, okb, EVEN)
 
+
+# --- f16x2_smem: one word per lane, scale bytes from registers, whole output lines through shared memory
 
 @triton.jit
 def _stack8(v0, v1, v2, v3, v4, v5, v6, v7):

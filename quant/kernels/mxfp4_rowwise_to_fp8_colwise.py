@@ -30,6 +30,8 @@ from .minifloat import (e2m1_abs_f32, e2m1_row_f16x2, e2m1_word_abs_bits, e2m1_w
 from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
 
 
+# --- planes: fp32 values on the even / odd nibble planes, only the output bytes transposed ------------
+
 @triton.jit
 def _fp8_colwise_plane(code, scale, nan, o_ptr, os_ptr, pid_m, pid_k, plane, M, K, stride_o, stride_os,
                        BLOCK_K: tl.constexpr):

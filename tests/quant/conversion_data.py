@@ -115,19 +115,23 @@ def check_transpose_shapes(fn, tile: int, rows_bad, t3, t0) -> None:
     assert check_config(fn, None, t0).shape == (t0.shape[1], 0)
 
 
-def live_configs(name: str) -> list:
-    """Configurations that run every kernel of conversion `name`: on a GPU the default and all of
-    `launch.SWEEP[name]`; under the interpreter, which has no register layouts (configurations of one
-    kernel run the same code there), the default and the first sweep entry of each other kernel."""
-    configs = [launch.CONFIGS[name]] + [c for c in launch.SWEEP[name] if c != launch.CONFIGS[name]]
-    if TRITON_DEVICE == "cuda":
-        return configs
+def one_config_per_kernel(name: str) -> list:
+    """The default configuration of conversion `name` and the first sweep entry of each of its other kernels."""
     seen, subset = set(), []
-    for c in configs:
+    for c in [launch.CONFIGS[name], *launch.SWEEP[name]]:
         if c.variant not in seen:
             subset.append(c)
             seen.add(c.variant)
     return subset
+
+
+def live_configs(name: str) -> list:
+    """Configurations that run every kernel of conversion `name`: on a GPU the default and all of
+    `launch.SWEEP[name]`; under the interpreter, which has no register layouts (configurations of one
+    kernel run the same code there), `one_config_per_kernel(name)`."""
+    if TRITON_DEVICE == "cuda":
+        return [launch.CONFIGS[name]] + [c for c in launch.SWEEP[name] if c != launch.CONFIGS[name]]
+    return one_config_per_kernel(name)
 
 
 def decoded(t) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, check_config, decoded, fp8_from_bytes,
-                             live_configs, random_fp8, random_mxfp4, to_device)
+                             live_configs, one_config_per_kernel, random_fp8, random_mxfp4, to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import fp8_to_mxfp4
@@ -302,8 +302,8 @@ def test_bad_configs_are_refused(bad, error, match):
 def test_cuda_matches_reference_at_size(seed, scale_range):
     q = random_fp8(1000, 7168, scale_range, nan_codes=scale_range == "all", device="cuda")
     for mode in ("rceil", "floor"):
-        both(q, mode)
-        both(q, mode, LaunchConfig(4, 1024, 4, "f32"))
+        for cfg in one_config_per_kernel("fp8_to_mxfp4"):
+            both(q, mode, cfg)
     wire = torch.empty(1000, 7168 // 2 + 7168 // 32, dtype=torch.uint8, device="cuda")
     got = fp8_to_mxfp4(q, backend="triton", out=MXFP4Tensor(wire[:, :3584], wire[:, 3584:]))
     assert_same_bits(got, fp8_to_mxfp4(q, backend="torch"), "CUDA into wire rows")

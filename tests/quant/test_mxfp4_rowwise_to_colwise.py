@@ -9,8 +9,8 @@ program order and scale words of "f16x2_smem", lossless equal-scale tiles, bad i
 import pytest
 import torch
 from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, banded_mxfp4,
-                             check_config, check_transpose_shapes, decoded, edge_mxfp4, live_configs, random_mxfp4,
-                             to_device)
+                             check_config, check_transpose_shapes, decoded, edge_mxfp4, live_configs,
+                             one_config_per_kernel, random_mxfp4, to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import mxfp4_rowwise_to_colwise
@@ -272,6 +272,7 @@ def test_rejects_configs_it_cannot_tile():
 def test_cuda_matches_reference_at_size(seed, scale_range):
     x = random_mxfp4(1024, 7200, scale_range, device="cuda")  # 7200: a partial column block ("f16x2")
     both(x)
-    both(random_mxfp4(1024, 7168, scale_range, device="cuda"))  # whole "f16x2_smem" programs
-    for cfg in PLANES:
+    whole = random_mxfp4(1024, 7168, scale_range, device="cuda")  # whole "f16x2_smem" programs
+    for cfg in one_config_per_kernel("mxfp4_rowwise_to_colwise"):
+        both(whole, cfg)
         both(x, cfg)

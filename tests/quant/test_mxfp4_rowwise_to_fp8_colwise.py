@@ -10,8 +10,8 @@ window, shapes, bad input and bad configurations."""
 import pytest
 import torch
 from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, banded_mxfp4,
-                             check_config, check_transpose_shapes, decoded, edge_mxfp4, live_configs, random_mxfp4,
-                             to_device)
+                             check_config, check_transpose_shapes, decoded, edge_mxfp4, live_configs,
+                             one_config_per_kernel, random_mxfp4, to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import mxfp4_rowwise_to_fp8_colwise
@@ -259,7 +259,9 @@ def test_rejects_bad_configurations(bad):
 def test_cuda_matches_reference_at_size(seed, scale_range):
     x = random_mxfp4(1024, 7200, scale_range, device="cuda")  # 7200: K % 128 != 0, "f32_words"
     both(x)
-    both(random_mxfp4(1024, 7168, scale_range, device="cuda"))  # whole programs: "f16x2_tiles"
+    whole = random_mxfp4(1024, 7168, scale_range, device="cuda")  # whole "f16x2_tiles" programs
+    for cfg in one_config_per_kernel("mxfp4_rowwise_to_fp8_colwise"):
+        both(whole, cfg)
     wire = torch.empty(1024, 3600 + 225 + 7, dtype=torch.uint8, device="cuda")
     wire[:, :3600], wire[:, 3600:3825] = x.data, x.scales
     view = MXFP4Tensor(wire[:, :3600], wire[:, 3600:3825])
@@ -267,3 +269,5 @@ def test_cuda_matches_reference_at_size(seed, scale_range):
                      mxfp4_rowwise_to_fp8_colwise(x, backend="torch"), "CUDA strided rows")
     for cfg in F32_WORDS + [PLANES]:
         both(x, cfg)
+    for cfg in TILES_ALL + F16X2_ALL:
+        both(whole, cfg)

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, check_config,
-                             decoded, live_configs, random_fp8, random_mxfp4, to_device)
+                             decoded, live_configs, one_config_per_kernel, random_fp8, random_mxfp4, to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import fp8_to_mxfp4, mxfp4_to_fp8
@@ -248,8 +248,8 @@ def test_bad_configs_are_refused(bad, match):
 @pytest.mark.parametrize("scale_range", sorted(SCALE_RANGES))
 def test_cuda_matches_reference_at_size(seed, scale_range):
     x = random_mxfp4(1000, 7168, scale_range, device="cuda")
-    both(x)
-    both(x, LaunchConfig(4, 1024, 4, "f32"))
+    for cfg in one_config_per_kernel("mxfp4_to_fp8"):
+        both(x, cfg)
     wire = torch.empty(1000, 7168 // 2 + 7168 // 32, dtype=torch.uint8, device="cuda")
     wire[:, :3584], wire[:, 3584:] = x.data, x.scales
     src = MXFP4Tensor(wire[:, :3584], wire[:, 3584:])
