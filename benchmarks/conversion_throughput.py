@@ -12,8 +12,8 @@ function on these inputs, against the two-step path over the whole tensor.
 
 Targets (issue 3): direct >= 1.6x faster than two-step, and >= 70% of the copy roofline.
 `--sweep` first times every launch configuration of `mxa2a.quant.kernels.launch.SWEEP` at the first size
-and uses the fastest for the table (printed, and saved in the JSON); copy the winners into
-`launch.CONFIGS` to make them the defaults. Sweep at a size well above the L2 (65536 x 7168 moves
+(passed as `config=`) and uses the fastest for the table (printed, and saved in the JSON); copy the
+winners into `launch.CONFIGS` to make them the defaults. Sweep at a size well above the L2 (65536 x 7168 moves
 ~0.7 GB): at 16384 rows part of the data stays in the H200's 50 MB L2 between repeats and the ranking changes.
 
     python benchmarks/conversion_throughput.py                       # M = 8192..65536, K = 7168
@@ -55,10 +55,13 @@ def make_inputs(m: int, k: int, device: str) -> tuple[FP8Tensor, MXFP4Tensor]:
     return codecs.quantize_fp8(x), codecs.quantize_mxfp4(x)
 
 
-def direct_fn(name: str, q: FP8Tensor, x: MXFP4Tensor, backend: str = "triton"):
+def direct_fn(name: str, q: FP8Tensor, x: MXFP4Tensor, backend: str = "triton",
+              config: launch.LaunchConfig | None = None):
     f = getattr(conversions, name)
     arg = q if name.startswith("fp8") else x
-    return lambda: f(arg, backend=backend)
+    if backend == "torch":
+        return lambda: f(arg, backend=backend)
+    return lambda: f(arg, backend=backend, config=config)
 
 
 def two_step_fn(name: str, q: FP8Tensor, x: MXFP4Tensor):
@@ -83,14 +86,15 @@ def same_bits(a, b) -> bool:
             and torch.equal(a.scales, b.scales))
 
 
-def check(name: str, q: FP8Tensor, x: MXFP4Tensor, check_rows: int) -> str:
+def check(name: str, q: FP8Tensor, x: MXFP4Tensor, check_rows: int,
+          config: launch.LaunchConfig | None = None) -> str:
     """Bit-exact checks before timing; raises on a mismatch, returns what was checked."""
-    got = direct_fn(name, q, x)()
+    got = direct_fn(name, q, x, config=config)()
     rows = min(check_rows, q.shape[0])
     rows -= rows % 128
     qs, xs = FP8Tensor(q.data[:rows], q.scales[:rows]), MXFP4Tensor(x.data[:rows], x.scales[:rows])
     want = direct_fn(name, qs, xs, backend="torch")()
-    part = direct_fn(name, qs, xs)()
+    part = direct_fn(name, qs, xs, config=config)()
     if not same_bits(part, want):
         raise SystemExit(f"{name}: Triton result differs from the torch reference on the first {rows} rows")
     checked = f"ref[{rows} rows]"
@@ -131,16 +135,16 @@ def main() -> None:
         return median(time_host(fn, args.iters, args.warmup))
 
     chosen = {}
+    configs = dict(launch.CONFIGS)  # the sweep's winners replace the defaults for the table
     if args.sweep:
         q, x = make_inputs(rows_list[0], k, device)
         for name in args.only:
             check(name, q, x, args.check_rows)
             times = []
             for cfg in launch.SWEEP[name]:
-                launch.CONFIGS[name] = cfg
-                times.append((timed(direct_fn(name, q, x)), cfg))
+                times.append((timed(direct_fn(name, q, x, config=cfg)), cfg))
             best_us, best = min(times, key=lambda t: t[0])
-            launch.CONFIGS[name] = best
+            configs[name] = best
             chosen[name] = {"block_m": best.block_m, "block_k": best.block_k, "num_warps": best.num_warps,
                             "variant": best.variant,
                             "us": best_us, "all": [{"cfg": str(c), "us": t} for t, c in times]}
@@ -152,8 +156,9 @@ def main() -> None:
     for m in rows_list:
         q, x = make_inputs(m, k, device)
         for name in args.only:
-            checked = check(name, q, x, args.check_rows)
-            direct, two_step = direct_fn(name, q, x), two_step_fn(name, q, x)
+            cfg = configs[name]
+            checked = check(name, q, x, args.check_rows, cfg)
+            direct, two_step = direct_fn(name, q, x, config=cfg), two_step_fn(name, q, x)
             out = direct()
             moved = nbytes(q if name.startswith("fp8") else x) + nbytes(out)
             src = torch.empty(moved // 2, dtype=torch.uint8, device=device)
@@ -164,7 +169,7 @@ def main() -> None:
                 "direct_us": t_direct, "two_step_us": t_two, "copy_us": t_copy,
                 "direct_GBps": moved / t_direct / 1e3, "copy_GBps": moved / t_copy / 1e3,
                 "speedup_vs_two_step": t_two / t_direct, "roofline_fraction": t_copy / t_direct,
-                "checked": checked, "config": str(launch.CONFIGS[name]),
+                "checked": checked, "config": str(cfg),
             })
             del src, dst, out
         del q, x

@@ -1,15 +1,17 @@
 """Public direct conversions between quantized formats, never through a BF16 tensor in memory.
 
-FORMATS.md, "Direct conversions" and "Row-wise to column-wise conversion": each function equals its
+docs/FORMATS.md, "Direct conversions" and "Row-wise to column-wise conversion": each function equals its
 two-step reference (`reference_conversions.py`) bit for bit, codes and scale bytes, and on CUDA runs as
 one Triton kernel that reads the quantized input once and writes the quantized output once
-(`kernels/convert.py`, `kernels/transpose*.py`).
+(`kernels/<name>.py`).
 
 `backend="auto"` runs Triton on CUDA tensors and the torch reference elsewhere; `"triton"` / `"torch"`
-force one (Triton on CPU tensors only under TRITON_INTERPRET=1). None of these functions synchronizes
-the host. Inputs may hold strided row views (any row stride, contiguous last dimension), read in place;
-`out=` containers of the direct conversions are written in place and may be such views too (e.g. the
-two halves of a packed wire row `uint8 [N, K/2 + K/32]`).
+force one (Triton on CPU tensors only under TRITON_INTERPRET=1); `config=` picks the Triton kernel and
+its launch parameters (`kernels.launch.LaunchConfig`; default: the tuned `kernels.launch.CONFIGS`;
+ignored by the torch backend). None of these functions synchronizes the host. Inputs may hold strided
+row views (any row stride, contiguous last dimension), read in place; `out=` containers of the direct
+conversions are written in place and may be such views too (e.g. the two halves of a packed wire row
+`uint8 [N, K/2 + K/32]`).
 
 When a conversion loses nothing, in exponents (block / tile scale bytes `b`):
 - `mxfp4_to_fp8`, `mxfp4_rowwise_to_fp8_colwise`: lossless while every MXFP4 block scale in an FP8 tile
@@ -35,13 +37,14 @@ import torch
 from . import reference_conversions as ref
 from .checks import check_container, check_out_tensor, pick_backend
 from .formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor, check_scale_mode
+from .kernels.launch import LaunchConfig
 
 __all__ = ["fp8_to_mxfp4", "mxfp4_to_fp8", "fp8_rowwise_to_colwise", "mxfp4_rowwise_to_colwise",
            "mxfp4_rowwise_to_fp8_colwise"]
 
 
 def fp8_to_mxfp4(t: FP8Tensor, *, scale_mode: str = "rceil", backend: str = "auto",
-                 out: MXFP4Tensor | None = None) -> MXFP4Tensor:
+                 out: MXFP4Tensor | None = None, config: LaunchConfig | None = None) -> MXFP4Tensor:
     """FP8 (E4M3, 1x128 tiles) `[..., K]` -> MXFP4 `[..., K]`, equal to
     `quantize_mxfp4(dequantize_fp8(t, fp32), scale_mode)` bit for bit.
 
@@ -70,11 +73,12 @@ def fp8_to_mxfp4(t: FP8Tensor, *, scale_mode: str = "rceil", backend: str = "aut
         out.data.copy_(r.data)
         out.scales.copy_(r.scales)
         return MXFP4Tensor(out.data, out.scales, scale_mode)
-    from .kernels.convert import fp8_to_mxfp4_triton
-    return fp8_to_mxfp4_triton(t, scale_mode, out=out)
+    from .kernels.fp8_to_mxfp4 import fp8_to_mxfp4_triton
+    return fp8_to_mxfp4_triton(t, scale_mode, out=out, config=config)
 
 
-def mxfp4_to_fp8(t: MXFP4Tensor, *, backend: str = "auto", out: FP8Tensor | None = None) -> FP8Tensor:
+def mxfp4_to_fp8(t: MXFP4Tensor, *, backend: str = "auto", out: FP8Tensor | None = None,
+                 config: LaunchConfig | None = None) -> FP8Tensor:
     """MXFP4 `[..., K]` (K a multiple of 128) -> FP8 (E4M3, 1x128 tiles), equal to
     `quantize_fp8(dequantize_mxfp4(t, fp32))` bit for bit.
 
@@ -106,11 +110,12 @@ def mxfp4_to_fp8(t: MXFP4Tensor, *, backend: str = "auto", out: FP8Tensor | None
         out.data.copy_(r.data)
         out.scales.copy_(r.scales)
         return FP8Tensor(out.data, out.scales)
-    from .kernels.convert import mxfp4_to_fp8_triton
-    return mxfp4_to_fp8_triton(t, out=out)
+    from .kernels.mxfp4_to_fp8 import mxfp4_to_fp8_triton
+    return mxfp4_to_fp8_triton(t, out=out, config=config)
 
 
-def fp8_rowwise_to_colwise(t: FP8Tensor, *, backend: str = "auto") -> FP8Tensor:
+def fp8_rowwise_to_colwise(t: FP8Tensor, *, backend: str = "auto",
+                           config: LaunchConfig | None = None) -> FP8Tensor:
     """Scaling-aware transpose: FP8 row-wise tiles of `[M, K]` (M a multiple of 128) -> FP8 tiles of the
     transposed `[K, M]` matrix: `data` float8_e4m3fn `[K, M]`, `scales` uint8 `[K, M/128]`.
 
@@ -126,11 +131,12 @@ def fp8_rowwise_to_colwise(t: FP8Tensor, *, backend: str = "auto") -> FP8Tensor:
     _check_transpose_rows(t.shape, FP8_TILE, fn)
     if pick_backend(backend, t.device, fn) == "torch":
         return ref.fp8_rowwise_to_colwise(t)
-    from .kernels.transpose_fp8 import fp8_rowwise_to_colwise_triton
-    return fp8_rowwise_to_colwise_triton(t)
+    from .kernels.fp8_rowwise_to_colwise import fp8_rowwise_to_colwise_triton
+    return fp8_rowwise_to_colwise_triton(t, config=config)
 
 
-def mxfp4_rowwise_to_colwise(t: MXFP4Tensor, *, backend: str = "auto") -> MXFP4Tensor:
+def mxfp4_rowwise_to_colwise(t: MXFP4Tensor, *, backend: str = "auto",
+                             config: LaunchConfig | None = None) -> MXFP4Tensor:
     """MXFP4 row-wise `[M, K]` (M a multiple of 32) -> MXFP4 blocks of the transposed `[K, M]`
     matrix: `data` uint8 `[K, M/2]`, `scales` uint8 `[K, M/32]`, equal to
     `quantize_mxfp4(dequantize_mxfp4(t, fp32).T, t.scale_mode)` bit for bit (32x32 tiles).
@@ -144,11 +150,12 @@ def mxfp4_rowwise_to_colwise(t: MXFP4Tensor, *, backend: str = "auto") -> MXFP4T
     _check_transpose_rows(t.shape, MXFP4_BLOCK, fn)
     if pick_backend(backend, t.device, fn) == "torch":
         return ref.mxfp4_rowwise_to_colwise(t)
-    from .kernels.transpose_mxfp4 import mxfp4_rowwise_to_colwise_triton
-    return mxfp4_rowwise_to_colwise_triton(t)
+    from .kernels.mxfp4_rowwise_to_colwise import mxfp4_rowwise_to_colwise_triton
+    return mxfp4_rowwise_to_colwise_triton(t, config=config)
 
 
-def mxfp4_rowwise_to_fp8_colwise(t: MXFP4Tensor, *, backend: str = "auto") -> FP8Tensor:
+def mxfp4_rowwise_to_fp8_colwise(t: MXFP4Tensor, *, backend: str = "auto",
+                                 config: LaunchConfig | None = None) -> FP8Tensor:
     """MXFP4 row-wise `[M, K]` (M a multiple of 128) -> FP8 tiles of the transposed `[K, M]` matrix:
     `data` float8_e4m3fn `[K, M]`, `scales` uint8 `[K, M/128]`, equal to
     `quantize_fp8(dequantize_mxfp4(t, fp32).T)` bit for bit.
@@ -161,8 +168,8 @@ def mxfp4_rowwise_to_fp8_colwise(t: MXFP4Tensor, *, backend: str = "auto") -> FP
     _check_transpose_rows(t.shape, FP8_TILE, fn)
     if pick_backend(backend, t.device, fn) == "torch":
         return ref.mxfp4_rowwise_to_fp8_colwise(t)
-    from .kernels.transpose_mxfp4_fp8 import mxfp4_rowwise_to_fp8_colwise_triton
-    return mxfp4_rowwise_to_fp8_colwise_triton(t)
+    from .kernels.mxfp4_rowwise_to_fp8_colwise import mxfp4_rowwise_to_fp8_colwise_triton
+    return mxfp4_rowwise_to_fp8_colwise_triton(t, config=config)
 
 
 def _check_transpose_rows(shape: torch.Size, tile: int, fn: str) -> None:

@@ -1,6 +1,6 @@
 """Format facts and the quantized-tensor containers.
 
-Constants are those of `shared/spec/FORMATS.md` (OCP Microscaling v1.0 for MXFP4; E4M3 with 1x128
+Constants are those of `docs/FORMATS.md` (OCP Microscaling v1.0 for MXFP4; E4M3 with 1x128
 power-of-two tiles for FP8). `MXFP4Tensor` and `FP8Tensor` are the only way quantized data travels
 between the codecs, `comm/` and `moe/`: frozen dataclasses that check their fields when built and
 know the logical shape of what they hold.

@@ -1,4 +1,4 @@
-"""Pure-torch reference codecs: `shared/spec/FORMATS.md`, line by line.
+"""Pure-torch reference codecs: `docs/FORMATS.md`, line by line.
 
 These functions define the bits every fast kernel must reproduce. They run on any device and favour
 obviously-exact arithmetic over speed: values are widened to float64 (which holds every fp32 value,

@@ -1,4 +1,4 @@
-"""Pure-torch references of the direct conversions: `shared/spec/FORMATS.md`, "Direct conversions" and
+"""Pure-torch references of the direct conversions: `docs/FORMATS.md`, "Direct conversions" and
 "Row-wise to column-wise conversion", line by line.
 
 Four of the five are literally the two-step composition the spec names, through exact fp32 values,

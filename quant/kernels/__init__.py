@@ -1,11 +1,12 @@
-"""Triton kernels for the codecs (Hopper and newer; also run on CPU under TRITON_INTERPRET=1).
+"""Triton kernels (Hopper and newer; also run on CPU under TRITON_INTERPRET=1).
 
-Hopper has no FP4 or E8M0 instructions: scales come from fp32 bit patterns (exponent field and one
-significand comparison), elements are scaled by exact powers of two and rounded to the E2M1 / E4M3
-grid with a magic-number add (hardware round-to-nearest-even); no log2/exp2 and no fp8 casts. The
-fastest conversion variants also use PTX byte permutes (`byteperm.py`) and 16-bit SIMD maxima through
-inline assembly; under the interpreter, which cannot run PTX, the same functions are computed from
-shifts and masks (an `ASM` constexpr picks the path). Each file: kernels first, then the wrappers that
-validate, allocate and launch. Imported lazily (by
-`mxa2a.quant.codecs`) so that `import mxa2a.quant` does not need Triton.
+One file per kernel family, kernels first, then the wrapper that validates, allocates and launches:
+the codecs `mxfp4.py`, `fp8.py`; the direct conversions `fp8_to_mxfp4.py`, `mxfp4_to_fp8.py`,
+`fp8_rowwise_to_colwise.py`, `mxfp4_rowwise_to_colwise.py`, `mxfp4_rowwise_to_fp8_colwise.py` (their
+oracles: `quant/reference_conversions.py`). `launch.py` holds the conversions' launch configurations,
+`minifloat.py` the helpers several conversions share, `byteperm.py` / `simd16.py` one-instruction PTX
+helpers, each with an interpreter twin (an `ASM` constexpr picks the path). Hopper has no FP4 or E8M0
+instructions: scales come from fp32 bit patterns, values are scaled by exact powers of two and rounded
+with a magic-number add. Imported lazily (by `mxa2a.quant.codecs` / `conversions`), so that
+`import mxa2a.quant` does not need Triton.
 """

@@ -7,6 +7,7 @@ top of the E8M0 range), next to "realistic" ranges where scales stay near 2^0.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mxa2a.quant import reference
@@ -52,6 +53,23 @@ def banded_mxfp4(m: int, k: int, g: torch.Generator, rows: int, spread: int, lo:
     return MXFP4Tensor(data, (base + off).clamp(0, 255).reshape(m, k // MXFP4_BLOCK).to(torch.uint8))
 
 
+def edge_mxfp4(m: int, k: int) -> MXFP4Tensor:
+    """Random bytes with every kind of block: all scales, NaN rows, zero blocks, one nonzero, -0,
+    a column of tiny values under huge row scales, and rows whose scales differ by more than 2^14."""
+    t = random_mxfp4(m, k, "all")
+    data, scales = t.data.clone(), t.scales.clone()
+    data[:32, :16] = 0                     # a zero 32x32 tile
+    data[32:64, 16:32] = 0x88              # -0 everywhere
+    data[40, 20] = 0x07                    # one nonzero (6) among -0
+    scales[0:32, 2 % (k // 32)] = 255      # NaN row block
+    scales[64:96, 0] = 250                 # big scales, zero data except one tiny row:
+    data[64:96, 0:16] = 0
+    scales[70, 0], data[70, 3] = 1, 0x21   # column 6 and 7 of the tile: only row 70 is nonzero
+    scales[96:128, 1] = torch.randint(100, 120, (32,)).to(torch.uint8)
+    scales[100, 1] = 140                   # a spread of 2^20..2^40 within one tile
+    return MXFP4Tensor(data, scales)
+
+
 def to_device(t, device):
     """The same container with its tensors on `device` (a no-op, views kept, when already there)."""
     if isinstance(t, MXFP4Tensor):
@@ -76,13 +94,44 @@ def assert_same_bits(got, want, what: str = "") -> None:
                                   f"got {int(g[tuple(bad[0])]):#04x}, want {int(w[tuple(bad[0])]):#04x}")
 
 
-def check_config(fn, name: str, cfg, t, monkeypatch, what: str = ""):
-    """`fn(t)` on TRITON_DEVICE with `launch.CONFIGS[name] = cfg` equals its torch backend bit for bit;
-    returns the Triton result, on the CPU."""
-    monkeypatch.setitem(launch.CONFIGS, name, cfg)
-    got = to_device(fn(to_device(t, TRITON_DEVICE), backend="triton"), "cpu")
-    assert_same_bits(got, fn(t, backend="torch"), f"{name} {cfg} {what}")
+def check_config(fn, cfg, t, what: str = "", **kwargs):
+    """`fn(t, config=cfg)` on TRITON_DEVICE equals its torch backend bit for bit (`cfg` None: the
+    default configuration); returns the Triton result, on the CPU."""
+    got = to_device(fn(to_device(t, TRITON_DEVICE), backend="triton", config=cfg, **kwargs), "cpu")
+    assert_same_bits(got, fn(t, backend="torch", **kwargs), f"{fn.__name__} {cfg} {what}")
     return got
+
+
+def check_transpose_shapes(fn, tile: int, rows_bad, t3, t0) -> None:
+    """A transpose refuses rows that are not a multiple of `tile` (`rows_bad`, both backends), 3-D
+    containers (`t3`) and plain tensors, and turns an empty `[0, K]` input `t0` into `[K, 0]`."""
+    for backend in ("triton", "torch"):
+        with pytest.raises(ValueError, match=f"multiple of {tile}"):
+            fn(rows_bad, backend=backend)
+    with pytest.raises(ValueError, match="2-D"):
+        fn(t3)
+    with pytest.raises(TypeError, match="Tensor"):
+        fn(torch.zeros(128, 128))
+    assert check_config(fn, None, t0).shape == (t0.shape[1], 0)
+
+
+def one_config_per_kernel(name: str) -> list:
+    """The default configuration of conversion `name` and the first sweep entry of each of its other kernels."""
+    seen, subset = set(), []
+    for c in [launch.CONFIGS[name], *launch.SWEEP[name]]:
+        if c.variant not in seen:
+            subset.append(c)
+            seen.add(c.variant)
+    return subset
+
+
+def live_configs(name: str) -> list:
+    """Configurations that run every kernel of conversion `name`: on a GPU the default and all of
+    `launch.SWEEP[name]`; under the interpreter, which has no register layouts (configurations of one
+    kernel run the same code there), `one_config_per_kernel(name)`."""
+    if TRITON_DEVICE == "cuda":
+        return [launch.CONFIGS[name]] + [c for c in launch.SWEEP[name] if c != launch.CONFIGS[name]]
+    return one_config_per_kernel(name)
 
 
 def decoded(t) -> torch.Tensor:

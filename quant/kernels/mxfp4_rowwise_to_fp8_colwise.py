@@ -1,41 +1,18 @@
-"""`mxfp4_rowwise_to_fp8_colwise` on the GPU: its variants 3 and 4 (packed fp16 arithmetic) and the
-wrapper that picks among the conversion's kernels (variants 0-2 live in `transpose.py`).
+"""`mxfp4_rowwise_to_fp8_colwise`: MXFP4 row-wise `[M, K]` -> FP8 tiles of `[K, M]` (128 rows per scale).
 
-The conversion is `quantize_fp8(dequantize_mxfp4(x, fp32).T)`: MXFP4 row-wise `[M, K]` (32-column
-blocks) to FP8 E4M3 tiles of the transposed `[K, M]` matrix (128 rows of `x` per scale). Variant 3
-works on two values per instruction, like variant 3 of `mxfp4_rowwise_to_colwise`:
-
-- Layout: tensors `[2, 4, 4, NW]` = word pair (2 lanes), 8-row group g (4 lanes), 32-row block q (4
-  lanes) and warp. A thread holds 8 rows of one word pair (16 columns, one 8-byte load per row), and
-  one warp holds all 128 rows of a tile, so the per-column maximum over the tile is in-thread then 4
-  shuffle rounds, and each thread writes its 8 output bytes of a column with one 8-byte store (a warp
-  writes 2 columns x 128 bytes per store). Warp h converts its own `BLOCK_K / NW` columns, 32 at a
-  time, so that one scale word (4 blocks) per row, read once for the window check, serves 4 chunks:
-  the scale bytes are the L1's largest load traffic otherwise (ncu: 38.5M -> 22.0M load sectors).
-- In a tile whose 32-column block scales lie within _FP8_WINDOW of their largest byte `bmax`, with
-  6 <= bmax <= 252, every decoded value is `E2M1(c) * 2^(b - bmax + 13)`, a normal fp16 number looked
-  up four at a time with a byte permute (`transpose._f16_row_values`).
-- The column maximum's fp16 exponent field `ef` gives the E4M3 tile scale, byte `max(ef + bmax - 36, 0)`
-  (0 for an all-zero column), and the factor `F = 2^(1 - (ef - 15))`, or `2^(bmax - 20)` where the scale
-  byte is clamped at 0. `v * F <= 3` is the E4M3 value scaled by 2^-7, so one fp16 fused multiply-add
-  with `3 * 2^-7` (ulp 2^-16 = the E4M3 subnormal step 2^-9, times 2^-7) rounds it to nearest-even onto
-  the E4M3 grid (normal E4M3 values of two significant bits are exact there) and a second one,
-  `(t - 3 * 2^-7) / 2`, leaves fp16 bits `code << 7`.
-- Byte permutes gather 4 rows' codes into an output word; the sign bits come from a byte transpose of
-  the input words (each byte holds two columns' sign bits, at bits 3 and 7).
-
-Window derivation: table exponents `k = b - bmax + 13` in [-13, 13] keep every value normal (0.5 * 2^-13
-= 2^-14 up to 6 * 2^13); a nonzero column maximum is then at least 2^-14, so `F <= 2^15`; the largest,
-below 2^16, gives `F >= 2^-14`; `bmax >= 6` keeps the clamped factor `2^(bmax - 20)` a normal number.
-A program whose tile breaks the window anywhere (also NaN rows, byte 255, and bytes 253-254, whose values
-can overflow fp32) converts the whole tile through exact fp32 values instead (variant 2's arithmetic in
-this layout), decided once per program from its scale bytes.
-
-Variant 4 (the default) runs the same per-warp code on T tiles x S slabs of 128 x 128 per program (warp
-h: tile h // S, slab h % S). Every scale byte of variant 3 is a one-byte store, i.e. one L2 write per
-column and tile: half of its L2 write requests (ncu). In variant 4 the warps put their
-bytes into distinct bytes of a 64-bit word, a sum over the warps (shared memory, once every
-min(4, 8 / (T S)) chunks) gathers them, and the T tiles' bytes of a column leave in one T-byte store.
+Equals `quantize_fp8(dequantize_mxfp4(x, fp32).T)` bit for bit. Kernels (`variant`):
+- "f16x2_tiles" (default; whole programs): T x S tiles of 128x128 per program, one warp each (warp h:
+  tile h // S, slab h % S) with "f16x2"'s per-warp code; the T tiles' scale bytes of a column are
+  gathered across warps and leave as one T-byte store.
+- "f16x2": packed fp16 arithmetic, two values per register; one warp holds all 128 rows of a tile in
+      tensors [2, 4, 4, NW]: word pair l (2 lanes) x 8-row group g (4) x 32-row block q (4) x warp
+      thread (l, g, q) holds rows 32q + 8g .. +7 of word pair l: 8 rows x 16 columns, 8 uint64
+  so a column's tile maximum is in-thread then 4 shuffle rounds, and each thread stores a column's 8
+  output bytes at once. Tiles outside the fp16 window (_FP8_WINDOW) go through exact fp32 instead.
+  Needs 8-byte aligned code rows and 4-byte aligned scale rows (K a multiple of 128).
+- "f32_words": a thread owns one packed word of every row; fp32 bit tricks and FMAs, no shared memory;
+  rows 4-byte but not 8-byte aligned.
+- "planes": fp32 on the even / odd nibble planes, only output bytes transposed; rows not 4-byte aligned.
 """
 
 from __future__ import annotations
@@ -47,13 +24,244 @@ import triton.language as tl
 from ..checks import rows_in
 from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor, MXFP4Tensor
 from .byteperm import byte_perm, use_asm
-from .launch import CONFIGS, LaunchConfig
+from .launch import LaunchConfig, pick_config
+from .minifloat import (e2m1_abs_f32, e2m1_row_f16x2, e2m1_word_abs_bits, e2m1_word_abs_f32, e4m3_round,
+                        e8m0_f32, load_e2m1_planes, load_rows8, max8_u16x2, pow2_f32)
 from .simd16 import fma_f16x2, max_u16x2, min_u16x2, reduce_max_u16x2
-from .transpose import (_E4M3_MAGIC, _E4M3_MAGIC_LOW, _TWO_M120, _f16_row_values, _f32_abs_bits,
-                        _f32_scale, _max8_u16x2, _mx_abs_values, _mxfp4_rowwise_to_fp8_colwise_kernel,
-                        _mxfp4_rowwise_to_fp8_colwise_v1_kernel, _mxfp4_rowwise_to_fp8_colwise_v2_kernel,
-                        _rows8)
 
+
+# --- planes: fp32 values on the even / odd nibble planes, only the output bytes transposed ------------
+
+@triton.jit
+def _fp8_colwise_plane(code, scale, nan, o_ptr, os_ptr, pid_m, pid_k, plane, M, K, stride_o, stride_os,
+                       BLOCK_K: tl.constexpr):
+    """Quantizes one code plane `[128, BLOCK_K/2]` to E4M3 column-wise (one 128-row tile) in the input
+    layout, transposes only the output bytes and stores output rows 2*col + plane."""
+    HK: tl.constexpr = BLOCK_K // 2
+    v = e2m1_abs_f32(code & 7) * scale
+    amax = tl.max(v.to(tl.int32, bitcast=True), axis=0)  # [HK]
+    nan_tile = (amax >= 0x7F800000) | (tl.max(nan, axis=0) > 0)
+    k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
+    k = tl.where(amax < 0x800000, -127, k)
+    k = tl.minimum(tl.maximum(k, -127), 127)
+    c = e4m3_round(v * pow2_f32(-k)[None, :]) | ((code & 8) << 4)
+    c = tl.where(nan_tile[None, :], 0, c)
+    kk = 2 * (pid_k * HK + tl.arange(0, HK)) + plane
+    k64 = kk.to(tl.int64)
+    k_ok = kk < K
+    orows = pid_m * 128 + tl.arange(0, 128)
+    tl.store(o_ptr + k64[:, None] * stride_o + orows[None, :], tl.trans(c.to(tl.uint8)),
+             mask=k_ok[:, None] & (orows < M)[None, :])
+    tl.store(os_ptr + k64 * stride_os + pid_m, tl.where(nan_tile, 255, k + 127).to(tl.uint8), mask=k_ok)
+
+
+@triton.jit
+def _mxfp4_rowwise_to_fp8_colwise_planes_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                                stride_x, stride_xs, stride_o, stride_os,
+                                                BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    lo, hi, scale, nan = load_e2m1_planes(x_ptr, xs_ptr, pid_m, pid_k, M, K, stride_x, stride_xs,
+                                          128, BLOCK_K)
+    _fp8_colwise_plane(lo, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 0, M, K, stride_o, stride_os, BLOCK_K)
+    _fp8_colwise_plane(hi, scale, nan, o_ptr, os_ptr, pid_m, pid_k, 1, M, K, stride_o, stride_os, BLOCK_K)
+
+
+# --- f32_words: a thread owns one packed word (8 columns) of every row; no shared memory -------------
+# The 32 rows of a block are stacked into in-thread dimensions with `tl.join`, so column maxima are
+# in-thread reductions; each column is decoded by a shift and mask into the fp32 pattern `c << 22`, and
+# two fused multiply-adds round the scaled value onto the E4M3 grid, leaving fp32 bits `code << 20`.
+_TWO_M120 = tl.constexpr(7.52316384526264e-37)     # 2^-120: |E4M3| * 2^-120 has fp32 bits code << 20
+_E4M3_MAGIC = tl.constexpr(24576.0)                # 1.5 * 2^14: ulp 2^-9, the E4M3 subnormal spacing
+_E4M3_MAGIC_LOW = tl.constexpr(1.8488927466117464e-32)  # 1.5 * 2^14 * 2^-120
+
+
+@triton.jit
+def _mx_word_row(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    """Row `row` (< 32, relative to the pointers) of the packed words `w` (int32, 8 codes each) and
+    their block scale bytes. 32-bit row offsets: 32 * stride fits, and the loop-invariant per-row terms
+    stay scalar 32-bit values instead of 64-bit pointers per row."""
+    if EVEN:
+        word = tl.load(x32 + (row * stride_x4 + w))
+        sb = tl.load(xs_ptr + (row * stride_xs + w // 4)).to(tl.int32)
+    else:
+        word = tl.load(x32 + (row * stride_x4 + w), mask=w_ok, other=0)
+        sb = tl.load(xs_ptr + (row * stride_xs + w // 4), mask=w_ok, other=0).to(tl.int32)
+    return word, sb
+
+
+@triton.jit
+def _mx_rows2(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_word_row(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_word_row(x32, xs_ptr, row + 16, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows4(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_rows2(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows2(x32, xs_ptr, row + 8, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows8(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_rows4(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows4(x32, xs_ptr, row + 4, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows16(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN: tl.constexpr):
+    a, sa = _mx_rows8(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows8(x32, xs_ptr, row + 2, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.join(a, b), tl.join(sa, sb)
+
+
+@triton.jit
+def _mx_rows32(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, NW: tl.constexpr, EVEN: tl.constexpr):
+    """Rows `row + i`, i < 32 (callers pass pointers at the block's first row and `row` = 0), of words
+    `w`: `[NW, 32]` words and scale bytes, rows in natural order (the join tree puts row bit 4 in the
+    outermost joined dimension and bit 0 in the innermost)."""
+    a, sa = _mx_rows16(x32, xs_ptr, row, w, w_ok, stride_x4, stride_xs, EVEN)
+    b, sb = _mx_rows16(x32, xs_ptr, row + 1, w, w_ok, stride_x4, stride_xs, EVEN)
+    return tl.reshape(tl.join(a, b), (NW, 32)), tl.reshape(tl.join(sa, sb), (NW, 32))
+
+
+@triton.jit
+def _nibble_at_24(words, J: tl.constexpr):
+    """The words shifted so that nibble J sits at bits 24..27."""
+    if J <= 6:
+        return words << (24 - 4 * J)
+    else:
+        return words >> 4
+
+
+@triton.jit
+def _join8(m0, m1, m2, m3, m4, m5, m6, m7, NW: tl.constexpr):
+    """Eight `[NW]` tensors -> `[NW, 8]` (index j), the new dimension in-thread."""
+    a = tl.join(tl.join(m0, m4), tl.join(m2, m6))
+    b = tl.join(tl.join(m1, m5), tl.join(m3, m7))
+    return tl.reshape(tl.join(a, b), (NW, 8))  # flattened index j
+
+
+@triton.jit
+def _split8(x, NW: tl.constexpr):
+    """Inverse of `_join8`."""
+    a, b = tl.split(tl.reshape(x, (NW, 2, 2, 2)))
+    a04, a26 = tl.split(a)
+    b15, b37 = tl.split(b)
+    m0, m4 = tl.split(a04)
+    m2, m6 = tl.split(a26)
+    m1, m5 = tl.split(b15)
+    m3, m7 = tl.split(b37)
+    return m0, m1, m2, m3, m4, m5, m6, m7
+
+
+@triton.jit
+def _fp8_colmax_chunk(words, scale, NW: tl.constexpr):
+    """`[NW, 8]`: the largest |decoded value| (fp32 bits) of each of the 8 columns over 32 rows."""
+    m0 = tl.max(e2m1_word_abs_f32(words, scale, 0)[0].to(tl.int32, bitcast=True), axis=1)
+    m1 = tl.max(e2m1_word_abs_f32(words, scale, 1)[0].to(tl.int32, bitcast=True), axis=1)
+    m2 = tl.max(e2m1_word_abs_f32(words, scale, 2)[0].to(tl.int32, bitcast=True), axis=1)
+    m3 = tl.max(e2m1_word_abs_f32(words, scale, 3)[0].to(tl.int32, bitcast=True), axis=1)
+    m4 = tl.max(e2m1_word_abs_f32(words, scale, 4)[0].to(tl.int32, bitcast=True), axis=1)
+    m5 = tl.max(e2m1_word_abs_f32(words, scale, 5)[0].to(tl.int32, bitcast=True), axis=1)
+    m6 = tl.max(e2m1_word_abs_f32(words, scale, 6)[0].to(tl.int32, bitcast=True), axis=1)
+    m7 = tl.max(e2m1_word_abs_f32(words, scale, 7)[0].to(tl.int32, bitcast=True), axis=1)
+    return _join8(m0, m1, m2, m3, m4, m5, m6, m7, NW)
+
+
+@triton.jit
+def _f32_words_column(words, scale, inv, nan, o32, pid_m, g, w, w_ok, stride_o4,
+                      J: tl.constexpr, NW: tl.constexpr):
+    """E4M3 codes of column J for 32 rows (chunk g of the 128-row tile), stored as 8 words."""
+    v, sh = e2m1_word_abs_f32(words, scale, J)
+    # v * 2^-k <= 448 is exact; + 1.5 * 2^14 rounds it to a multiple of 2^-9 (RNE: E4M3 subnormals;
+    # normal E4M3 values are exact there), and (t - C) * 2^-120 has fp32 bits code << 20.
+    t = v * inv[:, None] + _E4M3_MAGIC
+    z = t * _TWO_M120 - _E4M3_MAGIC_LOW
+    zb = z.to(tl.int32, bitcast=True) | (_nibble_at_24(words, J) & 0x8000000)  # sign: nibble bit 3 -> 27
+    lo, hi = tl.split(tl.reshape(zb, (NW, 8, 2, 2)))             # rows 4a + {0, 2} and 4a + {1, 3}
+    p0, p1 = tl.split((lo >> 8) + hi)                            # codes at bits 12 and 20
+    packed = tl.where(nan[:, None], 0, (p0 >> 12) + (p1 << 4))   # [NW, 8]: rows 4a .. 4a + 3
+    # Two 16-byte stores of 4 words each (one 32-byte store would be split over two threads).
+    first, second = tl.split(tl.permute(tl.reshape(packed, (NW, 2, 4)), (0, 2, 1)))
+    k64 = (8 * w + J).to(tl.int64)
+    a = tl.arange(0, 4)
+    base = o32 + k64[:, None] * stride_o4 + pid_m * 32 + g * 8 + a[None, :]
+    tl.store(base, first, mask=w_ok[:, None])
+    tl.store(base + 4, second, mask=w_ok[:, None])
+
+
+@triton.jit
+def _mxfp4_rowwise_to_fp8_colwise_f32_words_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                                   stride_x, stride_xs, stride_o, stride_os,
+                                                   BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    # One program: rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K); each thread owns one
+    # packed word (8 columns) of every row and walks the tile in four 32-row chunks twice: first for
+    # the column maxima, then (reloading the chunk, an L1/L2 hit) for the codes.
+    NW: tl.constexpr = BLOCK_K // 8
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    w = pid_k * NW + tl.arange(0, NW)
+    w_ok = w < K // 8
+    x32 = x_ptr.to(tl.pointer_type(tl.int32))
+    o32 = o_ptr.to(tl.pointer_type(tl.int32))
+    bmax = tl.zeros((NW,), dtype=tl.int32)
+    amax = _join8(bmax, bmax, bmax, bmax, bmax, bmax, bmax, bmax, NW)  # [NW, 8] zeros, j in-thread
+    # Runtime loops, not unrolled: each chunk's loads and values stay in their iteration (registers).
+    for g in tl.range(0, 4, loop_unroll_factor=1):
+        r64 = (pid_m * 128 + g * 32).to(tl.int64)
+        words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
+                                  stride_x // 4, stride_xs, NW, EVEN)
+        bmax = tl.maximum(bmax, tl.max(sbyte, axis=1))
+        scale = e8m0_f32(sbyte)
+        amax = tl.maximum(amax, _fp8_colmax_chunk(words, scale, NW))
+    nan = (bmax[:, None] == 255) | (amax >= 0x7F800000)
+    # k = ceil(log2(amax / 448)) = floor(log2 amax) - 8: a decoded maximum has significand 1 or 1.5
+    # (never above 1.75); a zero or fp32-subnormal maximum gives <= -135, clamped to -127.
+    k = tl.maximum((amax >> 23) - 135, -127)
+    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, k in [-127, 120]
+    kbyte = tl.where(nan, 255, k + 127).to(tl.uint8)
+    s0, s1, s2, s3, s4, s5, s6, s7 = _split8(kbyte, NW)
+    k64 = (8 * w).to(tl.int64) * stride_os + pid_m
+    tl.store(os_ptr + k64, s0, mask=w_ok)
+    tl.store(os_ptr + k64 + stride_os, s1, mask=w_ok)
+    tl.store(os_ptr + k64 + 2 * stride_os, s2, mask=w_ok)
+    tl.store(os_ptr + k64 + 3 * stride_os, s3, mask=w_ok)
+    tl.store(os_ptr + k64 + 4 * stride_os, s4, mask=w_ok)
+    tl.store(os_ptr + k64 + 5 * stride_os, s5, mask=w_ok)
+    tl.store(os_ptr + k64 + 6 * stride_os, s6, mask=w_ok)
+    tl.store(os_ptr + k64 + 7 * stride_os, s7, mask=w_ok)
+    i0, i1, i2, i3, i4, i5, i6, i7 = _split8(inv, NW)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _split8(nan, NW)
+    for g in tl.range(0, 4, loop_unroll_factor=1):
+        r64 = (pid_m * 128 + g * 32).to(tl.int64)
+        words, sbyte = _mx_rows32(x32 + r64 * (stride_x // 4), xs_ptr + r64 * stride_xs, 0, w, w_ok,
+                                  stride_x // 4, stride_xs, NW, EVEN)
+        scale = e8m0_f32(sbyte)
+        _f32_words_column(words, scale, i0, n0, o32, pid_m, g, w, w_ok, stride_o // 4, 0, NW)
+        _f32_words_column(words, scale, i1, n1, o32, pid_m, g, w, w_ok, stride_o // 4, 1, NW)
+        _f32_words_column(words, scale, i2, n2, o32, pid_m, g, w, w_ok, stride_o // 4, 2, NW)
+        _f32_words_column(words, scale, i3, n3, o32, pid_m, g, w, w_ok, stride_o // 4, 3, NW)
+        _f32_words_column(words, scale, i4, n4, o32, pid_m, g, w, w_ok, stride_o // 4, 4, NW)
+        _f32_words_column(words, scale, i5, n5, o32, pid_m, g, w, w_ok, stride_o // 4, 5, NW)
+        _f32_words_column(words, scale, i6, n6, o32, pid_m, g, w, w_ok, stride_o // 4, 6, NW)
+        _f32_words_column(words, scale, i7, n7, o32, pid_m, g, w, w_ok, stride_o // 4, 7, NW)
+
+
+# --- f16x2 and f16x2_tiles: packed fp16 arithmetic ----------------------------------------------------
+# In a tile whose 32-column block scales lie within _FP8_WINDOW of their largest byte bmax, with
+# 6 <= bmax <= 252, every decoded value is E2M1(c) * 2^(b - bmax + 13), a normal fp16 number (0.5 * 2^-13
+# = 2^-14 up to 6 * 2^13) looked up four at a time with a byte permute (`e2m1_row_f16x2`). The column
+# maximum's fp16 exponent field ef gives the E4M3 tile scale byte max(ef + bmax - 36, 0) and the factor
+# F = 2^(1 - (ef - 15)), or 2^(bmax - 20) where the byte is clamped at 0 (bmax >= 6 keeps it normal);
+# v * F <= 3 is the E4M3 value times 2^-7, so one fp16 FMA with 3 * 2^-7 (ulp 2^-16 = the E4M3
+# subnormal step 2^-9 times 2^-7) rounds it to nearest even on the E4M3 grid, and a second one leaves
+# fp16 bits `code << 7`. Byte permutes gather 4 rows' codes into an output word; the sign bits come from
+# a byte transpose of the input words. A tile outside the window (also NaN rows, bytes 253-254 whose
+# values can overflow fp32) is converted through exact fp32 values, decided once per program.
 _FP8_WINDOW = tl.constexpr(26)  # largest scale-byte spread of a tile's 32-column block on the fp16 path
 _NEUTRAL = tl.constexpr(0x64646464)  # four scale bytes of 100: inside every window (masked-out words)
 
@@ -79,8 +287,8 @@ def _lane_max_and_cmax(b0, b1, b2, b3, b4, b5, b6, b7, ASM: tl.constexpr):
     """Bytes in 16-bit lanes (`0x00XX00XX`) of 8 rows -> their lane maxima and the maxima of their
     complements `255 - b` (255 minus the minima)."""
     m = 0x00FF00FF
-    return (_max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM),
-            _max8_u16x2(m - b0, m - b1, m - b2, m - b3, m - b4, m - b5, m - b6, m - b7, ASM))
+    return (max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM),
+            max8_u16x2(m - b0, m - b1, m - b2, m - b3, m - b4, m - b5, m - b6, m - b7, ASM))
 
 
 @triton.jit
@@ -113,7 +321,7 @@ def _word_maxima(r0, r1, r2, r3, r4, r5, r6, r7, ASM: tl.constexpr):
 @triton.jit
 def _fp8_window(xs_ptr, m0, wbase, K, stride_xs, row, ll, slab, NC: tl.constexpr, ASM: tl.constexpr):
     """Whether every 32-column block of the program's tiles has its scale bytes within the fp16 window
-    (module doc), from the scale bytes read as words of four blocks: each warp reads the words of its
+    (see _FP8_WINDOW), from the scale bytes read as words of four blocks: each warp reads the words of its
     own rows (`m0 + row`) and of its own NC chunks of 32 columns (slab `slab`, from word `wbase` on). The
     first word of every row and its block maxima are returned for the fast path:
     `(ok, r0..r7, even, odd)`."""
@@ -214,19 +422,19 @@ def _fp8_word(w0, w1, w2, w3, w4, w5, w6, w7, s0, s1, s2, s3, s4, s5, s6, s7, bm
     tile's largest scale byte of the block, `[2, NW]`): stores columns `col .. col + 7` and returns their
     scale bytes as two words (columns 0-3 and 4-7, one byte each), `[2, NW]`."""
     bm = bmax[:, None, None, :]
-    a0, b0, c0, d0 = _f16_row_values(w0, s0, bm, ASM)
-    a1, b1, c1, d1 = _f16_row_values(w1, s1, bm, ASM)
-    a2, b2, c2, d2 = _f16_row_values(w2, s2, bm, ASM)
-    a3, b3, c3, d3 = _f16_row_values(w3, s3, bm, ASM)
-    a4, b4, c4, d4 = _f16_row_values(w4, s4, bm, ASM)
-    a5, b5, c5, d5 = _f16_row_values(w5, s5, bm, ASM)
-    a6, b6, c6, d6 = _f16_row_values(w6, s6, bm, ASM)
-    a7, b7, c7, d7 = _f16_row_values(w7, s7, bm, ASM)
+    a0, b0, c0, d0 = e2m1_row_f16x2(w0, s0, bm, ASM)
+    a1, b1, c1, d1 = e2m1_row_f16x2(w1, s1, bm, ASM)
+    a2, b2, c2, d2 = e2m1_row_f16x2(w2, s2, bm, ASM)
+    a3, b3, c3, d3 = e2m1_row_f16x2(w3, s3, bm, ASM)
+    a4, b4, c4, d4 = e2m1_row_f16x2(w4, s4, bm, ASM)
+    a5, b5, c5, d5 = e2m1_row_f16x2(w5, s5, bm, ASM)
+    a6, b6, c6, d6 = e2m1_row_f16x2(w6, s6, bm, ASM)
+    a7, b7, c7, d7 = e2m1_row_f16x2(w7, s7, bm, ASM)
     # Column pairs: a = columns (0, 2), b = (1, 3), c = (4, 6), d = (5, 7).
-    fa, sca = _fp8_column_pair(_max8_u16x2(a0, a1, a2, a3, a4, a5, a6, a7, ASM), bmax, ASM)
-    fb, scb = _fp8_column_pair(_max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM), bmax, ASM)
-    fc, scc = _fp8_column_pair(_max8_u16x2(c0, c1, c2, c3, c4, c5, c6, c7, ASM), bmax, ASM)
-    fd, scd = _fp8_column_pair(_max8_u16x2(d0, d1, d2, d3, d4, d5, d6, d7, ASM), bmax, ASM)
+    fa, sca = _fp8_column_pair(max8_u16x2(a0, a1, a2, a3, a4, a5, a6, a7, ASM), bmax, ASM)
+    fb, scb = _fp8_column_pair(max8_u16x2(b0, b1, b2, b3, b4, b5, b6, b7, ASM), bmax, ASM)
+    fc, scc = _fp8_column_pair(max8_u16x2(c0, c1, c2, c3, c4, c5, c6, c7, ASM), bmax, ASM)
+    fd, scd = _fp8_column_pair(max8_u16x2(d0, d1, d2, d3, d4, d5, d6, d7, ASM), bmax, ASM)
     a_lo0, a_hi0, a_lo2, a_hi2 = _fp8_pack_pair(a0, a1, a2, a3, a4, a5, a6, a7, fa[:, None, None, :], ASM)
     b_lo1, b_hi1, b_lo3, b_hi3 = _fp8_pack_pair(b0, b1, b2, b3, b4, b5, b6, b7, fb[:, None, None, :], ASM)
     c_lo4, c_hi4, c_lo6, c_hi6 = _fp8_pack_pair(c0, c1, c2, c3, c4, c5, c6, c7, fc[:, None, None, :], ASM)
@@ -272,7 +480,7 @@ def _fp8_column_pair(m, bmax, ASM: tl.constexpr):
 @triton.jit
 def _f32_fp8_byte(word, scale, inv, J: tl.constexpr):
     """E4M3 byte (sign at bit 7) of column J of `word` requantized with 2^-k = `inv` (exact fp32)."""
-    v, sh = _mx_abs_values(word.to(tl.int32, bitcast=True), scale, J)
+    v, sh = e2m1_word_abs_f32(word.to(tl.int32, bitcast=True), scale, J)
     z = ((v * inv + _E4M3_MAGIC) * _TWO_M120 - _E4M3_MAGIC_LOW).to(tl.int32, bitcast=True)  # code << 20
     return (z >> 20) | ((sh >> 18) & 0x80)   # the sign (nibble bit 3) sits at bit 25 of `sh`
 
@@ -287,13 +495,13 @@ def _f32_fp8_word(w0, w1, w2, w3, f0, f1, f2, f3, inv, J: tl.constexpr):
 @triton.jit
 def _f32_fp8_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, f7, nan_tile, o64, os_ptr,
                     col, so8, oword, stride_os, pid_m, ok, ok_s, J: tl.constexpr, EVEN: tl.constexpr):
-    """Column J of every thread's 8 rows of one word through exact fp32 values (variant 2's arithmetic):
+    """Column J of every thread's 8 rows of one word through exact fp32 values (the f32_words kernel's arithmetic):
     tile maximum (in-thread, then the 16 lanes of the tile), scale, codes, one 8-byte store; the scale
     byte is stored by the lanes whose `ok_s` is set."""
-    m = tl.maximum(tl.maximum(tl.maximum(_f32_abs_bits(w0, f0, J), _f32_abs_bits(w1, f1, J)),
-                              tl.maximum(_f32_abs_bits(w2, f2, J), _f32_abs_bits(w3, f3, J))),
-                   tl.maximum(tl.maximum(_f32_abs_bits(w4, f4, J), _f32_abs_bits(w5, f5, J)),
-                              tl.maximum(_f32_abs_bits(w6, f6, J), _f32_abs_bits(w7, f7, J))))
+    m = tl.maximum(tl.maximum(tl.maximum(e2m1_word_abs_bits(w0, f0, J), e2m1_word_abs_bits(w1, f1, J)),
+                              tl.maximum(e2m1_word_abs_bits(w2, f2, J), e2m1_word_abs_bits(w3, f3, J))),
+                   tl.maximum(tl.maximum(e2m1_word_abs_bits(w4, f4, J), e2m1_word_abs_bits(w5, f5, J)),
+                              tl.maximum(e2m1_word_abs_bits(w6, f6, J), e2m1_word_abs_bits(w7, f7, J))))
     amax = tl.max(tl.max(m, axis=2), axis=1)[:, None, None, :]  # fp32 bits are ordered like |v|
     nan = nan_tile | (amax >= 0x7F800000)
     # k = floor(log2 amax) - 8 (a decoded maximum has significand 1 or 1.5), clamped at -127
@@ -310,8 +518,8 @@ def _f32_fp8_column(w0, w1, w2, w3, w4, w5, w6, w7, f0, f1, f2, f3, f4, f5, f6, 
 def _load_pairs(x64, xs, row, wg, sx8, stride_xs, ok, EVEN: tl.constexpr):
     """Every thread's 8 rows of word pair `wg` (two uint32 words per row, columns 16wg .. 16wg + 15) and
     their scale bytes (block wg // 2)."""
-    v0, v1, v2, v3, v4, v5, v6, v7 = _rows8(x64, row * sx8 + wg, sx8, ok, tl.uint64, EVEN)
-    s0, s1, s2, s3, s4, s5, s6, s7 = _rows8(xs, row * stride_xs + wg // 2, stride_xs, ok, tl.int32, EVEN)
+    v0, v1, v2, v3, v4, v5, v6, v7 = load_rows8(x64, row * sx8 + wg, sx8, ok, tl.uint64, EVEN)
+    s0, s1, s2, s3, s4, s5, s6, s7 = load_rows8(xs, row * stride_xs + wg // 2, stride_xs, ok, tl.int32, EVEN)
     return v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7
 
 
@@ -365,8 +573,8 @@ def _f32_fp8_chunk(x64, xs, row, wg, sx8, stride_xs, o64, os_ptr, so8, oword, st
     v0, v1, v2, v3, v4, v5, v6, v7, s0, s1, s2, s3, s4, s5, s6, s7 = _load_pairs(x64, xs, row, wg, sx8,
                                                                                  stride_xs, ok, EVEN)
     nan_tile = _tile_max(s0, s1, s2, s3, s4, s5, s6, s7)[:, None, None, :] == 255
-    f0, f1, f2, f3 = _f32_scale(s0), _f32_scale(s1), _f32_scale(s2), _f32_scale(s3)
-    f4, f5, f6, f7 = _f32_scale(s4), _f32_scale(s5), _f32_scale(s6), _f32_scale(s7)
+    f0, f1, f2, f3 = e8m0_f32(s0), e8m0_f32(s1), e8m0_f32(s2), e8m0_f32(s3)
+    f4, f5, f6, f7 = e8m0_f32(s4), e8m0_f32(s5), e8m0_f32(s6), e8m0_f32(s7)
     col = (16 * wg).to(tl.int64)
     for jj in tl.static_range(8):
         _f32_fp8_column(_low(v0), _low(v1), _low(v2), _low(v3), _low(v4), _low(v5), _low(v6), _low(v7),
@@ -379,10 +587,10 @@ def _f32_fp8_chunk(x64, xs, row, wg, sx8, stride_xs, o64, os_ptr, so8, oword, st
 
 
 @triton.jit
-def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                            stride_x, stride_xs, stride_o, stride_os,
-                                            BLOCK_K: tl.constexpr, NW: tl.constexpr, EVEN: tl.constexpr,
-                                            ASM: tl.constexpr):
+def _mxfp4_rowwise_to_fp8_colwise_f16x2_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                               stride_x, stride_xs, stride_o, stride_os,
+                                               BLOCK_K: tl.constexpr, NW: tl.constexpr, EVEN: tl.constexpr,
+                                               ASM: tl.constexpr):
     # One program: rows [128*pid_m, +128) x columns [BLOCK_K*pid_k, +BLOCK_K), 32 * NW columns (2 * NW
     # word pairs) at a time. Indices run backwards along every axis so that none looks contiguous: every
     # load and store then keeps the one register layout (no shared-memory exchanges).
@@ -405,19 +613,19 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     so8 = stride_o // 8
     w_end = K // 16
     fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k * (BLOCK_K // 128), K,
-                                                                 stride_xs, row, ll, hh, NC, ASM)
+                                                                  stride_xs, row, ll, hh, NC, ASM)
     if fast:
         # Warp hh converts the NC chunks of its own BLOCK_K / NW columns, so that one scale word of each
         # row serves 4 chunks (the window check's words serve the first 4).
         wg = pid_k * (BLOCK_K // 16) + 2 * NC * hh + ll
         ok = wg < w_end
-        v0, v1, v2, v3, v4, v5, v6, v7 = _rows8(x64, row * sx8 + wg, sx8, ok, tl.uint64, EVEN)
+        v0, v1, v2, v3, v4, v5, v6, v7 = load_rows8(x64, row * sx8 + wg, sx8, ok, tl.uint64, EVEN)
         for c in range(NC):
             # The next chunk is loaded before this one is converted (the last chunk reloads itself, an
             # L1 hit), so its latency overlaps the arithmetic.
             wn = wg + 2 * (tl.minimum(c + 1, NC - 1) - c)
             okn = wn < w_end
-            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x64, row * sx8 + wn, sx8, okn, tl.uint64, EVEN)
+            p0, p1, p2, p3, p4, p5, p6, p7 = load_rows8(x64, row * sx8 + wn, sx8, okn, tl.uint64, EVEN)
             if NC > 4:
                 if (c % 4 == 0) & (c > 0):   # the next scale word of every row
                     wi = pid_k * (BLOCK_K // 128) + (hh * NC + c) // 4 + 0 * ll
@@ -448,12 +656,12 @@ def _mxfp4_rowwise_to_fp8_colwise_v3_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
 
 
 @triton.jit
-def _mxfp4_rowwise_to_fp8_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
-                                            stride_x, stride_xs, stride_o, stride_os,
-                                            T: tl.constexpr, S: tl.constexpr, WORD: tl.constexpr,
-                                            ASM: tl.constexpr):
+def _mxfp4_rowwise_to_fp8_colwise_f16x2_tiles_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
+                                                     stride_x, stride_xs, stride_o, stride_os,
+                                                     T: tl.constexpr, S: tl.constexpr, WORD: tl.constexpr,
+                                                     ASM: tl.constexpr):
     # One program: T tiles of 128 rows x S slabs of 128 columns, one warp each (warp h: tile h // S,
-    # slab h % S), variant 3's arithmetic per warp. The T tiles' scale bytes of a column are adjacent in
+    # slab h % S), the f16x2 kernel's arithmetic per warp. The T tiles' scale bytes of a column are adjacent in
     # the output, so they leave as one T-byte word (type WORD) per column instead of T one-byte stores,
     # each a separate L2 write. Needs M % (128 T) == 0 and K % (128 S) == 0 (no masks).
     NW: tl.constexpr = T * S
@@ -478,14 +686,14 @@ def _mxfp4_rowwise_to_fp8_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
     so8 = stride_o // 8
     true = row >= 0
     fast, r0, r1, r2, r3, r4, r5, r6, r7, even, odd = _fp8_window(xs_ptr, m0, pid_k * S, K, stride_xs, row,
-                                                                 ll, slab, 4, ASM)
+                                                                  ll, slab, 4, ASM)
     if fast:
         wg = pid_k * (8 * S) + 8 * slab + ll           # [2, 1, 1, NW]: the thread's word pair
-        v0, v1, v2, v3, v4, v5, v6, v7 = _rows8(x64, row * sx8 + wg, sx8, true, tl.uint64, True)
+        v0, v1, v2, v3, v4, v5, v6, v7 = load_rows8(x64, row * sx8 + wg, sx8, true, tl.uint64, True)
         acc = tl.zeros(v0.shape, tl.uint64)
         for c in range(4):
             wn = wg + 2 * (tl.minimum(c + 1, 3) - c)   # next chunk (the last one reloads itself)
-            p0, p1, p2, p3, p4, p5, p6, p7 = _rows8(x64, row * sx8 + wn, sx8, true, tl.uint64, True)
+            p0, p1, p2, p3, p4, p5, p6, p7 = load_rows8(x64, row * sx8 + wn, sx8, true, tl.uint64, True)
             byte = _fp8_chunk(v0, v1, v2, v3, v4, v5, v6, v7, r0, r1, r2, r3, r4, r5, r6, r7, even, odd, c,
                               o64, (16 * wg).to(tl.int64), so8, oword, true, lane, True, ASM) & 0xFF
             # Warp h's byte of chunk c goes to byte NW (c % R) + tt + T slab of a 64-bit word; every R
@@ -502,7 +710,7 @@ def _mxfp4_rowwise_to_fp8_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
             v0, v1, v2, v3, v4, v5, v6, v7 = p0, p1, p2, p3, p4, p5, p6, p7
             wg = wn
     else:
-        # Wide-range, tiny, NaN or Inf blocks in the program's tiles: variant 3's exact fp32 fallback.
+        # Wide-range, tiny, NaN or Inf blocks in the program's tiles: the f16x2 kernel's exact fp32 fallback.
         tile = pid_m * T + tt                           # the scale column of the warp's tile
         ok_s = lane == 0
         for c in range(4):
@@ -511,20 +719,31 @@ def _mxfp4_rowwise_to_fp8_colwise_v4_kernel(x_ptr, xs_ptr, o_ptr, os_ptr, M, K,
                            ok_s, True)
 
 
-_V4_WORDS = {1: tl.uint8, 2: tl.uint16, 4: tl.uint32, 8: tl.uint64}   # a column's scale bytes of a program
-_V3_AFTER_V4 = LaunchConfig(128, 1024, 8, 3)    # where variant 4 does not apply
+_TILE_WORDS = {1: tl.uint8, 2: tl.uint16, 4: tl.uint32, 8: tl.uint64}   # a column's scale bytes of a program
+_PARTIAL_CONFIG = LaunchConfig(128, 1024, 8, "f16x2")    # where f16x2_tiles does not apply
 
 
-def _v3_fits(x: torch.Tensor, xs: torch.Tensor, K: int) -> bool:
-    """Variant 3 reads the codes as 8-byte words and the scales as 4-byte words, whole within each row."""
+def _f16x2_fits(x: torch.Tensor, xs: torch.Tensor, K: int) -> bool:
+    """The f16x2 kernels read the codes as 8-byte words and the scales as 4-byte words, whole within each row."""
     return (K % 128 == 0 and x.stride(0) % 8 == 0 and x.data_ptr() % 8 == 0
             and xs.stride(0) % 4 == 0 and xs.data_ptr() % 4 == 0)
 
 
-def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
+def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor, *, config: LaunchConfig | None = None) -> FP8Tensor:
     """MXFP4 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
-    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_fp8_colwise`). Asynchronous
-    on the current CUDA stream (no host sync)."""
+    (contract and argument checks: `mxa2a.quant.conversions.mxfp4_rowwise_to_fp8_colwise`). `config`:
+    launch configuration (default `launch.CONFIGS["mxfp4_rowwise_to_fp8_colwise"]`). Asynchronous on the
+    current CUDA stream (no host sync)."""
+    cfg = pick_config("mxfp4_rowwise_to_fp8_colwise", config)
+    variant = cfg.variant
+    tiles, slabs = cfg.block_m // 128, cfg.block_k // 128
+    if variant == "f16x2_tiles" and (cfg.block_m % 128 or cfg.block_k % 128 or tiles * slabs != cfg.num_warps
+                                     or tiles not in _TILE_WORDS or cfg.num_warps > 8):
+        raise ValueError(f"mxfp4_rowwise_to_fp8_colwise: variant 'f16x2_tiles' needs block_m = 128 * T, "
+                         f"block_k = 128 * S and num_warps = T * S <= 8 with T in 1, 2, 4, 8, got config = {cfg}")
+    if variant == "f16x2" and cfg.block_k % (128 * cfg.num_warps):
+        raise ValueError(f"mxfp4_rowwise_to_fp8_colwise: variant 'f16x2' needs block_k a multiple of "
+                         f"128 * num_warps, got config = {cfg}")
     x = rows_in(t.data)
     xs = rows_in(t.scales)
     M, K = x.shape[0], x.shape[1] * 2
@@ -533,36 +752,25 @@ def mxfp4_rowwise_to_fp8_colwise_triton(t: MXFP4Tensor) -> FP8Tensor:
     if M == 0 or K == 0:
         return out
     o = out.data.view(torch.uint8)
-    cfg = CONFIGS["mxfp4_rowwise_to_fp8_colwise"]
-    variant = cfg.variant
     args = (x, xs, o, out.scales, M, K, x.stride(0), xs.stride(0), o.stride(0), out.scales.stride(0))
-    if variant == 4:
-        tiles, slabs = cfg.block_m // 128, cfg.block_k // 128
-        if (cfg.block_m % 128 or cfg.block_k % 128 or tiles * slabs != cfg.num_warps
-                or tiles not in _V4_WORDS or cfg.num_warps > 8):
-            raise ValueError(f"mxfp4_rowwise_to_fp8_colwise: variant 4 needs block_m = 128 * T, block_k = 128 * S and "
-                             f"num_warps = T * S <= 8 with T in 1, 2, 4, 8, got "
-                             f"CONFIGS['mxfp4_rowwise_to_fp8_colwise'] = {cfg}")
-        if M % cfg.block_m == 0 and K % cfg.block_k == 0 and _v3_fits(x, xs, K):
-            _mxfp4_rowwise_to_fp8_colwise_v4_kernel[(M // cfg.block_m, K // cfg.block_k)](
-                *args, T=tiles, S=slabs, WORD=_V4_WORDS[tiles], ASM=use_asm(), num_warps=cfg.num_warps)
+    if variant == "f16x2_tiles":
+        if M % cfg.block_m == 0 and K % cfg.block_k == 0 and _f16x2_fits(x, xs, K):
+            _mxfp4_rowwise_to_fp8_colwise_f16x2_tiles_kernel[(M // cfg.block_m, K // cfg.block_k)](
+                *args, T=tiles, S=slabs, WORD=_TILE_WORDS[tiles], ASM=use_asm(), num_warps=cfg.num_warps)
             return out
-        cfg, variant = _V3_AFTER_V4, 3   # fewer rows or columns than a whole program, or unaligned words
-    if variant == 3 and cfg.block_k % (128 * cfg.num_warps):
-        raise ValueError(f"mxfp4_rowwise_to_fp8_colwise: variant 3 needs block_k a multiple of 128 * num_warps, "
-                         f"got CONFIGS['mxfp4_rowwise_to_fp8_colwise'] = {cfg}")
-    if variant == 3 and not _v3_fits(x, xs, K):
-        variant = 2
-    if variant == 2 and (x.stride(0) % 4 or x.data_ptr() % 4):
-        variant = 1  # variant 2 reads int32 words
+        cfg, variant = _PARTIAL_CONFIG, "f16x2"   # fewer rows or columns than a whole program, or unaligned words
+    if variant == "f16x2" and not _f16x2_fits(x, xs, K):
+        variant = "f32_words"
+    if variant == "f32_words" and (x.stride(0) % 4 or x.data_ptr() % 4):
+        variant = "planes"  # f32_words reads int32 words
     grid = (M // FP8_TILE, triton.cdiv(K, cfg.block_k))
-    if variant == 3:
-        _mxfp4_rowwise_to_fp8_colwise_v3_kernel[grid](*args, BLOCK_K=cfg.block_k, NW=cfg.num_warps,
-                                                      EVEN=K % cfg.block_k == 0, ASM=use_asm(),
-                                                      num_warps=cfg.num_warps)
-        return out
-    kernel = {0: _mxfp4_rowwise_to_fp8_colwise_kernel, 1: _mxfp4_rowwise_to_fp8_colwise_v1_kernel,
-              2: _mxfp4_rowwise_to_fp8_colwise_v2_kernel}[variant]
-    extra = {"EVEN": K % cfg.block_k == 0} if variant == 2 else {}  # EVEN: no column masks
-    kernel[grid](*args, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, **extra)
+    if variant == "f16x2":
+        _mxfp4_rowwise_to_fp8_colwise_f16x2_kernel[grid](*args, BLOCK_K=cfg.block_k, NW=cfg.num_warps,
+                                                         EVEN=K % cfg.block_k == 0, ASM=use_asm(),
+                                                         num_warps=cfg.num_warps)
+    elif variant == "f32_words":  # EVEN: no column masks
+        _mxfp4_rowwise_to_fp8_colwise_f32_words_kernel[grid](*args, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                                                             EVEN=K % cfg.block_k == 0)
+    else:
+        _mxfp4_rowwise_to_fp8_colwise_planes_kernel[grid](*args, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     return out
