@@ -67,9 +67,22 @@ def _codec(name: str):
             128, FP8_CASES)
 
 
+def _assert_triton_equals_reference(codec: str, x: torch.Tensor) -> None:
+    """Encode `x` with both backends (same bytes), decode to x's dtype with both (same bits, finite)."""
+    quantize, dequantize, _, _ = _codec(codec)
+    want = quantize(x, "torch")
+    got = quantize(on_triton(x), "triton")
+    d = on_cpu(dequantize(got, x.dtype, "triton"))
+    got = on_cpu(got)
+    assert torch.equal(got.scales, want.scales), codec
+    assert torch.equal(got.data.view(torch.uint8), want.data.view(torch.uint8)), codec
+    assert torch.isfinite(d).all(), codec
+    assert torch.equal(d.view(BIT_VIEW[x.dtype]), dequantize(want, x.dtype, "torch").view(BIT_VIEW[x.dtype]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("codec", ["mxfp4", "fp8"])
-def test_reference_decodes_finite_inputs_near_the_dtype_max_to_finite_values(codec, dtype):
+def test_finite_inputs_near_the_dtype_max_decode_to_finite_values(codec, dtype):
     quantize, dequantize, block, cases = _codec(codec)
     x = _one_per_block([v for v, _ in cases[dtype]], dtype, block)
     t = quantize(x, "torch")
@@ -80,19 +93,7 @@ def test_reference_decodes_finite_inputs_near_the_dtype_max_to_finite_values(cod
     if codec == "mxfp4":  # in the top binade (rows 1 on) rceil now takes floor's scale: same values
         floor = dequantize_mxfp4(quantize_mxfp4(x, scale_mode="floor", backend="torch"), dtype, backend="torch")
         assert torch.equal(floor[1:], d[1:]) and not torch.equal(floor[0], d[0])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("codec", ["mxfp4", "fp8"])
-def test_triton_equals_reference_near_the_dtype_max(codec, dtype):
-    quantize, dequantize, block, cases = _codec(codec)
-    x = _one_per_block([v for v, _ in cases[dtype]], dtype, block)
-    want = quantize(x, "torch")
-    got = on_cpu(quantize(on_triton(x), "triton"))
-    assert torch.equal(got.scales, want.scales)
-    assert torch.equal(got.data.view(torch.uint8), want.data.view(torch.uint8))
-    d = on_cpu(dequantize(on_triton(want), dtype, "triton"))
-    assert torch.equal(d.view(BIT_VIEW[dtype]), dequantize(want, dtype, "torch").view(BIT_VIEW[dtype]))
+    _assert_triton_equals_reference(codec, x)
 
 
 def _top_binade_blocks(rows: int, k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -108,16 +109,7 @@ def _top_binade_blocks(rows: int, k: int, dtype: torch.dtype) -> torch.Tensor:
 
 def _check_random_top_binade(rows: int, k: int, dtype: torch.dtype) -> None:
     for codec in ("mxfp4", "fp8"):
-        quantize, dequantize, _, _ = _codec(codec)
-        x = _top_binade_blocks(rows, k, dtype)
-        want = quantize(x, "torch")
-        got = quantize(on_triton(x), "triton")
-        d = on_cpu(dequantize(got, dtype, "triton"))
-        got = on_cpu(got)
-        assert torch.equal(got.scales, want.scales), codec
-        assert torch.equal(got.data.view(torch.uint8), want.data.view(torch.uint8)), codec
-        assert torch.isfinite(d).all(), codec
-        assert torch.equal(d.view(BIT_VIEW[dtype]), dequantize(want, dtype, "torch").view(BIT_VIEW[dtype]))
+        _assert_triton_equals_reference(codec, _top_binade_blocks(rows, k, dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
