@@ -194,26 +194,35 @@ class ExpertParallelDispatcher:
     def plan(self, topk_ids: torch.Tensor) -> DispatchLayout:
         """topk_ids int `[T, k]` (global expert ids) -> DispatchLayout. Dynamic path: one
         `all_to_all_single` of `E` int64 counts (EP > 1) and ONE device->host sync."""
+        if not isinstance(topk_ids, torch.Tensor) or topk_ids.dtype.is_floating_point \
+                or topk_ids.dtype.is_complex or topk_ids.dtype == torch.bool:
+            got = topk_ids.dtype if isinstance(topk_ids, torch.Tensor) else type(topk_ids).__name__
+            raise TypeError(f"topk_ids must be an integer tensor of expert ids [T, k], got {got}")
         if topk_ids.dim() != 2:
             raise ValueError(f"topk_ids must be [T, k], got shape {tuple(topk_ids.shape)}")
         num_tokens, top_k = topk_ids.shape
         flat = topk_ids.reshape(-1)
         # Sorting by global expert id sorts by destination rank too (experts are contiguous per rank).
         permutation = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts)  # (E,) rows to each global expert
-        if counts.numel() != self.num_experts:
-            raise ValueError(f"topk_ids must hold expert ids in [0, {self.num_experts}), got a "
-                             f"maximum of {counts.numel() - 1}")
+        counts, num_bad = self._count_rows(flat)
         if self.ep_size == 1:
-            per_expert = tuple(counts.tolist())  # the one sync
+            host = counts.tolist()  # the one sync
+            if host[0] < 0:
+                self._raise_bad_ids(flat, num_bad)
             return DispatchLayout(num_tokens, top_k, permutation, _inverse(permutation),
-                                  (flat.numel(),), (flat.numel(),), None, None, per_expert,
+                                  (flat.numel(),), (flat.numel(),), None, None, tuple(host),
                                   counts.cumsum(0).to(torch.int32))
         recv_counts = torch.empty_like(counts)  # (ep * E_local,): from rank s, rows for my experts
         dist.all_to_all_single(recv_counts, counts, group=self.group)
         host = torch.cat([counts, recv_counts]).tolist()  # the one sync
         send_host, recv_host = host[: self.num_experts], host[self.num_experts:]
         n_loc = self.num_local
+        if send_host[0] < 0:
+            self._raise_bad_ids(flat, num_bad)
+        bad_peers = [r for r in range(self.ep_size) if recv_host[r * n_loc] < 0]
+        if bad_peers:
+            raise ValueError(f"EP ranks {bad_peers} were given expert ids outside [0, {self.num_experts}) "
+                             f"(their plan() raised too); no rows were exchanged")
         send_splits = tuple(sum(send_host[r * n_loc:(r + 1) * n_loc]) for r in range(self.ep_size))
         recv_splits = tuple(sum(recv_host[r * n_loc:(r + 1) * n_loc]) for r in range(self.ep_size))
         per_expert = tuple(sum(recv_host[r * n_loc + e] for r in range(self.ep_size))
@@ -226,6 +235,21 @@ class ExpertParallelDispatcher:
         offsets = recv_counts.view(self.ep_size, n_loc).sum(0).cumsum(0).to(torch.int32)
         return DispatchLayout(num_tokens, top_k, permutation, _inverse(permutation), send_splits,
                               recv_splits, regroup, _inverse(regroup), per_expert, offsets)
+
+    def _count_rows(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows per global expert `[E]` int64 and the number of ids outside `[0, E)`, on the device.
+        When any id is outside, every count is -1: the count exchange then tells the peers too, and
+        the caller raises after its one host sync instead of syncing again to look."""
+        e = self.num_experts
+        inside = (flat >= 0) & (flat < e)
+        counts = torch.bincount(torch.where(inside, flat, e), minlength=e + 1)  # (E + 1,): last = outside
+        num_bad = counts[e]
+        return torch.where(num_bad > 0, -1, counts[:e]), num_bad
+
+    def _raise_bad_ids(self, flat: torch.Tensor, num_bad: torch.Tensor) -> None:
+        lo, hi = int(flat.min()), int(flat.max())
+        raise ValueError(f"topk_ids must hold expert ids in [0, {self.num_experts}), got {int(num_bad)} "
+                         f"of {flat.numel()} outside (values in [{lo}, {hi}])")
 
     def layout_from_plan(self, plan: Any) -> DispatchLayout:
         """The `DispatchLayout` of a `moe.plan.DispatchPlan`, after checking that the plan was made for

@@ -2,7 +2,7 @@
 
 `MoELayer` is plain PyTorch that runs on one device with all experts when no process group is given;
 expert parallelism comes from the `ExpertParallelDispatcher` it builds from `group`, which is the
-only part that knows about ranks (`shared/spec/MOE.md`, "Reference MoE layer").
+only part that knows about ranks (`docs/MOE.md`, "Reference MoE layer").
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..quant.formats import check_scale_mode
+from .checks import check_bool, check_int, check_number
 from .dispatch import DispatchLayout, ExpertParallelDispatcher, check_wire
 from .experts import GroupedExperts, SharedExperts
 from .router import ROUTER_MODES, RoutingRecord, TopKRouter
@@ -59,17 +61,20 @@ class MoELayerConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden", "d_expert", "num_experts", "top_k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.n_shared < 0:
-            raise ValueError(f"n_shared must be >= 0, got {self.n_shared}")
+            check_int(getattr(self, name), name)
+        check_int(self.n_shared, "n_shared", minimum=0)
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts})")
         if self.router_mode not in ROUTER_MODES:
             raise ValueError(f"router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}")
+        check_number(self.scaling_factor, "scaling_factor")
+        for name in ("shared_gate", "expert_bias", "emulate_wire", "return_intermediates"):
+            check_bool(getattr(self, name), name)
+        for name in ("wire_check", "use_grouped_mm"):
+            check_bool(getattr(self, name), name, allow_none=True)
         if self.expert_bias and self.router_mode != "sigmoid":
             raise ValueError("expert_bias (aux-loss-free balancing) requires router_mode='sigmoid'")
+        check_scale_mode(self.scale_mode)
         check_wire(self.wire, self.hidden, "wire")
         check_wire(self.grad_wire, self.hidden, "grad_wire")
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses
+from .checks import check_int, check_number
 from .layer import MoELayer, MoELayerConfig
 from .router import RoutingRecord
 
@@ -44,6 +45,12 @@ class MoEModelConfig:
     coupling_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.moe, MoELayerConfig):
+            raise TypeError(f"moe must be a MoELayerConfig, got {type(self.moe).__name__}")
+        for name in ("vocab_size", "seq_len", "n_layers", "n_heads"):
+            check_int(getattr(self, name), name)
+        for name in ("lb_weight", "seq_lb_weight", "z_weight", "specialization_weight", "coupling_weight"):
+            check_number(getattr(self, name), name, allow_zero=True)
         if self.moe.hidden % self.n_heads != 0:
             raise ValueError(f"hidden ({self.moe.hidden}) must be divisible by n_heads ({self.n_heads})")
         if self.coupling_weight and self.n_layers < 2:

@@ -9,15 +9,20 @@ On disk, one directory:
     tokens.bin         tokens     [N, S]    the input's integer dtype
     expert_ids.bin     expert ids [N, S, k] uint8 (E <= 256) or int16 (E <= 32768)
     gates.bin          gates      [N, S, k] float32, each row summing to the scaling factor
-The `.bin` files are raw C-order arrays read as `numpy.memmap`. The header is written last, so a
-directory without one is an interrupted run.
+The `.bin` files are raw C-order arrays read as `numpy.memmap`, each followed by a 24-byte trailer
+(`TRAILER_MAGIC` + the run's 16-byte id, also in the header as `run_id`), so a file from another run
+is refused when the data set is opened. The header is written last, so a directory without one is an
+interrupted run. What is checked when, and what is not: README, "Reliability of the MoE layer,
+Grouter and loaders".
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import uuid
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -28,8 +33,12 @@ from .grouter import Grouter
 
 HEADER_NAME = "predispatch.json"
 FILE_FORMAT = "mxa2a.predispatch"
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2 adds the run id (header "run_id", a trailer in each .bin); 1 opens with a warning
+READABLE_VERSIONS = (1, 2)
 MAX_INT16_EXPERTS = 2**15
+TRAILER_MAGIC = b"mxa2a.pd"
+TRAILER_BYTES = len(TRAILER_MAGIC) + 16  # magic + uuid4 bytes
+ARRAYS = ("tokens", "expert_ids", "gates")
 
 
 def expert_id_dtype(num_experts: int) -> np.dtype:
@@ -53,13 +62,19 @@ class MicroBatch(NamedTuple):
 
 @dataclass(frozen=True)
 class PredispatchedData:
-    """A pre-dispatched data set opened read-only: three memmaps and the header they were described by."""
+    """A pre-dispatched data set opened read-only: three memmaps and the header they were described by.
+
+    `file_stats` holds each file's (size, mtime_ns, inode) at opening; `check_unchanged()` compares
+    them with the files now (3 `os.stat` calls), so that a file shrunk or rewritten after opening gives
+    an error before the next read instead of a SIGBUS from the memmap.
+    """
 
     path: Path
     header: dict
     tokens: np.memmap      # [N, S]
     expert_ids: np.memmap  # [N, S, k]
     gates: np.memmap       # [N, S, k] float32
+    file_stats: dict = field(default_factory=dict)
 
     @property
     def num_experts(self) -> int:
@@ -71,6 +86,23 @@ class PredispatchedData:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    def check_unchanged(self) -> None:
+        """Raise OSError naming the file if a `.bin` file changed (size, mtime or inode) since opening."""
+        for file, stat in self.file_stats.items():
+            now = _stat_of(file)
+            if now != stat:
+                raise OSError(f"{file} changed after the data set was opened (size {stat[0]} -> {now[0]} "
+                              f"bytes, mtime or inode changed): reading it could crash the process "
+                              f"(SIGBUS) or mix two runs; open the data set again")
+
+
+def _stat_of(file: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        return (-1, -1, -1)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _check_tokens(tokens: np.ndarray) -> np.ndarray:
@@ -144,6 +176,11 @@ def predispatch(grouter: Grouter, tokens: np.ndarray, out_dir: str | os.PathLike
     for arr in (tok_out, ids_out, gates_out):
         arr.flush()
     del tok_out, ids_out, gates_out
+    run_id = uuid.uuid4()
+    header["run_id"] = run_id.hex
+    for name in ARRAYS:
+        with open(out / header[name]["file"], "ab") as f:
+            f.write(TRAILER_MAGIC + run_id.bytes)
     tmp = out / (HEADER_NAME + ".tmp")
     tmp.write_text(json.dumps(header, indent=1))
     os.replace(tmp, out / HEADER_NAME)
@@ -151,32 +188,87 @@ def predispatch(grouter: Grouter, tokens: np.ndarray, out_dir: str | os.PathLike
 
 
 def open_predispatched(path: str | os.PathLike) -> PredispatchedData:
-    """Open a directory written by `predispatch` read-only, checking the files against the header."""
+    """Open a directory written by `predispatch` read-only, checking the files against the header.
+
+    Checked (ValueError naming the file): the header's format and version, that the three arrays'
+    shapes agree with `num_sequences`, `seq_len` and `top_k` (`[N, S]`, `[N, S, k]`, `[N, S, k]`),
+    their dtypes, each file's size, and that each file's trailer carries the header's `run_id`.
+    Reads only the header and 24 bytes per file; the data are checked batch by batch by the loader.
+    """
     path = Path(path)
-    header_file = path / HEADER_NAME
-    if not header_file.exists():
-        raise FileNotFoundError(f"{header_file} not found: not a pre-dispatched data set "
-                                f"(or an interrupted run)")
-    header = json.loads(header_file.read_text())
-    if header.get("format") != FILE_FORMAT or header.get("version") != FILE_VERSION:
-        raise ValueError(f"{header_file}: expected format {FILE_FORMAT!r} version {FILE_VERSION}, "
-                         f"got {header.get('format')!r} version {header.get('version')!r}")
-    expected_ids = expert_id_dtype(int(header["num_experts"]))
-    if np.dtype(header["expert_ids"]["dtype"]) != expected_ids:
-        raise ValueError(f"{header_file}: expert ids stored as {header['expert_ids']['dtype']}, "
-                         f"expected {expected_ids.name} for E={header['num_experts']}")
-    maps = {}
-    for name in ("tokens", "expert_ids", "gates"):
+    header = _read_header(path / HEADER_NAME)
+    trailer = TRAILER_BYTES if header["version"] >= 2 else 0
+    maps, stats = {}, {}
+    for name in ARRAYS:
         entry = header[name]
         dtype, shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
         file = path / entry["file"]
-        expected_bytes = int(np.prod(shape)) * dtype.itemsize
-        if not file.exists() or file.stat().st_size != expected_bytes:
-            size = file.stat().st_size if file.exists() else "missing"
-            raise ValueError(f"{file}: expected {expected_bytes} bytes ({dtype.name} {list(shape)}), "
-                             f"got {size}")
+        data_bytes = int(np.prod(shape)) * dtype.itemsize
+        stats[file] = _stat_of(file)
+        if stats[file][0] != data_bytes + trailer:
+            size = "missing" if stats[file][0] < 0 else f"{stats[file][0]} bytes"
+            raise ValueError(f"{file}: expected {data_bytes + trailer} bytes ({dtype.name} {list(shape)}"
+                             f"{' + trailer' if trailer else ''}), got {size}")
+        if trailer:
+            _check_trailer(file, data_bytes, header["run_id"])
         maps[name] = np.memmap(file, dtype=dtype, mode="r", shape=shape)
-    return PredispatchedData(path, header, maps["tokens"], maps["expert_ids"], maps["gates"])
+    return PredispatchedData(path, header, maps["tokens"], maps["expert_ids"], maps["gates"], stats)
+
+
+def _read_header(header_file: Path) -> dict:
+    if not header_file.exists():
+        raise FileNotFoundError(f"{header_file} not found: not a pre-dispatched data set "
+                                f"(or an interrupted run)")
+    try:
+        header = json.loads(header_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{header_file}: not a JSON header ({err})") from err
+    if not isinstance(header, dict) or header.get("format") != FILE_FORMAT \
+            or header.get("version") not in READABLE_VERSIONS:
+        got = (header.get("format"), header.get("version")) if isinstance(header, dict) else header
+        raise ValueError(f"{header_file}: expected format {FILE_FORMAT!r} version in {READABLE_VERSIONS}, "
+                         f"got {got!r:.120}")
+    try:
+        _check_header_shapes(header)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{header_file}: {err}") from err
+    if header["version"] < 2:
+        warnings.warn(f"{header_file}: version 1 data set without a run id: files from another run "
+                      f"are not detected (pre-dispatch again to add one)", UserWarning, stacklevel=3)
+    elif not (isinstance(header.get("run_id"), str) and len(header["run_id"]) == 32):
+        raise ValueError(f"{header_file}: 'run_id' must be 32 hex digits, got {header.get('run_id')!r}")
+    return header
+
+
+def _check_header_shapes(header: dict) -> None:
+    n, s, e, k = (header[key] for key in ("num_sequences", "seq_len", "num_experts", "top_k"))
+    for key, value in (("num_sequences", n), ("seq_len", s), ("num_experts", e), ("top_k", k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+    expected = {"tokens": [n, s], "expert_ids": [n, s, k], "gates": [n, s, k]}
+    for name, shape in expected.items():
+        if header[name]["shape"] != shape:
+            raise ValueError(f"{name} ({header[name]['file']}) has shape {header[name]['shape']}, but "
+                             f"num_sequences, seq_len, top_k = {n}, {s}, {k} make it {shape}")
+    if not np.issubdtype(np.dtype(header["tokens"]["dtype"]), np.integer):
+        raise ValueError(f"tokens must be stored as integers, got {header['tokens']['dtype']}")
+    if np.dtype(header["expert_ids"]["dtype"]) != expert_id_dtype(e):
+        raise ValueError(f"expert ids stored as {header['expert_ids']['dtype']}, expected "
+                         f"{expert_id_dtype(e).name} for E={e}")
+    if np.dtype(header["gates"]["dtype"]) != np.float32:
+        raise ValueError(f"gates must be stored as float32, got {header['gates']['dtype']}")
+
+
+def _check_trailer(file: Path, data_bytes: int, run_id: str) -> None:
+    with open(file, "rb") as f:
+        f.seek(data_bytes)
+        trailer = f.read(TRAILER_BYTES)
+    if trailer[:len(TRAILER_MAGIC)] != TRAILER_MAGIC:
+        raise ValueError(f"{file}: no pre-dispatch trailer after the {data_bytes} data bytes "
+                         f"(not written by predispatch, or damaged)")
+    if trailer[len(TRAILER_MAGIC):].hex() != run_id:
+        raise ValueError(f"{file} belongs to pre-dispatch run {trailer[len(TRAILER_MAGIC):].hex()}, "
+                         f"the header to run {run_id}: files from two runs are mixed")
 
 
 class PredispatchLoader:
@@ -185,6 +277,8 @@ class PredispatchLoader:
     Tensors are on the CPU (the host builds the dispatch plan from `expert_ids`): tokens and expert ids
     as int64, gates as fp32. `shuffle=True` permutes the sequences each epoch from `seed + epoch`;
     `drop_last=True` drops a final short batch. Every sequence appears exactly once per epoch.
+    Before each batch it checks that no file changed since opening (`check_unchanged`); each batch's
+    expert ids must lie in `[0, E)` and its gates be finite, else ValueError naming batch and file.
     """
 
     def __init__(self, data: PredispatchedData, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -213,8 +307,18 @@ class PredispatchLoader:
             rows = order[b * self.batch_size:(b + 1) * self.batch_size]
             if not self.shuffle:
                 rows = slice(int(rows[0]), int(rows[-1]) + 1)  # contiguous read of the memmap
-            yield MicroBatch(
-                torch.from_numpy(np.array(self.data.tokens[rows], dtype=np.int64)),
-                torch.from_numpy(np.array(self.data.expert_ids[rows], dtype=np.int64)),
-                torch.from_numpy(np.array(self.data.gates[rows], dtype=np.float32)),
-            )
+            self.data.check_unchanged()  # a file shrunk since opening would SIGBUS in the reads below
+            ids, gates = np.array(self.data.expert_ids[rows]), np.array(self.data.gates[rows])
+            self._check_batch(ids, gates, b)
+            yield MicroBatch(torch.from_numpy(np.array(self.data.tokens[rows], dtype=np.int64)),
+                             torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(gates))
+
+    def _check_batch(self, ids: np.ndarray, gates: np.ndarray, index: int) -> None:
+        """Expert ids in `[0, E)` (min / max of the stored uint8 / int16) and finite gates."""
+        e, where = self.data.num_experts, f"batch {index} of {self.data.path}"
+        if ids.size and (ids.min() < 0 or ids.max() >= e):
+            raise ValueError(f"{where}: expert ids outside [0, {e}) (values in [{ids.min()}, {ids.max()}]) "
+                             f"in {self.data.header['expert_ids']['file']}")
+        if not np.isfinite(gates).all():
+            raise ValueError(f"{where}: {int((~np.isfinite(gates)).sum())} non-finite gates in "
+                             f"{self.data.header['gates']['file']}")

@@ -1,7 +1,7 @@
 """Top-k router and the routing record it returns.
 
 The router turns hidden states into a choice of `top_k` experts per token and their gate weights
-(`shared/spec/MOE.md`, "Reference MoE layer"). It also hands back everything the auxiliary losses need
+(`docs/MOE.md`, "Reference MoE layer"). It also hands back everything the auxiliary losses need
 (full distribution, logits, ids, gates) as a `RoutingRecord`, so a model can compute losses that span
 layers (cross-layer coupling) after the forward pass instead of inside each layer.
 """
@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_bool, check_int, check_number
+
 ROUTER_MODES = ("softmax", "sigmoid")
 
 
@@ -25,8 +27,8 @@ class RoutingRecord:
       sigmoid scores normalized to sum 1). Differentiable.
     - `logits`: fp32 `[T, E]`, the raw router scores `x W_r^T`. Differentiable.
     - `topk_ids`: int64 `[T, k]`, the chosen experts, distinct within a row.
-    - `gates`: fp32 `[T, k]`, the weights of the chosen experts (renormalized over the k, times
-      `scaling_factor`). Differentiable.
+    - `gates`: fp32 `[T, k]`, the weights of the chosen experts (renormalized over the k, except in
+      sigmoid mode with k = 1, times `scaling_factor`). Differentiable.
     - `intermediates`: `[T, k, d_expert]` SwiGLU intermediates `silu(x W_gate) * (x W_up)` of the
       routed expert of each (token, slot), in the layer's dtype, or None when not requested.
       Differentiable with respect to the experts and the input.
@@ -63,7 +65,9 @@ class TopKRouter(nn.Module):
 
     - `mode="softmax"`: top-k of the logits, gates = softmax over those k logits.
     - `mode="sigmoid"`: scores = sigmoid(logits); top-k of `scores + expert_bias` (the bias is used for
-      selection only: aux-loss-free balancing); gates = the chosen scores renormalized to sum 1.
+      selection only: aux-loss-free balancing); gates = the chosen scores, renormalized to sum 1 when
+      k > 1. With k = 1 the gate is the score itself (as in Megatron-Core and DeepSeek-V3): a
+      renormalized single gate is the constant 1, and the task loss would not reach the router.
     Gates are then multiplied by `scaling_factor`.
 
     `expert_bias` is a buffer (not a parameter: it is moved by `losses.update_expert_bias`, not by the
@@ -75,12 +79,15 @@ class TopKRouter(nn.Module):
         super().__init__()
         if mode not in ROUTER_MODES:
             raise ValueError(f"router mode must be one of {ROUTER_MODES}, got {mode!r}")
-        if not 1 <= top_k <= num_experts:
+        check_int(hidden, "hidden")
+        check_int(num_experts, "num_experts")
+        if check_int(top_k, "top_k") > num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        check_bool(expert_bias, "expert_bias")
         if expert_bias and mode != "sigmoid":
             raise ValueError("expert_bias (aux-loss-free balancing) requires mode='sigmoid'")
         self.hidden, self.num_experts, self.top_k = hidden, num_experts, top_k
-        self.mode, self.scaling_factor = mode, float(scaling_factor)
+        self.mode, self.scaling_factor = mode, check_number(scaling_factor, "scaling_factor")
         self.weight = nn.Parameter(torch.empty(num_experts, hidden))
         nn.init.normal_(self.weight, std=hidden ** -0.5)
         if expert_bias:
@@ -101,7 +108,7 @@ class TopKRouter(nn.Module):
             select = scores if self.expert_bias is None else scores + self.expert_bias
             topk_ids = torch.topk(select, self.top_k, dim=-1).indices
             chosen = scores.gather(-1, topk_ids)
-            gates = chosen / chosen.sum(-1, keepdim=True)
+            gates = chosen / chosen.sum(-1, keepdim=True) if self.top_k > 1 else chosen
             probs = scores / scores.sum(-1, keepdim=True)
         return RoutingRecord(probs=probs, logits=logits, topk_ids=topk_ids,
                              gates=gates * self.scaling_factor)

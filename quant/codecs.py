@@ -42,8 +42,9 @@ def quantize_mxfp4(x: torch.Tensor, *, scale_mode: str = "rceil", backend: str =
     """Encode `x` (fp32/bf16/fp16 `[..., K]`, K a multiple of 32) to MXFP4.
 
     Returns an `MXFP4Tensor`: `data` uint8 `[..., K/2]` (element 2i in the low nibble), `scales` uint8
-    `[..., K/32]` (E8M0, 255 = block held NaN/Inf). `scale_mode` is "rceil" (never saturates) or
-    "floor" (OCP). With `out=`, writes into `out.data` / `out.scales` and returns a container over them.
+    `[..., K/32]` (E8M0, 255 = block held NaN/Inf). `scale_mode` is "rceil" (saturates only in the
+    top binade of x's dtype, where 6 * 2^e must stay finite) or "floor" (OCP). With `out=`, writes
+    into `out.data` / `out.scales` and returns a container over them.
     """
     fn = "quantize_mxfp4"
     check_scale_mode(scale_mode)

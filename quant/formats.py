@@ -26,6 +26,13 @@ FP8_TILE = 128
 E4M3_MAX = 448.0
 E4M3_DTYPE = torch.float8_e4m3fn
 
+# --- Scales near the top of the input dtype (FORMATS.md, "Scales near the top of the input dtype") ---
+# The largest scale exponent whose full-scale value (6 * 2^e for MXFP4, 448 * 2^k for FP8) is finite in
+# the input dtype: its top binade (2^127 for fp32 / bf16, 2^15 for fp16) minus 2 (6 = 1.5 * 2^2) or 8
+# (448 = 1.75 * 2^8). One more would let an element round to 2^128 (2^16): +-Inf in that dtype.
+MXFP4_MAX_SCALE_EXP = {torch.float32: 125, torch.bfloat16: 125, torch.float16: 13}
+FP8_MAX_SCALE_EXP = {torch.float32: 119, torch.bfloat16: 119, torch.float16: 7}
+
 SCALE_MODES = ("floor", "rceil")
 FLOAT_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from .checks import check_float_input, check_out_dtype
-from .formats import (E2M1_MAX, E4M3_DTYPE, E4M3_MAX, E8M0_BIAS, E8M0_MAX_EXP, E8M0_MIN_EXP,
-                      E8M0_NAN, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor, check_scale_mode)
+from .formats import (E2M1_MAX, E4M3_DTYPE, E4M3_MAX, E8M0_BIAS, E8M0_MIN_EXP, E8M0_NAN, FP8_MAX_SCALE_EXP,
+                      FP8_TILE, MXFP4_BLOCK, MXFP4_MAX_SCALE_EXP, FP8Tensor, MXFP4Tensor, check_scale_mode)
 
 __all__ = [
     "quantize_mxfp4", "dequantize_mxfp4", "quantize_fp8", "dequantize_fp8",
@@ -76,7 +76,8 @@ def e2m1_codes_to_values(codes: torch.Tensor) -> torch.Tensor:
 
 def quantize_mxfp4(x: torch.Tensor, scale_mode: str = "rceil") -> MXFP4Tensor:
     """MXFP4-encode `x` (fp32/bf16/fp16 `[..., K]`, K a multiple of 32) -> `MXFP4Tensor` with contiguous
-    `data` uint8 `[..., K/2]` and `scales` uint8 `[..., K/32]`, exactly per FORMATS.md."""
+    `data` uint8 `[..., K/2]` and `scales` uint8 `[..., K/32]`, exactly per FORMATS.md (with the scale
+    cap `e <= MXFP4_MAX_SCALE_EXP[x.dtype]` of its section "Scales near the top of the input dtype")."""
     check_scale_mode(scale_mode)
     check_float_input(x, MXFP4_BLOCK, "quantize_mxfp4")
     lead, k = x.shape[:-1], x.shape[-1]
@@ -91,7 +92,8 @@ def quantize_mxfp4(x: torch.Tensor, scale_mode: str = "rceil") -> MXFP4Tensor:
     e = f - 2
     if scale_mode == "rceil":
         e = e + (amax / pow2(f) > 1.5).to(torch.int64)
-    e = torch.where(tiny, E8M0_MIN_EXP, e).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
+    # The upper clamp keeps 6 * 2^e finite in x's dtype: in its top binade rceil takes floor's scale.
+    e = torch.where(tiny, E8M0_MIN_EXP, e).clamp(E8M0_MIN_EXP, MXFP4_MAX_SCALE_EXP[x.dtype])
     scales = torch.where(bad, E8M0_NAN, e + E8M0_BIAS).to(torch.uint8)
     # 3. Elements: y = v * 2^-e (exact in float64), RNE to E2M1 with saturation, sign kept.
     y = torch.where(bad.unsqueeze(-1), 0.0, v) * pow2(-e).unsqueeze(-1)
@@ -135,7 +137,8 @@ def e4m3_rne(y: torch.Tensor) -> torch.Tensor:
 
 def quantize_fp8(x: torch.Tensor) -> FP8Tensor:
     """FP8-encode `x` (fp32/bf16/fp16 `[..., K]`, K a multiple of 128) -> `FP8Tensor` with contiguous
-    `data` float8_e4m3fn `[..., K]` and `scales` uint8 `[..., K/128]` (byte k + 127; 255 = NaN tile)."""
+    `data` float8_e4m3fn `[..., K]` and `scales` uint8 `[..., K/128]` (byte k + 127; 255 = NaN tile).
+    `k <= FP8_MAX_SCALE_EXP[x.dtype]`; elements above 448 * 2^k (only there) saturate to 448."""
     check_float_input(x, FP8_TILE, "quantize_fp8")
     lead, k = x.shape[:-1], x.shape[-1]
     v = x.to(torch.float64).reshape(*lead, k // FP8_TILE, FP8_TILE)
@@ -146,10 +149,11 @@ def quantize_fp8(x: torch.Tensor) -> FP8Tensor:
     # it is f - 8 or f - 7 (448 = 1.75 * 2^8), decided by an exact comparison.
     f = floor_log2(torch.where(tiny, 1.0, amax))
     kk = f - 8 + (amax > E4M3_MAX * pow2(f - 8)).to(torch.int64)
-    kk = torch.where(tiny, E8M0_MIN_EXP, kk).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
+    # The upper clamp keeps 448 * 2^k finite in x's dtype; elements above it there saturate to 448.
+    kk = torch.where(tiny, E8M0_MIN_EXP, kk).clamp(E8M0_MIN_EXP, FP8_MAX_SCALE_EXP[x.dtype])
     scales = torch.where(bad, E8M0_NAN, kk + E8M0_BIAS).to(torch.uint8)
     y = torch.where(bad.unsqueeze(-1), 0.0, v) * pow2(-kk).unsqueeze(-1)
-    q = e4m3_rne(y).view(torch.uint8)
+    q = e4m3_rne(y.clamp(-E4M3_MAX, E4M3_MAX)).view(torch.uint8)
     q = torch.where(bad.unsqueeze(-1), 0, q).to(torch.uint8).view(E4M3_DTYPE)
     return FP8Tensor(q.reshape(*lead, k).contiguous(), scales.reshape(*lead, k // FP8_TILE).contiguous())
 

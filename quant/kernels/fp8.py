@@ -2,8 +2,10 @@
 `quant/reference.py`.
 
 `k = ceil(log2(amax / 448))` comes from the fp32 bit pattern of the tile maximum (exponent field and
-one significand comparison: 448 = 1.75 * 2^8). Elements are scaled by the normal fp32 2^-k with one
-exact multiply (|y| <= 448; results below 2^-126 round to 0 whatever their low bits) and rounded to
+one significand comparison: 448 = 1.75 * 2^8), capped at `K_MAX` so that 448 * 2^k stays finite in the
+input dtype (FORMATS.md, "Scales near the top of the input dtype"). Elements are scaled by the normal
+fp32 2^-k with one exact multiply (|y| <= 448 but where k was capped: those saturate to 448; results
+below 2^-126 round to 0 whatever their low bits) and rounded to
 E4M3 by hardware round-to-nearest-even: adding C = 1.5 * 2^(g + 20), whose ulp 2^(g - 3) is the E4M3
 spacing at y (g = max(floor(log2 y), -6), so E4M3 subnormals are rounded, never flushed), leaves the
 rounded significand in C's low bits. (Triton's fp8 casts are not used: the interpreter's differ from
@@ -19,14 +21,15 @@ import triton
 import triton.language as tl
 
 from ..checks import check_float_input, rows_in, rows_out
-from ..formats import E4M3_DTYPE, FP8_TILE, FP8Tensor
+from ..formats import E4M3_DTYPE, FP8_MAX_SCALE_EXP, FP8_TILE, FP8Tensor
 from .mxfp4 import (PERSISTENT_STAGES, _BITS_VIEW, _IN_KIND, _load_f32_bits, _store_from_f32_bits, decode_output,
                     launch_grid)
 
 
 @triton.jit
 def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
-                       IN_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                       IN_KIND: tl.constexpr, K_MAX: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     NT: tl.constexpr = BLOCK_K // 128
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     rmask = rows < M
@@ -40,11 +43,12 @@ def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x
     # k = ceil(log2(amax / 448)) = f - 8 + [significand > 1.75]   (448 = 1.75 * 2^8)
     k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
     k = tl.where(amax < 0x800000, -127, k)
-    k = tl.minimum(tl.maximum(k, -127), 127)
+    k = tl.minimum(tl.maximum(k, -127), K_MAX)  # 448 * 2^K_MAX is finite in the input dtype
     sbyte = tl.where(bad, 255, k + 127)
 
-    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, normal: k in [-127, 120]
-    y = a.to(tl.float32, bitcast=True) * inv[:, :, None]  # |v| * 2^-k, exact
+    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, normal: k in [-127, 119]
+    # |v| * 2^-k, exact; above 448 only where k was capped: those saturate to 448
+    y = tl.minimum(a.to(tl.float32, bitcast=True) * inv[:, :, None], 448.0)
     g = tl.maximum((y.to(tl.int32, bitcast=True) >> 23) - 127, -6)  # E4M3 binade of y
     c_bits = g * 8388608 + 0x49C00000  # 1.5 * 2^(g + 20)
     n = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - c_bits  # RNE(y / 2^(g-3))
@@ -63,16 +67,16 @@ def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x
 
 @triton.jit
 def _fp8_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s, tiles_k, n_tiles,
-                         IN_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                         PERSISTENT: tl.constexpr, NUM_STAGES: tl.constexpr):
+                         IN_KIND: tl.constexpr, K_MAX: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_K: tl.constexpr, PERSISTENT: tl.constexpr, NUM_STAGES: tl.constexpr):
     # PERSISTENT: a few programs per SM stride over the tiles; see mxfp4._mxfp4_quantize_kernel.
     if PERSISTENT:
         for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
             _fp8_quantize_tile(t // tiles_k, t % tiles_k, x_ptr, data_ptr, scales_ptr, M, K,
-                               stride_x, stride_d, stride_s, IN_KIND, BLOCK_M, BLOCK_K)
+                               stride_x, stride_d, stride_s, IN_KIND, K_MAX, BLOCK_M, BLOCK_K)
     else:
         _fp8_quantize_tile(tl.program_id(0), tl.program_id(1), x_ptr, data_ptr, scales_ptr, M, K,
-                           stride_x, stride_d, stride_s, IN_KIND, BLOCK_M, BLOCK_K)
+                           stride_x, stride_d, stride_s, IN_KIND, K_MAX, BLOCK_M, BLOCK_K)
 
 
 @triton.jit
@@ -151,7 +155,8 @@ def fp8_quantize_triton(x: torch.Tensor, *, out: FP8Tensor | None = None, block_
     if m > 0:
         grid, tiles_k, n_tiles, pers = launch_grid(x.device, m, k, bm, bk, programs_per_sm)
         _fp8_quantize_kernel[grid](xr, dr, sr, m, k, xr.stride(0), dr.stride(0), sr.stride(0), tiles_k, n_tiles,
-                                   IN_KIND=_IN_KIND[x.dtype], BLOCK_M=bm, BLOCK_K=bk, PERSISTENT=pers,
+                                   IN_KIND=_IN_KIND[x.dtype], K_MAX=FP8_MAX_SCALE_EXP[x.dtype],
+                                   BLOCK_M=bm, BLOCK_K=bk, PERSISTENT=pers,
                                    NUM_STAGES=PERSISTENT_STAGES, num_warps=nw)
     return FP8Tensor(out.data, out.scales)
 

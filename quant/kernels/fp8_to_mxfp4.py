@@ -65,13 +65,13 @@ def _fp8_to_mxfp4_f32_tile(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K, stride_q, stride_
     if RCEIL:
         e += ((amax & 0x7FFFFF) > 0x400000).to(tl.int32)
     e = tl.where(amax < 0x800000, -127, e)
-    e = tl.minimum(tl.maximum(e, -127), 127)
+    # At most 125, so that 6 * 2^e stays finite in fp32 (docs/FORMATS.md, "Scales near the top of the
+    # input dtype"): in fp32's top binade rceil takes floor's scale and the largest codes saturate.
+    e = tl.minimum(tl.maximum(e, -127), 125)
     # |q| * 2^(k - e) equals the two-step |v| * 2^-e wherever bad is false: k - e lies in [-7, 11] for
     # a normal maximum and in [0, 10] for a zero / subnormal one (e = -127), so both products are exact.
     f = pow2_f32(tl.minimum(tl.maximum(k - e, -127), 127))
-    c = e2m1_round(e4m3_abs_f32(mag) * f[:, :, None])
-    if not RCEIL:
-        c = tl.minimum(c, 7)
+    c = tl.minimum(e2m1_round(e4m3_abs_f32(mag) * f[:, :, None]), 7)
     c = tl.where(bad[:, :, None], 0, c | tl.reshape((code >> 4) & 8, (BLOCK_M, NB, 32)))
 
     lo, hi = tl.split(tl.reshape(c, (BLOCK_M, BLOCK_K // 2, 2)))
@@ -137,10 +137,11 @@ def _fp8_to_mxfp4_swar_kernel(q_ptr, qs_ptr, x_ptr, xs_ptr, M, K,
     bad = (mmax == 0x7F) | (tb == 255) | (ex + tb >= 262)
     zero = mmax == 0
     special = bad | zero
-    slow = (~special) & ((g < 4) | (ex + tb < 9))
+    # g + tb > 261 (rceil in fp32's top binade, e = 126) takes the general path's scale cap e <= 125.
+    slow = (~special) & ((g < 4) | (ex + tb < 9) | (g + tb > 261))
     if tl.max(slow.to(tl.int32)) != 0:
         # Rare (a nonzero block whose largest code is under ~2^-3, i.e. 2^12 below its tile's range, or
-        # scales at the bottom of E8M0): the general path, one row's tile at a time so that its registers
+        # scales at the bottom or the top of E8M0): the general path, one row's tile at a time so that its registers
         # do not lower the occupancy of the fast path.
         if ASM:
             for i in range(BLOCK_M * NT):

@@ -1,9 +1,11 @@
 """Triton MXFP4 encode / decode (FORMATS.md "MXFP4"), bit-exact with `quant/reference.py`.
 
 Hopper has no FP4/E8M0 instructions. The block maximum and the scale come from fp32 bit patterns
-(integer max of |bits|, exponent field, one significand comparison). Elements are scaled by the exact
-power of two 2^-e (a normal fp32 for every e in [-127, 126]) with one fp32 multiply, which is exact:
-|y| < 8, and a result below 2^-126 rounds to code 0 whatever its low bits. Rounding to E2M1 is
+(integer max of |bits|, exponent field, one significand comparison), the scale capped at `E_MAX` so
+that 6 * 2^e stays finite in the input dtype (FORMATS.md, "Scales near the top of the input dtype").
+Elements are scaled by the exact power of two 2^-e (a normal fp32 for every e in [-127, 125]) with
+one fp32 multiply, which is exact: |y| < 8, and a result below 2^-126 rounds to code 0 whatever its
+low bits. Rounding to E2M1 is
 hardware round-to-nearest-even: adding C = 1.5 * 2^(22 + r), whose ulp is the E2M1 spacing of y's
 range r (0: y < 2, 1: [2, 4), 2: [4, 8)), leaves RNE(y / spacing) in C's low significand bits.
 Decoding multiplies the E2M1 value (its bits dropped into an fp32 pattern, times 2^126) by the scale
@@ -20,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_float_input, check_out_dtype, rows_in, rows_out
-from ..formats import MXFP4_BLOCK, MXFP4Tensor, check_scale_mode
+from ..formats import MXFP4_BLOCK, MXFP4_MAX_SCALE_EXP, MXFP4Tensor, check_scale_mode
 
 _IN_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _BITS_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
@@ -41,7 +43,7 @@ def _load_f32_bits(ptr, offs, mask, IN_KIND: tl.constexpr):
 
 @triton.jit
 def _mxfp4_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
-                         IN_KIND: tl.constexpr, RCEIL: tl.constexpr,
+                         IN_KIND: tl.constexpr, RCEIL: tl.constexpr, E_MAX: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -58,7 +60,7 @@ def _mxfp4_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride
     if RCEIL:
         e += ((amax & 0x7FFFFF) > 0x400000).to(tl.int32)  # significand > 1.5
     e = tl.where(amax < 0x800000, -127, e)  # zero or subnormal block maximum
-    e = tl.minimum(tl.maximum(e, -127), 127)
+    e = tl.minimum(tl.maximum(e, -127), E_MAX)  # 6 * 2^E_MAX is the input dtype's largest grid value
     sbyte = tl.where(bad, 255, e + 127)
 
     # y = |v| * 2^-e (exact); then E2M1 RNE with saturation through the magic-number add.
@@ -69,8 +71,7 @@ def _mxfp4_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride
     c_bits = r * 8388608 + 0x4AC00000  # 1.5 * 2^(22 + r), ulp 2^(r-1) = the E2M1 spacing
     # RNE(y / 2^(r-1)) is the low part of y + C; code = that + 2r (0.5-steps below 2, then +2, +4)
     code = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - (r * 8388606 + 0x4AC00000)
-    if not RCEIL:
-        code = tl.minimum(code, 7)  # floor saturates block maxima above 6; rceil never exceeds 6
+    code = tl.minimum(code, 7)  # saturate at 6: floor block maxima above 1.5 * 2^f, and rceil at E_MAX
     code = tl.where(bad[:, :, None], 0, code | sign)
 
     lo, hi = tl.split(tl.reshape(code, [BLOCK_M, BLOCK_K // 2, 2]))
@@ -85,7 +86,7 @@ def _mxfp4_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride
 
 @triton.jit
 def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s, tiles_k, n_tiles,
-                           IN_KIND: tl.constexpr, RCEIL: tl.constexpr, BLOCK_M: tl.constexpr,
+                           IN_KIND: tl.constexpr, RCEIL: tl.constexpr, E_MAX: tl.constexpr, BLOCK_M: tl.constexpr,
                            BLOCK_K: tl.constexpr, PERSISTENT: tl.constexpr, NUM_STAGES: tl.constexpr):
     # PERSISTENT: a 1-D grid of a few programs per SM walks the tiles (row-major over [tiles_m, tiles_k])
     # with a stride of the grid size; the loop is software-pipelined so a tile's loads are in flight while
@@ -93,10 +94,10 @@ def _mxfp4_quantize_kernel(x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d
     if PERSISTENT:
         for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
             _mxfp4_quantize_tile(t // tiles_k, t % tiles_k, x_ptr, data_ptr, scales_ptr, M, K,
-                                 stride_x, stride_d, stride_s, IN_KIND, RCEIL, BLOCK_M, BLOCK_K)
+                                 stride_x, stride_d, stride_s, IN_KIND, RCEIL, E_MAX, BLOCK_M, BLOCK_K)
     else:
         _mxfp4_quantize_tile(tl.program_id(0), tl.program_id(1), x_ptr, data_ptr, scales_ptr, M, K,
-                             stride_x, stride_d, stride_s, IN_KIND, RCEIL, BLOCK_M, BLOCK_K)
+                             stride_x, stride_d, stride_s, IN_KIND, RCEIL, E_MAX, BLOCK_M, BLOCK_K)
 
 
 @triton.jit
@@ -227,7 +228,7 @@ def mxfp4_quantize_triton(x: torch.Tensor, scale_mode: str = "rceil", *, out: MX
         grid, tiles_k, n_tiles, pers = launch_grid(x.device, m, k, bm, bk, programs_per_sm)
         _mxfp4_quantize_kernel[grid](xr, dr, sr, m, k, xr.stride(0), dr.stride(0), sr.stride(0), tiles_k, n_tiles,
                                      IN_KIND=_IN_KIND[x.dtype], RCEIL=scale_mode == "rceil",
-                                     BLOCK_M=bm, BLOCK_K=bk, PERSISTENT=pers, NUM_STAGES=PERSISTENT_STAGES,
+                                     E_MAX=MXFP4_MAX_SCALE_EXP[x.dtype], BLOCK_M=bm, BLOCK_K=bk, PERSISTENT=pers, NUM_STAGES=PERSISTENT_STAGES,
                                      num_warps=nw)
     return MXFP4Tensor(out.data, out.scales, scale_mode)
 

@@ -155,3 +155,19 @@ def _body(rank: int, ws: int, seed: int) -> None:
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_expert_parallel_matches_one_process(seed, world_size):
     run_distributed(_body, world_size, seed, timeout_s=150)
+
+
+def _bad_ids_body(rank, world_size):
+    layer = MoELayer(MoELayerConfig(hidden=32, d_expert=8, num_experts=4, top_k=2), group=dist.group.WORLD)
+    ids = torch.tensor([[0, 1], [2, 3], [1, 2]])
+    if rank == 1:
+        ids[2, 0] = 7
+    expected = "topk_ids must hold expert ids" if rank == 1 else r"EP ranks \[1\] were given expert ids"
+    with pytest.raises(ValueError, match=expected):
+        layer.dispatcher.plan(ids)
+    dist.barrier()  # both ranks raised at the same step and can go on talking
+
+
+@pytest.mark.slow
+def test_bad_expert_ids_on_one_rank_raise_on_every_rank_without_a_hang():
+    run_distributed(_bad_ids_body, 2, timeout_s=60, pg_timeout_s=20)

@@ -130,3 +130,72 @@ def test_bad_input_is_rejected_with_clear_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a Grouter file"):
         load_grouter(other)
+
+
+def _saved(tmp_path, **overrides):
+    g = Grouter(small_config(n_layers=1, **overrides))
+    path = tmp_path / "grouter.pt"
+    save_grouter(g, path)
+    return g, path
+
+
+def _resave(path, edit):
+    blob = torch.load(path, weights_only=True)
+    edit(blob)
+    torch.save(blob, path)
+
+
+@pytest.mark.parametrize("keep", [0, 100, 0.5])
+def test_empty_or_truncated_checkpoint_names_the_file(tmp_path, keep):
+    _, path = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError, match=r"grouter\.pt.*(empty|truncated)"):
+        load_grouter(path)
+
+
+def test_missing_key_and_string_config_are_named(tmp_path):
+    _, path = _saved(tmp_path)
+    _resave(path, lambda b: b.pop("state_dict"))
+    with pytest.raises(ValueError, match=r"grouter\.pt.*lacks the keys \['state_dict'\]"):
+        load_grouter(path)
+    _, path = _saved(tmp_path)
+    _resave(path, lambda b: b.update(config="vocab_size=50"))
+    with pytest.raises(ValueError, match=r"grouter\.pt.*'config' must be a dict.*got str"):
+        load_grouter(path)
+    _, path = _saved(tmp_path)
+    _resave(path, lambda b: b["config"].update(top_k=0))
+    with pytest.raises(ValueError, match=r"grouter\.pt.*invalid Grouter config.*top_k"):
+        load_grouter(path)
+
+
+def test_shapes_are_checked_against_the_config_before_allocating(tmp_path):
+    # 10**13 x 32 fp32 embedding rows would be 1.3 PB: the load must fail on the shapes, not allocate.
+    _, path = _saved(tmp_path)
+    _resave(path, lambda b: b["config"].update(vocab_size=10**13))
+    with pytest.raises(ValueError, match=r"tok_emb\.weight \(50, 32\) \(config: \(10000000000000, 32\)\)"):
+        load_grouter(path)
+    _, path = _saved(tmp_path)
+    _resave(path, lambda b: b["state_dict"].pop("score.weight"))
+    with pytest.raises(ValueError, match=r"missing \['score.weight'\]"):
+        load_grouter(path)
+
+
+def test_flipped_tensor_bytes_fail_the_checksum(tmp_path, seed):
+    g, path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.find(g.score.weight.detach().numpy().tobytes())  # stored uncompressed in the zip
+    assert at > 0
+    data[at + 5] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"grouter\.pt.*SHA-256.*changed or damaged"):
+        load_grouter(path)
+
+
+def test_version_1_checkpoint_without_checksum_loads_with_a_warning(tmp_path, seed):
+    g, path = _saved(tmp_path)
+    _resave(path, lambda b: (b.pop("checksum"), b.update(version=1)))
+    with pytest.warns(UserWarning, match="without a checksum"):
+        loaded = load_grouter(path)
+    ids = torch.randint(0, 50, (2, 8))
+    assert torch.equal(loaded(ids), g.eval()(ids))

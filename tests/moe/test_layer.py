@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mxa2a.moe import MoELayer, MoELayerConfig, MoEModel, MoEModelConfig, losses
+from mxa2a.moe import MoELayer, MoELayerConfig, MoEModel, MoEModelConfig, TopKRouter, losses
 
 
 def dense_reference(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +61,20 @@ def test_router_modes_gates_and_bias(seed):
     torch.testing.assert_close(r.probs.sum(-1), torch.ones(10))
 
 
+@pytest.mark.parametrize("expert_bias", [False, True])
+def test_sigmoid_top1_gate_is_the_score_and_the_task_loss_reaches_the_router(seed, expert_bias):
+    cfg = MoELayerConfig(hidden=32, d_expert=8, num_experts=4, top_k=1, router_mode="sigmoid",
+                         scaling_factor=2.0, expert_bias=expert_bias)
+    layer = MoELayer(cfg)
+    x = torch.randn(10, 32)
+    y, record = layer(x)
+    scores = torch.sigmoid(x @ layer.router.weight.t())
+    torch.testing.assert_close(record.gates, 2.0 * scores.gather(-1, record.topk_ids))
+    y.square().sum().backward()  # a task loss: it sees the router only through the gates
+    assert layer.router.weight.grad.abs().max() > 1e-3
+    torch.testing.assert_close(y, dense_reference(layer, x), rtol=1e-5, atol=1e-6)
+
+
 def test_grouped_mm_path_matches_loop_with_an_empty_expert(seed):
     if not hasattr(torch, "_grouped_mm"):
         pytest.skip("torch._grouped_mm not available")
@@ -108,11 +122,48 @@ def test_emulate_raw_wire_is_identity(seed):
     (dict(router_mode="relu"), "router_mode"),
     (dict(expert_bias=True), "sigmoid"),
     (dict(d_expert=0), "d_expert"),
+    (dict(n_shared=1.5), "n_shared"),
+    (dict(n_shared=-1), "n_shared"),
+    (dict(top_k=True), "top_k"),
+    (dict(num_experts=4.0), "num_experts"),
+    (dict(scaling_factor=0.0), "scaling_factor"),
+    (dict(scaling_factor=float("nan")), "scaling_factor"),
+    (dict(scaling_factor="2"), "scaling_factor"),
+    (dict(scale_mode="round"), "scale_mode"),
 ])
 def test_bad_config_raises(kwargs, match):
     base = dict(hidden=64, d_expert=8, num_experts=4, top_k=2)
     with pytest.raises(ValueError, match=match):
         MoELayerConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("name,value", [("shared_gate", 1), ("expert_bias", "yes"), ("emulate_wire", 0),
+                                        ("return_intermediates", None), ("wire_check", 1),
+                                        ("use_grouped_mm", "auto")])
+def test_config_flags_must_be_bools(name, value):
+    with pytest.raises(TypeError, match=name):
+        MoELayerConfig(hidden=64, d_expert=8, num_experts=4, top_k=2, **{name: value})
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(n_layers=0), "n_layers"), (dict(n_heads=True), "n_heads"),
+                                          (dict(vocab_size=2.5), "vocab_size"),
+                                          (dict(lb_weight=-0.1), "lb_weight"),
+                                          (dict(z_weight=float("inf")), "z_weight")])
+def test_bad_model_config_raises(kwargs, match):
+    moe = MoELayerConfig(hidden=32, d_expert=8, num_experts=4, top_k=2)
+    with pytest.raises(ValueError, match=match):
+        MoEModelConfig(moe=moe, **kwargs)
+    with pytest.raises(TypeError, match="MoELayerConfig"):
+        MoEModelConfig(moe=dict(hidden=32))
+
+
+def test_router_refuses_bool_and_float_sizes():
+    with pytest.raises(ValueError, match="top_k"):
+        TopKRouter(32, 4, True)
+    with pytest.raises(ValueError, match="num_experts"):
+        TopKRouter(32, 4.0, 2)
+    with pytest.raises(ValueError, match="scaling_factor"):
+        TopKRouter(32, 4, 2, scaling_factor=-1.0)
 
 
 def test_hidden_size_mismatch_and_bad_expert_ids_raise():
@@ -121,6 +172,19 @@ def test_hidden_size_mismatch_and_bad_expert_ids_raise():
         layer(torch.randn(3, 16))
     with pytest.raises(ValueError, match="expert ids in"):
         layer.dispatcher.plan(torch.tensor([[0, 4]]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        layer.dispatcher.plan(torch.tensor([[0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("bad_id", [-1, 4, 2**40])
+def test_routing_ids_outside_the_experts_are_refused_where_they_enter(seed, bad_id):
+    layer = MoELayer(MoELayerConfig(hidden=32, d_expert=8, num_experts=4, top_k=2))
+    x = torch.randn(5, 32)
+    record = layer.router(x)
+    ids = record.topk_ids.clone()
+    ids[3, 1] = bad_id
+    with pytest.raises(ValueError, match=r"expert ids in \[0, 4\), got 1 of 10 outside"):
+        layer(x, routing=replace(record, topk_ids=ids))
 
 
 def _grad_norms(model, loss):

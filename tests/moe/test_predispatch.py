@@ -1,14 +1,17 @@
 """Pre-dispatch: stored routing equals on-the-fly Grouter routing; id dtype by E; loader; bad input."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
 from mxa2a.moe.grouter import Grouter, GrouterConfig
-from mxa2a.moe.predispatch import (HEADER_NAME, MicroBatch, PredispatchLoader, expert_id_dtype,
-                                   open_predispatched, predispatch)
+from mxa2a.moe.predispatch import (HEADER_NAME, TRAILER_BYTES, MicroBatch, PredispatchLoader,
+                                   expert_id_dtype, open_predispatched, predispatch)
 
 V = 40
 
@@ -67,7 +70,8 @@ def test_header_describes_the_files(tmp_path, seed):
     assert header["expert_ids"] == {"file": "expert_ids.bin", "dtype": "uint8", "shape": [5, 7, 3]}
     assert header["gates"] == {"file": "gates.bin", "dtype": "float32", "shape": [5, 7, 3]}
     assert header["grouter"] == grouter.config.to_dict()
-    assert (tmp_path / "expert_ids.bin").stat().st_size == 5 * 7 * 3
+    assert (tmp_path / "expert_ids.bin").stat().st_size == 5 * 7 * 3 + TRAILER_BYTES
+    assert len(header["run_id"]) == 32
 
 
 def test_shuffled_loader_yields_every_sequence_once_with_its_plan(tmp_path, seed):
@@ -111,3 +115,81 @@ def test_predispatch_rejects_bad_input(tmp_path):
         open_predispatched(tmp_path / "f")
     with pytest.raises(TypeError, match="PredispatchedData"):
         PredispatchLoader(np.zeros((2, 4)), batch_size=2)
+
+
+def _edit_header(path, edit):
+    header = json.loads((path / HEADER_NAME).read_text())
+    edit(header)
+    (path / HEADER_NAME).write_text(json.dumps(header))
+
+
+def test_header_shapes_that_disagree_are_refused(tmp_path, seed):
+    grouter = small_grouter()
+    predispatch(grouter, random_tokens(10, 12), tmp_path / "a", batch_size=4)
+    predispatch(grouter, random_tokens(20, 12), tmp_path / "b", batch_size=4)
+    # tokens of a 20-sequence run with their header entry, beside the 10-sequence run's routing
+    (tmp_path / "a" / "tokens.bin").write_bytes((tmp_path / "b" / "tokens.bin").read_bytes())
+    _edit_header(tmp_path / "a", lambda h: h["tokens"].update(shape=[20, 12]))
+    with pytest.raises(ValueError, match=r"tokens \(tokens.bin\) has shape \[20, 12\].*\[10, 12\]"):
+        open_predispatched(tmp_path / "a")
+    predispatch(grouter, random_tokens(10, 12), tmp_path / "c", batch_size=4)
+    _edit_header(tmp_path / "c", lambda h: h["expert_ids"].update(shape=[10, 6, 4]))  # same bytes
+    with pytest.raises(ValueError, match=r"expert_ids \(expert_ids.bin\) has shape \[10, 6, 4\]"):
+        open_predispatched(tmp_path / "c")
+
+
+def test_a_file_from_another_run_is_refused(tmp_path, seed):
+    grouter = small_grouter()
+    predispatch(grouter, random_tokens(), tmp_path / "a", batch_size=4)
+    predispatch(grouter, random_tokens(), tmp_path / "b", batch_size=4)  # same shapes, other tokens
+    (tmp_path / "a" / "expert_ids.bin").write_bytes((tmp_path / "b" / "expert_ids.bin").read_bytes())
+    with pytest.raises(ValueError, match=r"expert_ids.bin belongs to pre-dispatch run [0-9a-f]{32}"):
+        open_predispatched(tmp_path / "a")
+
+
+@pytest.mark.parametrize("array,value,match", [("expert_ids", 8, r"expert ids outside \[0, 8\)"),
+                                               ("gates", np.nan, "1 non-finite gates"),
+                                               ("gates", np.inf, "1 non-finite gates")])
+def test_bad_ids_or_gates_are_refused_in_their_batch(tmp_path, seed, array, value, match):
+    data = predispatch(small_grouter(), random_tokens(), tmp_path, batch_size=4)
+    stored = np.memmap(tmp_path / f"{array}.bin", dtype=data.header[array]["dtype"], mode="r+",
+                       shape=tuple(data.header[array]["shape"]))
+    stored[5, 3, 1] = value  # sequence 5: batch 1 of 4-sequence batches
+    stored.flush()
+    del stored
+    loader = PredispatchLoader(open_predispatched(tmp_path), batch_size=4)
+    batches = iter(loader)
+    next(batches)
+    with pytest.raises(ValueError, match=f"batch 1 of .*{match}"):
+        next(batches)
+
+
+def test_a_file_shrunk_after_opening_is_an_error_not_a_sigbus(tmp_path, seed):
+    predispatch(small_grouter(), random_tokens(64, 16), tmp_path, batch_size=16)
+    script = textwrap.dedent(f"""
+        from mxa2a.moe.predispatch import PredispatchLoader, open_predispatched
+        loader = PredispatchLoader(open_predispatched({str(tmp_path)!r}), batch_size=8)
+        batches = iter(loader)
+        next(batches)
+        with open({str(tmp_path / "gates.bin")!r}, "r+b") as f:
+            f.truncate(4096)  # the memmap's later pages are gone
+        try:
+            for _ in batches:
+                pass
+        except OSError as err:
+            print("refused:", err)
+        """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, f"exit {child.returncode} (-7 = SIGBUS): {child.stderr[-2000:]}"
+    assert "refused:" in child.stdout and "gates.bin changed after the data set was opened" in child.stdout
+
+
+def test_version_1_data_set_without_run_id_opens_with_a_warning(tmp_path, seed):
+    data = predispatch(small_grouter(), random_tokens(), tmp_path, batch_size=4)
+    for name in ("tokens", "expert_ids", "gates"):
+        with open(tmp_path / f"{name}.bin", "r+b") as f:
+            f.truncate(f.seek(0, 2) - TRAILER_BYTES)
+    _edit_header(tmp_path, lambda h: (h.pop("run_id"), h.update(version=1)))
+    with pytest.warns(UserWarning, match="without a run id"):
+        old = open_predispatched(tmp_path)
+    assert np.array_equal(old.expert_ids, data.expert_ids) and np.array_equal(old.gates, data.gates)

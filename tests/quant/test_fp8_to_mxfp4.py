@@ -173,9 +173,10 @@ def test_nan_tile_and_nan_element_make_only_their_blocks_nan():
 def test_value_of_2_pow_128_is_inf_in_the_two_step_path():
     data = torch.zeros(1, 128, dtype=torch.uint8)
     data[0, 0] = 0x40   # 2.0 * 2^127 = 2^128: Inf in fp32 -> NaN block
-    data[0, 32] = 0x3F  # 1.875 * 2^127: finite
+    data[0, 32] = 0x3F  # 1.875 * 2^127: finite, in fp32's top binade: rceil takes floor's e = 125
     t = both(fp8_from_bytes(data, torch.tensor([[254]])), "rceil")
-    assert t.scales[0, 0] == 255 and t.scales[0, 1] == 127 + 127 - 2 + 1
+    assert t.scales[0, 0] == 255 and t.scales[0, 1] == 127 + 127 - 2
+    assert t.data[0, 16] & 0xF == 7  # 1.875 * 2^127 / 2^125 = 7.5 saturates to 6 (code 7)
 
 
 def test_zero_and_negative_zero_blocks():
