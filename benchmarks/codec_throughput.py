@@ -1,22 +1,15 @@
 """Codec throughput: GB/s of each MXFP4 / FP8 kernel next to the device-to-device copy bandwidth.
 
-For bf16 inputs of 16 MiB .. 1 GiB (x2 steps) as rows `[M, hidden]`, times with CUDA events (median of
-`--repeats`, inputs rotated over >= 256 MiB of buffers so L2 never holds them):
-  quantize_mxfp4 (rceil) bf16 -> MXFP4      dequantize_mxfp4  MXFP4 -> bf16
-  quantize_fp8           bf16 -> FP8 1x128  dequantize_fp8    FP8   -> bf16
-GB/s counts bytes read + written (data and scales); the roofline is `dst.copy_(src)` of the bf16 bytes
-measured in the same run (read + write counted). "time ms" is device time per call: a spin kernel holds
-the stream while the host queues a burst of calls, so the host's Python/launch time (tens of us per
-call, which dominated small sizes before) is not counted; "call ms" is one call between two events,
-host issue included, for comparison. Every kernel is first checked bit for bit against the torch
-reference at one size. `--sweep` tries SWEEP_CONFIGS (BLOCK_M, BLOCK_K, num_warps, programs_per_sm:
-0 = one program a tile, p = p programs per SM striding over the tiles) per kernel at 32 MiB and 256 MiB
-and times the table with the winner of each size class. Without CUDA it runs a tiny CPU smoke test
-(torch reference timing, Triton interpreter check) so `make bench-codec` works anywhere; its numbers
-are not performance figures.
+bf16 rows `[M, hidden]` of 16 MiB .. 1 GiB (x2 steps) through quantize_mxfp4 (rceil), dequantize_mxfp4,
+quantize_fp8 (1x128) and dequantize_fp8, each first checked bit for bit against the torch reference.
+GB/s counts bytes read + written (data and scales); the roofline is `dst.copy_(src)` of the bf16 bytes in
+the same run. "time ms" is device time per call (a spin kernel holds the stream while the host queues a
+burst, so launch time is not counted; inputs rotate over >= 256 MiB so the L2 never holds them); "call
+ms" is one call between two events, host issue included. `--sweep` tries SWEEP_CONFIGS per kernel at
+32 MiB and 256 MiB and times the table with each size class's winner. Without CUDA: a CPU smoke test
+(torch reference timing, interpreter check) so `make bench-codec` works anywhere; not performance figures.
 
-    python benchmarks/codec_throughput.py [--hidden 7168] [--min-mib 16] [--max-mib 1024]
-        [--repeats 30] [--sweep] [--json benchmarks/results/codec_h100.json] [--cpu]
+    python benchmarks/codec_throughput.py [--hidden 7168] [--sweep] [--json PATH] [--cpu]
 """
 
 from __future__ import annotations

@@ -1,24 +1,15 @@
-"""Throughput of the direct conversions against the two-step path and the copy roofline.
+"""Throughput of the direct conversions against the two-step path and the copy roofline, on CUDA.
 
-For each conversion (`mxa2a.quant.conversions`) and each size `M x K`, on CUDA:
-- `direct`: the one-pass Triton kernel;
-- `two-step`: the path through memory it replaces: decode to a BF16 tensor with the codecs' Triton
-  kernels, (transpose,) encode again with the codecs' Triton kernels;
-- `copy`: a device-to-device copy moving the same bytes as the direct kernel reads plus writes
-  (`(in + out) / 2` bytes copied), the memory roofline of this run.
-Times are CUDA-event medians. Before timing, every direct result is checked bit for bit against the
-torch reference (on the first rows, the reference being slow) and, where the two are the same
-function on these inputs, against the two-step path over the whole tensor.
+For each conversion of `mxa2a.quant.conversions` and size `M x K`: `direct` (the one-pass Triton kernel),
+`two-step` (decode to BF16 with the codecs' Triton kernels, (transpose,) encode again) and `copy` (a
+device-to-device copy of `(in + out) / 2` bytes, as many as the direct kernel reads plus writes: the
+memory roofline of this run), as CUDA-event medians. Every direct result is first checked bit for bit
+against the torch reference (first rows) and, where the two are the same function, the two-step path.
+`--sweep` times every configuration of `kernels.launch.SWEEP` at the first size (passed as `config=`) and
+uses the fastest (copy the winners into `launch.CONFIGS` to make them the defaults); sweep at a size well
+above the L2, e.g. 65536 x 7168. Without CUDA: a tiny smoke test under the Triton interpreter.
 
-Targets (issue 3): direct >= 1.6x faster than two-step, and >= 70% of the copy roofline.
-`--sweep` first times every launch configuration of `mxa2a.quant.kernels.launch.SWEEP` at the first size
-(passed as `config=`) and uses the fastest for the table (printed, and saved in the JSON); copy the
-winners into `launch.CONFIGS` to make them the defaults. Sweep at a size well above the L2 (65536 x 7168 moves
-~0.7 GB): at 16384 rows part of the data stays in the H200's 50 MB L2 between repeats and the ranking changes.
-
-    python benchmarks/conversion_throughput.py                       # M = 8192..65536, K = 7168
-    python benchmarks/conversion_throughput.py -m 65536 16384 --sweep --json results/conversions.json
-Without CUDA it runs a tiny smoke test under the Triton interpreter (no meaningful times).
+    python benchmarks/conversion_throughput.py -m 65536 16384 [--sweep] [--json PATH]
 """
 
 from __future__ import annotations

@@ -1,46 +1,16 @@
 #!/usr/bin/env python3
-"""Where the time of an expert-parallel MoE layer goes, phase by phase: dynamic dispatch (router in the
-layer, counts exchanged per layer, one host sync) against static dispatch (a `DispatchPlan` built on the
-host before the step, no host sync in the layer), for each wire format.
+"""Where the time of an expert-parallel MoE layer goes, phase by phase, for each wire format: dynamic
+dispatch (router in the layer, counts exchanged per layer, one host sync) against static dispatch (a
+`DispatchPlan` built on the host before the step, no host sync in the layer).
 
-Launch (every rank runs this file; one GPU per rank):
-    python benchmarks/dispatch_overhead.py --nproc auto            # spawns every local GPU (2 gloo on CPU)
-    torchrun --nproc-per-node 2 benchmarks/dispatch_overhead.py ...
-    mpirun -np 2 python benchmarks/dispatch_overhead.py ...
-Default shape (a DeepSeek-V2-Lite-like layer): 8192 tokens per rank, hidden 4096, 64 experts, top-6,
-expert width 1408, bf16. Without a GPU the defaults shrink to a smoke size (see CPU_SHAPE).
-
-Phases of one forward (each inside `torch.profiler.record_function("moe/<phase>")` and an NVTX range of
-the same name, visible in Nsight Systems; timed by CUDA events, perf_counter on CPU):
-    route       dynamic: the layer's router; static: the plan's ids and gates (nothing on the device)
-    plan        dynamic: `dispatcher.plan` (bincount, argsort, the count all-to-all, the host sync);
-                static: `layout_from_plan` (a check on the host)
-    permute     gather of the (token, slot) rows in send order
-    dispatch_a2a  the dispatch all-to-all through mxa2a.comm: encode + transfer + decode, as one phase
-                (it is one call; `--breakdown` times the wire codec's encode, the transfer of the packed
-                bytes and the decode separately on the same rows)
-    regroup     received rows (by source rank) -> rows by local expert
-    experts     the SwiGLU experts (grouped GEMM on CUDA bf16)
-    ungroup     the inverse of regroup
-    combine_a2a the combine all-to-all (encode + transfer + decode)
-    unpermute   back to (token, slot) order and the gate-weighted sum (one fused pass)
-`disp+comb` = every phase but route and experts: the cost of moving rows, which static planning cuts.
-Each number is the median over `--iters` iterations, then the slowest rank's. `layer_fwd` / `fwd_bwd`
-time the whole layer call (and its backward) without the phase events.
-
-Host syncs (`syncs/layer`): the layer's forward + backward run once under
-`torch.cuda.set_sync_debug_mode("warn")` with every warning recorded; each synchronizing CUDA call made
-through PyTorch (`.item()`, `.tolist()`, `.cpu()` of a device tensor, `torch.cuda.synchronize`, blocking
-copies, `nonzero`) issues one "called a synchronizing CUDA operation" warning, and the count of those is
-the number of device->host syncs (the autograd engine hands its worker threads' warnings back to the
-caller). The static plan is counted the same way (`plan_syncs/step`: 1 when the count exchange runs
-on an NCCL-only group, 0 on a CPU group). Not available on CPU (shown as `-`).
-
-`identical`: the static and dynamic outputs of the same routing are equal bit for bit, and the phased
-forward equals the layer's own forward.
-
-Output: the table (rank 0), `--json` with every row, the config and the machine description,
-`--trace DIR` a torch.profiler Chrome trace per (wire, mode) from rank 0.
+    python benchmarks/dispatch_overhead.py --nproc auto     # every local GPU (2 gloo ranks on CPU)
+    torchrun --nproc-per-node 2 benchmarks/dispatch_overhead.py ...   (or mpirun -np 2 python ...)
+Default shape (DeepSeek-V2-Lite-like): 8192 tokens per rank, hidden 4096, 64 experts, top-6, expert
+width 1408, bf16; a smoke size without a GPU (CPU_SHAPE). Each phase of `PHASES` runs inside
+`torch.profiler.record_function("moe/<phase>")` and an NVTX range of the same name, timed by CUDA events
+(perf_counter on CPU): median over `--iters`, then the slowest rank. `syncs/layer` counts the host syncs
+of forward + backward under `torch.cuda.set_sync_debug_mode("warn")`; `identical`: static and dynamic
+outputs are equal bit for bit. Each phase and column: benchmarks/README.md, "dispatch_overhead.py".
 """
 
 from __future__ import annotations

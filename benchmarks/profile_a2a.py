@@ -3,20 +3,13 @@
 torch.profiler view of a few calls on rank 0.
 
     python benchmarks/profile_a2a.py --nproc 2 --size 1G --wire nccl,mxfp4 --chunks 1,2,4,8 [--check first]
-    torchrun --nproc-per-node 8 benchmarks/profile_a2a.py ...     (or mpirun -np 8 ...)
-    python benchmarks/profile_a2a.py --nproc 2 --size 64K          (CPU: 2 gloo ranks, a smoke test)
-
-For each setting (every wire x every chunk count; "nccl" = plain torch.distributed bf16, once):
-- time: the whole call timed by CUDA events (perf_counter after a barrier on CPU), calls back to back,
-  median of `-n` after `-w` warm-up calls, the slowest rank's median; algbw = logical bf16 bytes / time.
-- host: host microseconds to issue one call when calls are queued back to back (no sync inside). When
-  host >= time, the GPU waits for Python: the call is launch-bound, not bandwidth-bound.
-- unless --no-profile: torch.profiler over `--profile-calls` calls on rank 0 (the other ranks make the
-  same calls unprofiled): the top ops by device time and by CPU time (key_averages, `--rows` rows),
-  and a GPU timeline summary per call: kernel time by kind (encode / decode / nccl / other), the time
-  the GPU was busy (union of kernel intervals) and the overlap won (kernel sum - busy).
-Every rank sends `rows = size // (2 * hidden)` bf16 rows (rounded down to a multiple of the world size),
-split equally. `--json` writes every row, the profiles and the machine description.
+    torchrun --nproc-per-node 8 benchmarks/profile_a2a.py ...   (or mpirun; CPU: --nproc 2 --size 64K)
+Per setting ("nccl" = plain torch.distributed bf16, once): `time`, the whole call by CUDA events, calls back
+to back, median of `-n`, slowest rank (algbw = logical bf16 bytes / time); `host`, host microseconds to
+issue one queued call (host >= time: launch-bound, not bandwidth-bound); unless `--no-profile`, rank 0's
+top ops by device and CPU time over `--profile-calls` calls and, per call, GPU kernel time by kind
+(encode / decode / nccl / other), busy time and the overlap won. Every rank sends `size // (2 * hidden)`
+bf16 rows (rounded down to a multiple of the world size), split equally.
 """
 
 from __future__ import annotations

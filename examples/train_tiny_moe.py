@@ -1,18 +1,14 @@
 """Train the small MoE language model with each all-to-all wire format and print the loss curves side
 by side.
 
-Data: bytes of the Python standard library's own source files (offline, real text), byte-level
-vocabulary of 256. One model per wire format, all built from the same initial weights and trained in
-lockstep on the same batches, so the columns of the table differ only by what the expert-parallel
-all-to-alls send (`raw`, `bf16`, `fp8`, `mxfp4`).
+Data: the bytes of the Python standard library's own sources (offline, real text), vocabulary 256. One
+model per wire (`raw`, `bf16`, `fp8`, `mxfp4`), all from the same initial weights and trained in lockstep
+on the same batches, so the columns differ only by what the expert-parallel all-to-alls send.
 
-Launch:
-- CPU: `python examples/train_tiny_moe.py --nproc 2` spawns 2 gloo ranks (expert parallel over them;
-  each rank reads its own batches). `--nproc 1` runs one process and emulates the wire
-  (quantize-dequantize where the all-to-alls would be).
-- GPUs: `torchrun --nproc-per-node 8 examples/train_tiny_moe.py` or `mpirun -np 8 python ...`
-  (NCCL through `mxa2a.comm.init_distributed`).
-Defaults are small enough to finish on 2 CPU cores in a few minutes.
+    python examples/train_tiny_moe.py --nproc 2   # CPU: 2 gloo ranks, expert parallel, own batches each
+    python examples/train_tiny_moe.py --nproc 1   # one process, the wire emulated (quantize-dequantize)
+    torchrun --nproc-per-node 8 examples/train_tiny_moe.py   # GPUs, NCCL (or mpirun -np 8 python ...)
+The defaults finish on 2 CPU cores in a few minutes.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """mxa2a.moe: a reference MoE layer with expert-parallel dispatch through `mxa2a.comm`, the MoE
-training losses and a small MoE language model (`shared/spec/MOE.md`).
+training losses and a small MoE language model (`docs/MOE.md`).
 
 - `router`: `TopKRouter` (softmax / sigmoid, scaling factor, aux-loss-free bias) and `RoutingRecord`.
 - `experts`: `GroupedExperts` (stacked SwiGLU weights) and `SharedExperts`.

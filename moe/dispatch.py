@@ -1,32 +1,17 @@
-"""Expert-parallel dispatch: the only module of `moe/` that knows about ranks.
+"""Expert-parallel dispatch: the only module of `moe/` that knows about ranks (`docs/MOE.md`).
 
-`ExpertParallelDispatcher` moves the (token, slot) rows of a batch to the ranks that own their
-experts and brings the expert outputs back (`shared/spec/MOE.md`, "Expert parallel"). Experts are
-split evenly over the EP group: rank `r` owns global experts `[r * E_local, (r + 1) * E_local)`.
-One step is three calls, so that a precomputed (static) plan can replace the first:
-
-1. `plan(topk_ids) -> DispatchLayout`: the permutation of (token, slot) rows by destination expert,
-   the send/receive splits per rank and the rows per local expert. This is the ONLY step that talks
-   to the host: it exchanges per-expert counts with one small `all_to_all_single` (dynamic path, one
-   per layer) and reads them back (one device->host sync).
-2. `dispatch(x, layout) -> x_local [N_local, H]`: gather rows in send order, all-to-all through
-   `mxa2a.comm` with `wire` (gradients go back with `grad_wire`), regroup the received rows by local
-   expert. No host sync in this module; `mxa2a.comm`'s cross-rank header check reads a small
-   all-gather on the host when `wire_check=True`; by default only on the first call of a signature.
-3. `combine(y_local, layout, gates) -> y [T, H]`: undo the regrouping, all-to-all back with `wire`,
-   then unpermute and take the gate-weighted sum over the k slots of each token in one fused pass
-   (`moe/weighted_unpermute.py`). No host sync in this module (as for 2).
-
-A static plan (`moe/plan.py`: `DispatchPlan`, built on the host from pre-dispatched or Grouter routing
-with one count exchange per step) builds a `DispatchLayout` with `static=True`, its splits on the host
-and its index tensors on the device; `layout_from_plan(plan)` checks that it fits this dispatcher.
-With a static layout `dispatch` and `combine` make no device->host synchronization at all: they read
-no device value and call `mxa2a.comm` with `check=False` (no header exchange), whatever `wire_check`. A token routed to two experts on one rank is sent once per expert:
-rows are (token, slot) pairs, which keeps the layout a plain permutation of `T * k` rows.
-
-With EP size 1 there is no communication; `emulate_wire=True` then applies the wire codec's
-quantize-dequantize where the all-to-all would be (forward: `wire`, backward: `grad_wire`), which gives
-a one-process twin of any EP run with a lossy wire that agrees with it exactly.
+`ExpertParallelDispatcher` moves the (token, slot) rows of a batch to the ranks that own their experts
+(rank `r` owns global experts `[r * E_local, (r + 1) * E_local)`) and brings the outputs back, in three
+calls, so that a static plan (`moe/plan.py`, via `layout_from_plan`) can replace the first:
+1. `plan(topk_ids [T, k]) -> DispatchLayout`: the `T * k` rows permuted by destination expert, the splits
+   per rank, the rows per local expert; one count `all_to_all_single` and the ONE device->host sync.
+2. `dispatch(x [T, H], layout) -> [N_local, H]` and 3. `combine(y_local, layout, gates [T, k]) -> [T, H]`
+   (gate-weighted sum: `moe/weighted_unpermute.py`): all-to-alls through `mxa2a.comm` with `wire`
+   (`grad_wire` backward); no host sync but `mxa2a.comm`'s header check (`wire_check`, by default on the
+   first call of a signature), and none at all with a static layout (`check=False`).
+A token routed to two experts on one rank is sent once per expert, which keeps the layout a permutation.
+With EP size 1 nothing is sent; `emulate_wire=True` then applies the wire's quantize-dequantize where the
+all-to-all would be: a one-process twin that agrees exactly with any EP run.
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
-"""Making a Grouter: distillation from a trained router, expert folding, and expert tuning.
+"""Making a Grouter (`docs/MOE.md`, "Grouter"): distillation, expert folding and expert tuning.
 
-MOE.md, "Grouter":
-- Distillation: train the Grouter so that `softmax(G(ids))` matches the full softmax of a trained MoE's
-  router at a chosen layer, minimising `KL(teacher || student)` with no temperature.
-- Expert folding (E_S source experts -> E_T target experts): co-activation `A = R^T R` over data (R the
-  one-hot top-k map) with a zero diagonal; E_T groups built greedily, each seeded by the lowest unused
-  expert and grown by the unused expert with the largest summed affinity to the group; the first
-  `E_S mod E_T` groups built hold `floor(E_S/E_T) + 1` experts, the others `floor(E_S/E_T)`. The new
-  score weights are `W' = M W` with `M[t, s] = 1` iff source s is in group t, so a group's logit is the
-  sum of its members' logits. The target top-k may differ from the source's.
-- Expert tuning: fine-tune only the score layer with the load-balancing loss on new data, everything
-  else frozen; MaxVio (`max c / mean c`) is reported before and after. The loss and the metric are
-  those of `losses.py` (`load_balancing_loss`, `max_violation`).
-
-All of this runs where the Grouter's parameters are (CPU or one GPU); nothing here is distributed.
+- Distillation: train the Grouter so that `softmax(G(ids))` matches a trained router's full softmax at a
+  chosen layer, minimising `KL(teacher || student)` with no temperature.
+- Expert folding (E_S source -> E_T target experts): co-activation `A = R^T R` (R the one-hot top-k map),
+  zero diagonal; groups built greedily, each seeded by the lowest unused expert and grown by the unused
+  expert of largest summed affinity to it; the first `E_S mod E_T` groups get `floor(E_S/E_T) + 1`
+  experts, the others `floor(E_S/E_T)`. New score weights `W' = M W`, `M[t, s] = 1` iff s is in group t,
+  so a group's logit is the sum of its members'. The target top-k may differ from the source's.
+- Expert tuning: fine-tune only the score layer with `losses.load_balancing_loss` on new data, all else
+  frozen; MaxVio (`losses.max_violation`, `max c / mean c`) is reported before and after.
+Runs where the Grouter's parameters are (CPU or one GPU); nothing here is distributed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Auxiliary losses and routing metrics of MoE training (`shared/spec/MOE.md`, "Losses").
+"""Auxiliary losses and routing metrics of MoE training (`docs/MOE.md`, "Losses").
 
 Each function takes tensors from `RoutingRecord`s and returns a scalar tensor; formulas are in the
 docstrings. Notation: `p [T, E]` the full router distribution, `c [E]` the number of (token, slot)

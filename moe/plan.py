@@ -1,31 +1,17 @@
-"""Static dispatch plans: the whole routing of a micro-batch worked out on the host, before the step.
+"""Static dispatch plans: the routing of a micro-batch worked out on the host, before the step
+(`docs/MOE.md`, "Grouter (preemptive, frozen routing) and static dispatch planning").
 
-MOE.md, "static dispatch planning": when a frozen Grouter (or a pre-dispatched data set) fixes the expert
-ids of a micro-batch before the forward pass, everything the dispatcher needs is known up front:
-tokens per expert, the permutation of the (token, slot) rows, the send splits per EP rank and, after
-ONE exchange of per-expert counts over the EP group, the receive splits. One Grouter drives every MoE
-layer, so one plan serves all layers of the step (not one count exchange per layer, as on the
-dynamic path of `ExpertParallelDispatcher.plan`).
-
-`DispatchPlan.build(topk_ids, num_experts, group=..., device=...)`:
-1. on the host, in numpy: bincount, stable argsort, splits; the same integer results as the dynamic
-   path (a stable sort's result is unique), so the layout is identical and so are the outputs, bit for
-   bit. numpy rather than torch CPU ops: torch's intra-op thread pool, one per rank, oversubscribes
-   the cores of a multi-GPU host (measured on 2x H100 with 32 threads per rank: 560 ms per plan,
-   against 6 ms with one thread), while numpy's sorts and copies run on the calling thread;
-2. the count exchange: one `torch.distributed.all_to_all_single` of `E` int64 counts (`E * 8` bytes
-   sent per rank). On a group with a CPU backend (gloo, or "cpu:gloo,cuda:nccl") it runs on host
-   tensors and touches no GPU; on an NCCL-only group the counts go to the GPU and back, which is one
-   device->host synchronization per `build_plans` call (per step), outside every layer; it also waits
-   for the GPU work queued before it, so a trainer that plans ahead of the GPU gives the planner a CPU
-   group (e.g. `dist.new_group(backend="gloo")`);
-3. the index tensors and gates of all the micro-batches are copied to `device` in one asynchronous copy
-   from a reused pinned buffer (no host sync), and the split sizes stay host ints.
-
-`build_plans([ids, ...])` plans several micro-batches (e.g. those of one optimizer step) with a single
-count exchange. The plan's `layout` is the `DispatchLayout` every layer hands to the dispatcher
-(`ExpertParallelDispatcher.layout_from_plan` checks that it fits); `routing()` gives the
-`RoutingRecord` (ids and gates on the device) that replaces each layer's router.
+When a frozen Grouter or a pre-dispatched data set fixes the expert ids ahead of the forward,
+`DispatchPlan.build(topk_ids, num_experts, group=..., device=...)` and `build_plans([ids, ...])` compute
+the counts, the stable permutation and the splits: the same integers as the dynamic
+`ExpertParallelDispatcher.plan`, so the outputs match bit for bit. They do it in numpy, on the calling
+thread (torch CPU ops, one intra-op thread pool per rank, oversubscribe a multi-GPU host). ONE
+`all_to_all_single` of int64 counts per call serves every micro-batch and layer of the step: on a CPU
+group (gloo, "cpu:gloo,cuda:nccl") it touches no GPU; on an NCCL-only group it is the step's one
+device->host sync and waits for the GPU work queued before it, so a planner that runs ahead wants a CPU
+group (`dist.new_group(backend="gloo")`). Index tensors and gates reach `device` in one asynchronous copy
+from a reused pinned buffer; splits stay host ints. `plan.layout` goes to `layout_from_plan`;
+`plan.routing()` is the `RoutingRecord` that replaces each layer's router.
 """
 
 from __future__ import annotations
@@ -70,8 +56,8 @@ class _PinnedUpload:
     call, however many tensors (a plan build makes one call for all its micro-batches, plus one for the
     counts on an NCCL group).
 
-    `pin_memory()` per tensor page-locked fresh memory for each tensor, which took about a second per plan
-    on a 2x H100 VM; the buffers here grow once and are reused. Before a buffer is overwritten the host
+    `pin_memory()` per tensor page-locks fresh memory each time (slow: benchmarks/results/README.md,
+    "moe and benchmark history"); the buffers here grow once and are reused. Before a buffer is overwritten the host
     waits for the copy made from it `SLOTS` calls earlier, which is long done when plans are built a step
     ahead (waiting on the previous call's copy instead would stall the host until the GPU had finished
     everything queued before it).

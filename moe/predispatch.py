@@ -1,19 +1,16 @@
 """Pre-dispatch: a token data set stored with its routing, and the loader that serves both.
 
-MOE.md, "Grouter": the frozen Grouter is run offline over the token data set once; each token's
-expert ids (`uint8` when E <= 256, else `int16`) and gates (fp32) are stored next to the tokens, so
-training reads the routing plan of a micro-batch with its tokens and never runs a router.
-
-On disk, one directory:
-    predispatch.json   the header: shapes, dtypes and file names, E, k, scaling factor, Grouter config
+`docs/MOE.md`, "Grouter": a frozen Grouter runs offline over the data set once and each token's expert
+ids and gates are stored next to it, so training reads a micro-batch's routing with its tokens and runs
+no router. On disk, one directory:
+    predispatch.json   the header: shapes, dtypes, file names, E, k, scaling factor, Grouter config, run_id
     tokens.bin         tokens     [N, S]    the input's integer dtype
     expert_ids.bin     expert ids [N, S, k] uint8 (E <= 256) or int16 (E <= 32768)
     gates.bin          gates      [N, S, k] float32, each row summing to the scaling factor
-The `.bin` files are raw C-order arrays read as `numpy.memmap`, each followed by a 24-byte trailer
-(`TRAILER_MAGIC` + the run's 16-byte id, also in the header as `run_id`), so a file from another run
-is refused when the data set is opened. The header is written last, so a directory without one is an
-interrupted run. What is checked when, and what is not: README, "Reliability of the MoE layer,
-Grouter and loaders".
+Each `.bin` is a raw C-order array (read as `numpy.memmap`) followed by a 24-byte trailer (`TRAILER_MAGIC`
++ the run's 16-byte id), so a file from another run is refused; the header is written last, so a directory
+without one is an interrupted run. What is checked when: README, "Reliability of the MoE layer, Grouter
+and loaders".
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
-"""The last step of combine: rows back to their tokens and the gate-weighted sum over the k slots, fused.
+"""The last step of combine, fused: rows back to their tokens and the gate-weighted sum over the k slots.
 
-`y[t] = sum_{s < k} gates[t, s] * rows[inverse_permutation[t * k + s]]` for rows `[T * k, H]` in send
-order (bf16 or fp32), `inverse_permutation` int64 `[T * k]` and gates fp32 `[T, k]`; the output has the
-rows' dtype. The arithmetic is fixed so that every implementation gives the same bits: each row is
-widened to fp32, each product `gate * row` is rounded to fp32, the k products are added in slot order
-starting from the slot-0 product (no fused multiply-add, no zero start: -0 stays -0), and the sum is
-rounded once (to nearest even) to the output dtype. NaN stays NaN (its payload is not specified: torch's
-own casts differ between CPU and CUDA).
-
-- `weighted_unpermute_reference`: that definition in torch, line by line (the oracle, and the CPU path).
-- `_weighted_unpermute_kernel` / `weighted_unpermute_triton`: one Triton pass that reads each row once
-  and writes `y` once (`T * k * H` elements read, `T * H` written), instead of gathering the rows into a
-  `[T, k, H]` copy, widening it to fp32 and reducing it (about 5 GB of traffic per 8192 x 6 x 4096 bf16
-  step). Launched with `enable_fp_fusion=False`, so `acc + g * r` is never contracted into an FMA.
-- `weighted_unpermute`: the differentiable entry the dispatcher calls (Triton on CUDA, the reference on
-  CPU). Backward, in torch: `grad_rows[p] = gate(p) * grad_y[token(p)]` (fp32, rounded to the rows'
-  dtype; a gather, each row written once, so reproducible) and, when the gates need it,
-  `grad_gates[t, s] = sum_h grad_y[t, h] * rows[inverse_permutation[t * k + s], h]` in fp32.
+`y[t] = sum_{s < k} gates[t, s] * rows[inverse_permutation[t * k + s]]`: rows `[T * k, H]` in send order
+(bf16 or fp32), `inverse_permutation` int64 `[T * k]`, gates fp32 `[T, k]`, `y [T, H]` in the rows' dtype.
+The arithmetic is fixed so that every implementation gives the same bits: rows widened to fp32, each
+`gate * row` rounded to fp32, the k products added in slot order from the slot-0 product (no FMA, no
+zero start: -0 stays -0), one rounding to nearest even to the output dtype; NaN stays NaN (payload
+unspecified). `weighted_unpermute_reference` is that definition in torch (the oracle and the CPU path);
+`weighted_unpermute_triton` one pass that reads each row once and writes `y` once (`enable_fp_fusion=False`);
+`weighted_unpermute` the differentiable entry. Its backward, in torch: `grad_rows[p] = gate(p) *
+grad_y[token(p)]` (a gather, reproducible) and `grad_gates[t, s]` = the fp32 dot of `grad_y[t]` and its row.
 """
 
 from __future__ import annotations

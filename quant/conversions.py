@@ -1,33 +1,15 @@
 """Public direct conversions between quantized formats, never through a BF16 tensor in memory.
 
-docs/FORMATS.md, "Direct conversions" and "Row-wise to column-wise conversion": each function equals its
-two-step reference (`reference_conversions.py`) bit for bit, codes and scale bytes, and on CUDA runs as
-one Triton kernel that reads the quantized input once and writes the quantized output once
-(`kernels/<name>.py`).
-
+Each function equals its two-step reference (`reference_conversions.py`; `docs/FORMATS.md`, "Direct
+conversions" and "Row-wise to column-wise conversion") bit for bit, codes and scale bytes, and on CUDA
+runs as one Triton kernel (`kernels/<name>.py`) that reads the input once and writes the output once.
 `backend="auto"` runs Triton on CUDA tensors and the torch reference elsewhere; `"triton"` / `"torch"`
-force one (Triton on CPU tensors only under TRITON_INTERPRET=1); `config=` picks the Triton kernel and
-its launch parameters (`kernels.launch.LaunchConfig`; default: the tuned `kernels.launch.CONFIGS`;
-ignored by the torch backend). None of these functions synchronizes the host. Inputs may hold strided
-row views (any row stride, contiguous last dimension), read in place; `out=` containers of the direct
-conversions are written in place and may be such views too (e.g. the two halves of a packed wire row
-`uint8 [N, K/2 + K/32]`).
-
-When a conversion loses nothing, in exponents (block / tile scale bytes `b`):
-- `mxfp4_to_fp8`, `mxfp4_rowwise_to_fp8_colwise`: lossless while every MXFP4 block scale in an FP8 tile
-  is within 2^14 of the tile's largest (`b >= b_max - 14`; 6 * 2^6 = 384 <= 448 at the top, 0.5 * 2^-8
-  = 2^-9, the smallest E4M3 subnormal, at the bottom) and no scale byte exceeds 252 (beyond, a decoded
-  value reaches 2^128, which the fp32 two-step path turns into Inf: the tile becomes NaN).
-- `fp8_to_mxfp4`: E4M3 has 3 mantissa bits and E2M1 one, so this is a requantization: lossless
-  exactly when every value is already an E2M1 magnitude times its block's new scale, e.g. for FP8 that
-  came from `mxfp4_to_fp8` inside the window above (MXFP4 -> FP8 -> MXFP4 gives the same values back).
-- `fp8_rowwise_to_colwise`: every value is moved to the largest row scale of its 128x128 tile; a value
-  is kept exactly when `|v| * 2^-kt` is an E4M3 number (at least 2^-6, or a multiple of 2^-9). So it
-  is lossless when the 128 row scales of each tile are equal, and in general whenever each nonzero
-  `|q| >= 2^(-6 + kt - k_row)`; otherwise the smallest values round (RNE, subnormals kept, no flush).
-- `mxfp4_rowwise_to_colwise`: lossless when, in each 32x32 tile, every row's block scale is at least
-  the new column block's `e + 127` (in particular when the 32 row scales are equal); rows with much
-  smaller scales round like any requantization.
+force one (Triton on CPU tensors only under TRITON_INTERPRET=1); `config=` picks the Triton kernel and its
+launch parameters (`kernels.launch.LaunchConfig`; default: the tuned `kernels.launch.CONFIGS`; ignored by
+the torch backend). None of these functions synchronizes the host. Inputs may be strided row views
+(contiguous last dimension), read in place; `out=` containers are written in place and may be such views
+too (e.g. the two halves of a packed wire row `uint8 [N, K/2 + K/32]`). When each conversion loses
+nothing: `docs/FORMATS.md`, "Direct conversions", "Lossless windows".
 """
 
 from __future__ import annotations

@@ -1,25 +1,17 @@
-"""Pure-torch references of the direct conversions: `docs/FORMATS.md`, "Direct conversions" and
-"Row-wise to column-wise conversion", line by line.
+"""Pure-torch references of the direct conversions, line by line from `docs/FORMATS.md`, "Direct
+conversions" and "Row-wise to column-wise conversion": the oracles of `conversions.py`.
 
-Four of the five are literally the two-step composition the spec names, through exact fp32 values,
-built on the reference codecs of `reference.py`:
-
+Four are the spec's two-step composition through exact fp32 values, on the codecs of `reference.py`:
     fp8_to_mxfp4(q)                  = quantize_mxfp4(dequantize_fp8(q, fp32), scale_mode)
     mxfp4_to_fp8(x)                  = quantize_fp8(dequantize_mxfp4(x, fp32))
     mxfp4_rowwise_to_colwise(x)      = quantize_mxfp4(dequantize_mxfp4(x, fp32).T, x.scale_mode)
     mxfp4_rowwise_to_fp8_colwise(x)  = quantize_fp8(dequantize_mxfp4(x, fp32).T)
-
-"Exact fp32 values" includes fp32's one limit: a decoded value of 2^128 or more (possible only with
-scale bytes above ~247) is +-Inf in fp32, so the block or tile that receives it is NaN.
-
-The fifth, `fp8_rowwise_to_colwise`, has its own rule (the scaling-aware transpose) and is NOT
-`quantize_fp8(dequantize_fp8(q).T)`: for each 128-row block and column the target exponent is
-`kt = max` of the 128 row exponents (not the exponent of the largest value), every value is moved to
-it, `RNE_E4M3(value * 2^-kt)`, and written transposed. Because `kt` is at least every row's exponent,
-`|value * 2^-kt| <= 448`, so nothing saturates, and a value is exact unless it falls below 2^-9 after
-the shift (E4M3 subnormals are rounded to nearest-even, never flushed). NaN stays NaN: a NaN row tile
-(scale byte 255) or an E4M3 NaN element makes its column-wise tile NaN (scale 255, element bytes 0x00,
-the convention of `reference.quantize_fp8`).
+(a decoded value of 2^128 or more, possible only with scale bytes above ~247, is Inf in fp32, so its block
+or tile is NaN). The fifth, `fp8_rowwise_to_colwise`, is the scaling-aware transpose and NOT
+`quantize_fp8(dequantize_fp8(q).T)`: per 128-row block and column, `kt` = the max of the 128 row exponents
+and each value becomes `RNE_E4M3(value * 2^-kt)`, written transposed. Nothing saturates, subnormals round
+(never flush), and a NaN row tile (scale 255) or NaN element makes its column tile NaN (scale 255,
+element bytes 0x00, as in `reference.quantize_fp8`).
 """
 
 from __future__ import annotations
