@@ -1,22 +1,13 @@
-"""Format agreement across the ranks of a compressed all-to-all: the `check` policy, the cache of call
-signatures behind `check="first"`, and the header the ranks all-gather to compare formats and splits.
+"""Format agreement across the ranks of a compressed all-to-all: the `check` policy, the signatures
+verified per process group, and the header the ranks all-gather before the payload moves.
 
-Why it exists: a rank that decodes another rank's MXFP4 bytes as FP8 (or rows of another length) gets
-numbers, not an error. Comparing a small header before the payload turns such a misconfiguration into
-the same exception on every rank. The header costs an extra collective and a host sync, so by default
-it is exchanged once per distinct call signature and process group, not on every call.
-
-Policies (`check=` of the comm calls; `None` = the process default, `MXA2A_CHECK` or "first"):
-- "always" (`True`): every call exchanges and compares the header (debug mode).
-- "first" (the default): the first call of each signature on a group exchanges the header; later calls
-  with a signature already verified on that group exchange nothing and do not sync the host.
-- "never" (`False`): no header ever; as with `torch.distributed`, a mismatch is undetected.
-
-The signature is (op, wire name or codec identity, scale_mode, chunks, input and output dtypes (or
-FP8Tensor), row_elems); row_bytes follows from wire, dtype and row_elems. Split sizes are NOT part of
-it: they change every MoE step, and ranks whose split sizes differ must still agree on whether to
-check. In a correct program every rank sees the same sequence of signatures, so the ranks check on
-the same calls; the header carries the policy and a digest of the signature so that ranks which
+A rank decoding another rank's MXFP4 bytes as FP8 (or rows of another length) would get numbers, not
+an error; the header turns such a mismatch into the same exception on every rank. Header: `10 + 2W`
+int64 per rank (magic, error flag, policy, wire, scale_mode, chunks, row_elems, raw dtype, row_bytes,
+signature digest, then the W input and W output splits), one `all_gather` read on the host: a host
+sync (on an NCCL-only group a device sync). Policies: "always" checks every call; "first" (default)
+the first call of each signature (op, wire, scale_mode, chunks, dtypes, row_elems; not the splits) on
+a group; "never" no call. The signature digest and the policy travel in the header, so ranks that
 disagree on either raise at the first check instead of falling out of step.
 """
 
