@@ -33,6 +33,7 @@ bench = _load_bench()
 bc = bench.bc
 
 
+@pytest.mark.slow
 def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
     out_json, out_png = tmp_path / "a2a.json", tmp_path / "a2a.png"
     hidden, sizes = 256, [2048, 4096, 8192]
