@@ -13,6 +13,7 @@ the last two padded to a multiple of 16 (H=7168: fp8 7232, mxfp4 3808); checked 
 from __future__ import annotations
 
 import math
+import operator
 import zlib
 from typing import Callable, Sequence
 
@@ -241,24 +242,43 @@ def _check_rows_arg(name: str, t) -> None:
 
 
 def _resolve_splits(name: str, splits, rows: int, tensor_name: str, world: int) -> list[int]:
+    """None / [] = equal split; else what torch.distributed takes: a list, tuple or numpy array of
+    integers (Python or numpy; bool and floats refused), one per rank of the group, summing to `rows`."""
     if splits is None or (isinstance(splits, (list, tuple)) and len(splits) == 0):
         if rows % world != 0:
             raise ValueError(f"{name} is None, so dim 0 of {tensor_name} ({rows} rows) must divide equally "
                              f"by the group size {world}")
         return [rows // world] * world
-    if not isinstance(splits, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                        for s in splits):
+    ints = _as_ints(splits)
+    if ints is None:
         raise TypeError(f"{name} must be None or a list of {world} ints (rows of dim 0 per rank), "
                         f"got {splits!r}")
-    if len(splits) != world:
-        raise ValueError(f"{name} must have one entry per rank of the group ({world}), got {len(splits)}: "
-                         f"{list(splits)}")
-    if any(s < 0 for s in splits):
-        raise ValueError(f"{name} must be non-negative, got {list(splits)}")
-    if sum(splits) != rows:
-        raise ValueError(f"{name} must sum to dim 0 of {tensor_name} ({rows} rows), got {list(splits)} "
-                         f"(sum {sum(splits)})")
-    return list(splits)
+    if len(ints) != world:
+        raise ValueError(f"{name} must have one entry per rank of the group ({world}), got {len(ints)}: "
+                         f"{ints}")
+    if any(s < 0 for s in ints):
+        raise ValueError(f"{name} must be non-negative, got {ints}")
+    if sum(ints) != rows:
+        raise ValueError(f"{name} must sum to dim 0 of {tensor_name} ({rows} rows), got {ints} "
+                         f"(sum {sum(ints)})")
+    return ints
+
+
+def _as_ints(splits) -> list[int] | None:
+    """`splits` as Python ints, or None when it is not a list / tuple / 1-D numpy array of integers."""
+    if type(splits).__module__ == "numpy" and getattr(splits, "ndim", None) == 1:
+        splits = splits.tolist()  # numpy integer arrays; a float array gives floats, refused below
+    if not isinstance(splits, (list, tuple)):
+        return None
+    out = []
+    for v in splits:
+        if isinstance(v, (bool, float)) or type(v).__module__ == "numpy" and type(v).__name__.startswith("bool"):
+            return None
+        try:
+            out.append(operator.index(v))  # int and numpy integers
+        except TypeError:
+            return None
+    return out
 
 
 def _resolve_chunks(chunks) -> int:
@@ -300,7 +320,7 @@ def _check_pair_compat(codec: WireCodec, out: Rows, inp: Rows, out_name: str = "
     if isinstance(codec, RawWire) and _dtype(out) != _dtype(inp):
         raise TypeError(f"wire 'raw' sends the input's own bytes: {out_name} must have {in_name}'s dtype "
                         f"{_dtype(inp)}, got {_dtype(out)}")
-    if out is not inp and not _is_contiguous(out):
+    if not _is_contiguous(out):
         raise ValueError(f"{out_name} must be contiguous (it is written in place)")
 
 

@@ -33,6 +33,14 @@ def _row_slice(p: Rows, a: int, b: int) -> Rows:
     return p[a:b]
 
 
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two contiguous tensors share bytes."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
 def _record_stream(t: Rows, stream) -> None:
     for x in (t.data, t.scales) if isinstance(t, FP8Tensor) else (t,):
         if x.is_cuda:
@@ -116,13 +124,18 @@ class ExchangePlan:
     def _run_single(self, group, async_op: bool) -> AllToAllWork | None:
         n, m = self.in_off[-1], self.out_off[-1]
         send_direct, recv_direct = self._zero_copy(self.in_parts), self._zero_copy(self.out_parts)
+        if send_direct is not None and recv_direct is not None and _overlap(send_direct, recv_direct):
+            send_direct = None  # output is (part of) input: send a copy, or received rows overwrite sent ones
         staged = (n if send_direct is None else 0) + (m if recv_direct is None else 0)
         buf = take_rows(staged, self.row_bytes, self.device, async_op)
         send = send_direct
         if send is None:
             send = buf[:n]
             self._encode(0, n, send)
-        recv = recv_direct if recv_direct is not None else buf[staged - m:]
+        recv = recv_direct
+        if recv is None:
+            recv = buf[staged - m:]
+            self.codec.fill_unreceived(recv)  # rows that never arrive decode to NaN, not to stale bytes
         work = dist.all_to_all_single(recv, send, self.out_splits, self.in_splits, group=group,
                                       async_op=async_op)
         if not async_op:
@@ -177,6 +190,7 @@ class ExchangePlan:
 
         works, received = [], []  # per chunk: the collective, and (rows of recv, output row ranges)
         with ctx_enc:
+            self.codec.fill_unreceived(recv)  # rows that never arrive decode to NaN, not to stale bytes
             pos_s = pos_r = 0
             for k in range(c):
                 s_rows = self._chunk_rows(self.in_splits, k, me)

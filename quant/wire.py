@@ -9,6 +9,7 @@ The quantizing wires pad rows to a multiple of `ROW_ALIGN` = 16 bytes, so every 
 block is 16-byte aligned (H=7168: fp8 7232, mxfp4 3808); pad bytes are never written nor read.
 Encoding and decoding go through the public `mxa2a.quant` functions with `out=` views of the packed
 rows (one kernel launch each, no intermediate tensor, no host sync); FP8Tensor rows move without bf16.
+`fill_unreceived` makes receive rows decode to NaN until they arrive (the scale bytes, or every byte).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 # The public functions of the package (its __init__ has run by the time this module is imported).
 from . import dequantize_fp8, dequantize_mxfp4, fp8_to_mxfp4, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4
 from .checks import BACKENDS, pick_backend
-from .formats import (E4M3_DTYPE, FLOAT_INPUT_DTYPES, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor,
-                      check_scale_mode)
+from .formats import (E4M3_DTYPE, E8M0_NAN, FLOAT_INPUT_DTYPES, FP8_TILE, MXFP4_BLOCK, FP8Tensor,
+                      MXFP4Tensor, check_scale_mode)
 
 # Quantized wire rows are padded to a multiple of this many bytes (see the module docstring).
 ROW_ALIGN = 16
@@ -86,6 +87,13 @@ class WireCodec:
         """Decode `rows` (`uint8 [N, row_bytes]`) into `out` (2-D `[N, H]` values or FP8Tensor)."""
         raise NotImplementedError
 
+    def fill_unreceived(self, rows: torch.Tensor) -> None:
+        """Make receive rows (`uint8 [N, row_bytes]`) decode to NaN until a transfer overwrites them, so
+        that rows which never arrive (split sizes that disagree between ranks) are never numbers. This
+        default sets every byte to 0xFF (NaN in every float dtype); the quantizing wires set only the
+        scale bytes (255 = NaN block / tile)."""
+        rows.fill_(0xFF)
+
     @property
     def scale_mode_id(self) -> int:
         return 0
@@ -111,7 +119,7 @@ class RawWire(WireCodec):
             raise TypeError("an FP8Tensor output needs wire 'fp8' or 'mxfp4', not 'raw'")
 
     def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
-        out_rows.copy_(x.view(torch.uint8))
+        out_rows.view(x.dtype).copy_(x)  # any strides of x (x.view(uint8) needs a contiguous last dim)
 
     def decode(self, rows: torch.Tensor, out: Rows) -> None:
         out.view(torch.uint8).copy_(rows)
@@ -187,6 +195,10 @@ class FP8Wire(WireCodec):
         else:
             quantize_fp8(x, backend=self.backend, out=dst)
 
+    def fill_unreceived(self, rows: torch.Tensor) -> None:
+        t = rows.shape[1] // (FP8_TILE + 1)
+        rows[:, t * FP8_TILE:t * FP8_TILE + t].fill_(E8M0_NAN)
+
     def decode(self, rows: torch.Tensor, out: Rows) -> None:
         src = self._view(rows)
         if isinstance(out, FP8Tensor):
@@ -247,6 +259,10 @@ class MXFP4Wire(WireCodec):
             fp8_to_mxfp4(x, scale_mode=self.scale_mode, backend=self.backend, out=dst)
         else:
             quantize_mxfp4(x, scale_mode=self.scale_mode, backend=self.backend, out=dst)
+
+    def fill_unreceived(self, rows: torch.Tensor) -> None:
+        b = rows.shape[1] // 17
+        rows[:, b * 16:b * 17].fill_(E8M0_NAN)
 
     def decode(self, rows: torch.Tensor, out: Rows) -> None:
         src = self._view(rows)

@@ -1,0 +1,79 @@
+"""The all-to-all cases of issue 23 on 2 gloo ranks, each with a hard timeout: rows that never arrive
+decode to NaN (never to numbers), the raw wire takes non-contiguous input and in-place exchanges, and
+split sizes may be numpy integers, as with torch.distributed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from comm_testing import assert_same_bits, qdq, reference_exchange
+from dist_testing import run_distributed
+
+H = 128
+
+
+def _unreceived_rows_body(rank: int, world: int, seed: int) -> None:
+    from mxa2a.comm import all_to_all_single
+
+    g = torch.Generator().manual_seed(seed + rank)
+    for wire in ("mxfp4", "fp8", "bf16", "raw"):
+        x = torch.randn(4, H, generator=g)
+        out = torch.empty(4, H)
+        all_to_all_single(out, x, wire=wire)  # verifies the signature: later calls are not checked
+        # Rank 0 sends 1 row to rank 1, which expects 2 (a program bug the default policy lets through).
+        ins = [2, 1] if rank == 0 else [2, 2]
+        x = torch.randn(sum(ins), H, generator=g)
+        out = torch.full((4, H), 7.0)
+        all_to_all_single(out, x, [2, 2], ins, wire=wire)
+        if rank == 1:
+            missing = out[1]  # rows 0-1 come from rank 0, which sent one: row 1 never arrives
+            if wire == "raw":  # the caller's own memory, as with torch.distributed: left as it was
+                assert bool((missing == 7.0).all()), (wire, missing)
+            else:
+                assert bool(missing.isnan().all()), (wire, "a row that never arrived decoded to", missing)
+            assert bool(torch.isfinite(out[[0, 2, 3]]).all()), wire
+
+
+def test_rows_that_never_arrive_decode_to_nan(seed):
+    run_distributed(_unreceived_rows_body, 2, seed, timeout_s=60, pg_timeout_s=20)
+
+
+def _raw_drop_in_body(rank: int, world: int, seed: int) -> None:
+    from mxa2a.comm import all_to_all_single
+
+    g = torch.Generator().manual_seed(seed * 31 + rank)
+    # Only rank 0 passes a non-contiguous input (every other column of a wider tensor).
+    wide = torch.randn(4, 2 * H, generator=g)
+    x = wide[:, ::2] if rank == 0 else wide[:, :H].contiguous()
+    out = torch.empty(4, H)
+    all_to_all_single(out, x, wire="raw")
+    assert_same_bits(out, reference_exchange(x.contiguous(), 4, None, None), f"non-contiguous, rank {rank}")
+    # In place: output is input (rank 0 sends 2 rows to itself and 4 to rank 1, which sends 4 back).
+    splits = [2, 4] if rank == 0 else [4, 2]  # both the input and the output splits
+    for wire in ("raw", "bf16", "mxfp4"):
+        x = torch.randn(6, H, generator=g)
+        want = reference_exchange(qdq(x, wire, torch.float32), 6, splits, splits)
+        all_to_all_single(x, x, splits, splits, wire=wire)
+        assert_same_bits(x, want, f"in place, wire {wire}, rank {rank}")
+    # numpy integer split sizes, a list of them or an array.
+    for ins in (np.array([1, 3]), [np.int64(1), np.int32(3)]):
+        x = torch.randn(4, H, generator=g)
+        outs = np.array([1, 1]) if rank == 0 else [np.int64(3), np.int64(3)]
+        out = torch.empty(int(sum(outs)), H)
+        all_to_all_single(out, x, outs, ins, wire="mxfp4")
+        want = reference_exchange(qdq(x, "mxfp4", torch.float32), out.shape[0], [int(v) for v in outs],
+                                  [int(v) for v in ins])
+        assert_same_bits(out, want, f"numpy splits {type(ins).__name__}, rank {rank}")
+
+
+def test_raw_wire_takes_what_torch_takes_and_in_place_exchanges(seed):
+    run_distributed(_raw_drop_in_body, 2, seed, timeout_s=60, pg_timeout_s=20)
+
+
+@pytest.mark.parametrize("splits", [[True, False], np.array([1.0, 1.0]), [1.5, 0.5]])
+def test_bool_and_float_split_sizes_are_refused(splits):
+    from mxa2a.comm.all_to_all import _resolve_splits
+
+    with pytest.raises(TypeError, match="input_split_sizes must be None or a list of 2 ints"):
+        _resolve_splits("input_split_sizes", splits, 2, "input", 2)
