@@ -2,7 +2,7 @@
 
 A call has four steps, each made once: resolve the codec (`mxa2a.quant.wire`) and validate the
 arguments locally into an `ExchangePlan`; agree across ranks (`comm.header`: by default a header
-all-gather on the first call of each signature, the only host sync); run the plan (`comm.exchange`:
+all-to-all on the first call of each signature, the only host sync); run the plan (`comm.exchange`:
 one encode launch into a packed `uint8 [N, row_bytes]` buffer, ONE `dist.all_to_all_single`, one
 decode launch). A local error is raised on every rank of a checked call, on its own rank otherwise.
 Bytes on the wire per row of H elements: raw H * itemsize, bf16 2H, fp8 H + H/128, mxfp4 H/2 + H/32,
@@ -65,7 +65,7 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
             scale_mode, chunks and row shape, and matching splits, before any payload moves; on failure
             every rank raises the same exception. None (default) = the process default, environment
             variable MXA2A_CHECK (always / first / never, read once) else "first".
-            - True / "always": every call all-gathers a header (`10 + 2W` int64 per rank) and reads it
+            - True / "always": every call exchanges a header (`10 + 2W` int64 per rank) and reads it
               on the host: one extra collective and a host sync per call (on an NCCL-only group a
               device sync). Debug mode; also reports a bad argument on one rank on every rank.
             - "first": only the first call of each signature on a group checks (signature = op, wire,

@@ -1,10 +1,10 @@
 """Format agreement across the ranks of a compressed all-to-all: the `check` policy, the signatures
-verified per process group, and the header the ranks all-gather before the payload moves.
+verified per process group, and the header the ranks exchange before the payload moves.
 
 A rank decoding another rank's MXFP4 bytes as FP8 (or rows of another length) would get numbers, not
 an error; the header turns such a mismatch into the same exception on every rank. Header: `10 + 2W`
 int64 per rank (magic, error flag, policy, wire, scale_mode, chunks, row_elems, raw dtype, row_bytes,
-signature digest, then the W input and W output splits), one `all_gather` read on the host: a host
+signature digest, then the W input and W output splits), one all-to-all read on the host: a host
 sync (on an NCCL-only group a device sync). Policies: "always" checks every call; "first" (default)
 the first call of each signature (op, wire, scale_mode, chunks, dtypes, row_elems; not the splits) on
 a group; "never" no call. The signature digest and the policy travel in the header, so ranks that
@@ -132,12 +132,14 @@ def header_device(group, hint: torch.device | None) -> torch.device:
 
 
 def exchange_header(fields: list[int], world: int, group, device: torch.device) -> list[list[int]]:
-    """All-gather every rank's header. Syncs the host (reads the result); on an NCCL-only group this is
-    also a device sync (the host waits for the work already queued on the current stream)."""
+    """Every rank's header, by an all-to-all of `world` copies of this rank's (not an all_gather: gloo's
+    ring all_gather leaves a rank that is not next to a dead peer waiting for the whole group timeout,
+    while in an all-to-all every rank talks to every peer and sees it die). Syncs the host (reads the
+    result); on an NCCL-only group this is also a device sync."""
     mine = torch.tensor(fields, dtype=torch.int64, device=device)
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    return torch.stack(gathered).tolist()
+    gathered = torch.empty((world, mine.numel()), dtype=torch.int64, device=device)
+    dist.all_to_all_single(gathered, mine.expand(world, -1).contiguous(), group=group)
+    return gathered.tolist()
 
 
 def check_headers(op: str, headers: list[list[int]], world: int) -> None:

@@ -77,3 +77,62 @@ def test_bool_and_float_split_sizes_are_refused(splits):
 
     with pytest.raises(TypeError, match="input_split_sizes must be None or a list of 2 ints"):
         _resolve_splits("input_split_sizes", splits, 2, "input", 2)
+
+
+def _dying_peer_rank(rank: int, world: int, port: int, pg_timeout_s: float, results) -> None:
+    import datetime
+    import os
+    import time
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=pg_timeout_s))
+    from mxa2a.comm import all_to_all_single
+
+    if rank == world - 1:
+        os._exit(1)  # dies before its first (checked) call
+    start = time.monotonic()
+    try:
+        all_to_all_single(torch.empty(8, H), torch.randn(8, H), wire="mxfp4")
+        results.put((rank, "returned", time.monotonic() - start))
+    except RuntimeError as e:
+        results.put((rank, str(e)[:200], time.monotonic() - start))
+    results.close()
+    results.join_thread()
+    time.sleep(pg_timeout_s)  # survivors stay alive after their error, as a training script's might
+    os._exit(0)
+
+
+def test_every_survivor_of_a_dead_peer_raises_long_before_the_timeout():
+    """4 ranks, rank 3 dies: each survivor's checked call must fail fast. The header used to be an
+    all_gather (a ring in gloo): rank 1, not next to rank 3, waited for the whole group timeout."""
+    import time
+
+    import torch.multiprocessing as mp
+    from dist_testing import free_port
+
+    world, pg_timeout_s = 4, 30.0
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_dying_peer_rank, args=(r, world, port, pg_timeout_s, results), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    got = {}
+    deadline = time.monotonic() + 60
+    while len(got) < world - 1 and time.monotonic() < deadline:
+        try:
+            rank, msg, seconds = results.get(timeout=1)
+            got[rank] = (msg, seconds)
+        except Exception:  # queue.Empty
+            pass
+    for p in procs:
+        p.kill()
+        p.join()
+    assert sorted(got) == list(range(world - 1)), f"survivors that never reported: {got}"
+    for rank, (msg, seconds) in got.items():
+        assert msg != "returned" and seconds < pg_timeout_s / 3, (rank, msg, seconds)
