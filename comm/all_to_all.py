@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ..quant.formats import FP8Tensor
 from ..quant.wire import RawWire, Rows, WireCodec, get_codec
 from .exchange import AllToAllWork, ExchangePlan
-from .header import agree, call_signature, resolve_check
+from .header import USES_SIGNATURES, agree, call_signature, next_call_number, resolve_check
 from .staging import release_staging_buffers
 
 __all__ = ["AllToAllWork", "all_to_all", "all_to_all_single", "release_staging_buffers", "DEFAULT_CHUNKS"]
@@ -166,12 +166,32 @@ def _call(op: str, plan: Callable[[WireCodec, int], ExchangePlan], inputs: Seque
         p = plan(codec, c)
     except (TypeError, ValueError) as e:
         local_error = e
-    sig = call_signature(op, *_sig_wire(codec, wire, scale_mode), c, inputs, outputs) \
-        if policy == "first" else None
-    agree(op, group, world, hint, policy, sig, None if p is None else _header_fields(p),
+    sig = None
+    if policy in USES_SIGNATURES:
+        sig = call_signature(op, *_sig_wire(codec, wire, scale_mode), c, inputs, outputs)
+        if sig is not None and policy == "tagged":
+            sig += ("tagged",)
+    tagged = policy == "tagged"
+    agree(op, group, world, hint, policy, sig, None if p is None else _header_fields(p, tagged),
           None if p is None else p.in_splits, None if p is None else p.out_splits, local_error)
     _check_own_rows(p.in_splits, p.out_splits, dist.get_rank(group))
+    if tagged:
+        p.use_tag(_call_tag(p, group))
     return p.run(group, async_op)
+
+
+TAG_MAGIC = 0x6D786174  # "mxat"
+
+
+def _call_tag(p: ExchangePlan, group) -> torch.Tensor:
+    """This call's in-band tag (check="tagged"): int32 [magic, digest of the format, call number on the
+    group, its complement], on the plan's device without a host sync (pinned, non-blocking copy)."""
+    n = next_call_number(group) & 0x7FFFFFFF
+    digest = zlib.crc32(repr(_header_fields(p, True)).encode()) & 0x7FFFFFFF
+    tag = torch.tensor([TAG_MAGIC, digest, n, ~n], dtype=torch.int32)
+    if p.device.type != "cuda":
+        return tag
+    return tag.pin_memory().to(p.device, non_blocking=True)
 
 
 def _plan(codec: WireCodec, c: int, inputs: list[Rows], outputs: list[Rows], in_splits: list[int],
@@ -183,10 +203,11 @@ def _plan(codec: WireCodec, c: int, inputs: list[Rows], outputs: list[Rows], in_
                         _device(inputs[0]), c)
 
 
-def _header_fields(p: ExchangePlan) -> list[int]:
+def _header_fields(p: ExchangePlan, tagged: bool) -> list[int]:
     """The header's format fields (see `comm.header.agree`)."""
     raw_dtype = _dtype_code(p.dtype) if isinstance(p.codec, RawWire) else 0
-    return [p.codec.wire_id, p.codec.scale_mode_id, p.chunks, p.row_elems, raw_dtype, p.row_bytes]
+    row_bytes = p.tagged_row_bytes() if tagged else p.codec_row_bytes
+    return [p.codec.wire_id, p.codec.scale_mode_id, p.chunks, p.row_elems, raw_dtype, row_bytes]
 
 
 def _sig_wire(codec: WireCodec | None, wire, scale_mode) -> tuple:
