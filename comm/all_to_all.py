@@ -64,7 +64,7 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
         check: the format check (`mxa2a.comm.header`) that every rank uses the same wire format,
             scale_mode, chunks and row shape, and matching splits, before any payload moves; on failure
             every rank raises the same exception. None (default) = the process default, environment
-            variable MXA2A_CHECK (always / first / never, read once) else "first".
+            variable MXA2A_CHECK (always / first / tagged / never, read once) else "first".
             - True / "always": every call exchanges a header (`10 + 2W` int64 per rank) and reads it
               on the host: one extra collective and a host sync per call (on an NCCL-only group a
               device sync). Debug mode; also reports a bad argument on one rank on every rank.
@@ -75,15 +75,19 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
               with "always" while the others use "first") raises on every rank at that call. Not
               detected: a rank switching to another format later while the others keep an already
               verified signature (the ranks then fall out of step, as with torch.distributed: a hang
-              until the group's timeout, or garbage), split sizes that disagree on later calls, and a
-              bad argument on one rank of a verified call, which raises on that rank only.
+              until the group's timeout, an abort in gloo, or NaN rows), split sizes that disagree on
+              later calls (rows that never arrive decode to NaN), and a bad argument on one rank of a
+              verified call, which raises on that rank only.
+            - "tagged": "first" plus a 16-byte tag in every row (magic, format digest, call number),
+              compared on receipt: a rank that receives rows of another format, too few rows, or rows
+              of another call raises (CPU) or fails `torch._assert_async` (GPU, no host sync).
             - False / "never": no header at all; a mismatch is undetected, as with torch.distributed.
             Every rank must use the same policy.
 
     Bytes on the wire: `row_bytes` per row, sent rows = N: mxfp4 17/32 byte per element (3.76x fewer than
     bf16), fp8 129/128, bf16 2, raw the input's itemsize; fp8 and mxfp4 rows are padded to a multiple of
     16 bytes (alignment for NCCL and the codecs; H=7168: fp8 7232, mxfp4 3808); plus the header on
-    checked calls.
+    checked calls; "tagged" rounds each row up to 16 bytes and adds 16.
 
     Host syncs: only checked calls (see `check`). Nothing else syncs or reads tensor values: splits are
     host lists, as in torch.distributed. With `chunks > 1` on a CPU and `async_op=True`, decoding
