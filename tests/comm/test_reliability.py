@@ -169,3 +169,23 @@ def _tagged_body(rank: int, world: int, seed: int) -> None:
 
 def test_tagged_check_raises_on_the_receiver_of_rows_that_do_not_match(seed):
     run_distributed(_tagged_body, 2, seed, timeout_s=90, pg_timeout_s=20)
+
+
+def _tagged_cuda_body(rank: int, world: int, seed: int) -> None:
+    from mxa2a.comm import all_to_all_single
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    for wire in ("mxfp4", "fp8", "bf16", "raw"):
+        for chunks in (1, 2):
+            x = torch.randn(64, 7168, generator=g, device="cuda", dtype=torch.bfloat16)
+            out = torch.empty_like(x)
+            for _ in range(3):  # the first call checks the header, the later ones only the tags
+                all_to_all_single(out, x, wire=wire, chunks=chunks, check="tagged")
+            want = qdq(x.cpu(), wire, torch.bfloat16)  # a group of one: every row comes back to this rank
+            assert_same_bits(out.cpu(), want, f"tagged {wire} chunks {chunks} on CUDA")
+    torch.cuda.synchronize()  # a failed tag would surface here as a device-side assert
+
+
+@pytest.mark.gpu
+def test_tagged_check_passes_on_a_gpu(seed):
+    run_distributed(_tagged_cuda_body, 1, seed, backend="nccl", timeout_s=300)
