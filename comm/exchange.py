@@ -228,6 +228,8 @@ class ExchangePlan:
                 # for every transfer, so NCCL's use is covered too.
                 for s in (enc, dec):
                     buf.record_stream(s)
+                    if self.tag is not None:
+                        self.tag.record_stream(s)
                     for p in self.out_parts:
                         _record_stream(p, s)
                 for p in self.in_parts:
