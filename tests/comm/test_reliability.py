@@ -179,8 +179,10 @@ def _tagged_cuda_body(rank: int, world: int, seed: int) -> None:
         for chunks in (1, 2):
             x = torch.randn(64, 7168, generator=g, device="cuda", dtype=torch.bfloat16)
             out = torch.empty_like(x)
-            for _ in range(3):  # the first call checks the header, the later ones only the tags
-                all_to_all_single(out, x, wire=wire, chunks=chunks, check="tagged")
+            for async_op in (False, True, False):  # the first call checks the header, later ones the tags
+                work = all_to_all_single(out, x, wire=wire, chunks=chunks, check="tagged", async_op=async_op)
+                if work is not None:
+                    work.wait()
             want = qdq(x.cpu(), wire, torch.bfloat16)  # a group of one: every row comes back to this rank
             assert_same_bits(out.cpu(), want, f"tagged {wire} chunks {chunks} on CUDA")
     torch.cuda.synchronize()  # a failed tag would surface here as a device-side assert
