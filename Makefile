@@ -1,4 +1,4 @@
-# Two entry points (README): `make bench` and `make test`. Both set up .venv first.
+# Entry points (README): `make bench`, `make test` (fast) and `make test-all`. Each sets up .venv first.
 # The venv sees system packages, so a CUDA torch already on a GPU machine is used as it is (never
 # reinstalled); without torch, a CPU machine gets the CPU build (TORCH_SPEC), a GPU machine PyPI's torch.
 PYTHON ?= python3
@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 NPROC ?= 2
 
-.PHONY: setup test bench bench-codec clean
+.PHONY: setup test test-all bench bench-codec clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -24,7 +24,12 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The fast suite, the one to run before every commit; test-all adds the tests marked slow (multi-process
+# smoke tests of the benchmarks, examples and launchers, long interpreter runs).
 test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup
 	$(PY) -m pytest -q tests
 
 # The main job: the all-to-all bandwidth table over every local GPU, or 2 gloo ranks on a CPU machine.

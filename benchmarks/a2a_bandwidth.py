@@ -15,7 +15,8 @@ What one row means (one row per splits mode, size and wire):
   on CPU), median over `-n` iterations after `-w` warm-up calls; the slowest rank's median.
 - algbw = size / time, busbw = algbw * (n-1)/n (GB/s = 1e9 B/s, as nccl-tests).
 - speedup = time of the baseline row / time of this row, same size and splits, same run. The baseline
-  is `nccl` (plain `torch.distributed.all_to_all_single` of the bf16 input, no mxa2a) when measured,
+  is `nccl` (plain `torch.distributed.all_to_all_single` of the bf16 input, no mxa2a; labelled with the
+  process group's backend, i.e. `gloo` on a CPU, where `--wire gloo` also names it) when measured,
   else `raw` (mxa2a moving the bf16 bytes unchanged, with its format check policy: by default once per
   call signature; `--format-check` every call, `--no-format-check` never), else `bf16`.
 - max_rel_err (`--check`, on unless `--no-check`): for each received row,
@@ -38,6 +39,9 @@ bytes as with equal splits but ranks receive unequal amounts (`recv_imb` = max /
 
 Output: the table on stdout (rank 0), a progress counter on stderr, `--json` with every row and the
 machine description, `--plot` a PNG of algbw and speedup vs size per wire.
+
+On a CPU the figures are functional, not performance: the codecs are the torch reference (the Triton
+kernels run only on GPUs) and the baseline is gloo; the header says so.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ import _bench_common as bc  # noqa: E402
 # that speedups refer to when it is measured. "raw" and "bf16" are mxa2a calls that move the same bytes
 # (plus mxa2a's per-call format check), so raw vs nccl shows what the wrapper itself costs.
 WIRES = ("nccl", "raw", "bf16", "fp8", "mxfp4")
+BASELINE_ALIASES = {"gloo": "nccl"}  # --wire gloo: the same plain torch.distributed baseline, on CPU
 BASELINE_WIRES = ("nccl", "raw", "bf16")  # in order of preference as the speedup baseline
 SPLIT_MODES = ("equal", "moe")
 # Largest relative error per row that each wire may show (see the module docstring). MXFP4 with
@@ -116,6 +121,7 @@ class SplitPlan:
 def _csv(choices: tuple[str, ...], name: str) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        items = [BASELINE_ALIASES.get(t, t) if choices is WIRES else t for t in items]
         bad = [t for t in items if t not in choices]
         if not items or bad:
             raise argparse.ArgumentTypeError(
@@ -135,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--iters", type=int, help="timed iterations per row")
     p.add_argument("-w", "--warmup_iters", type=int, help="untimed warm-up calls per row")
     p.add_argument("--wire", type=_csv(WIRES, "--wire"), default=["nccl", "raw", "fp8", "mxfp4"],
-                   help="comma separated: nccl (plain torch.distributed bf16, the speedup baseline), "
+                   help="comma separated: nccl (plain torch.distributed bf16, the speedup baseline; "
+                        "labelled gloo, and also named so, on a CPU), "
                         "raw (mxa2a moving the bf16 bytes), bf16, fp8, mxfp4")
     p.add_argument("--hidden", type=int, default=7168, help="row length H (7168, DeepSeek-V3)")
     p.add_argument("--splits", type=_csv(SPLIT_MODES, "--splits"), default=["equal"],
@@ -355,6 +362,10 @@ class Sweep:
     moe: MoESplitConfig
     seed: int
     timer: Timer
+    baseline_label: str = "nccl"  # what the plain torch.distributed rows are called: the group's backend
+
+    def label(self, wire: str) -> str:
+        return self.baseline_label if wire == "nccl" else wire
 
 
 def measure_size(sw: Sweep, mode: str, nominal: int, call_a2a: Callable[..., Any], progress: bc.Progress,
@@ -376,7 +387,7 @@ def measure_size(sw: Sweep, mode: str, nominal: int, call_a2a: Callable[..., Any
         chunk_kw["check"] = sw.format_check
     baseline, base_time = next((w for w in sw.wires if w in BASELINE_WIRES), None), None
     for wire in sw.wires:
-        progress.step(f"{mode} {bc.format_size(nominal)} {wire}")
+        progress.step(f"{mode} {bc.format_size(nominal)} {sw.label(wire)}")
 
         def call(wire: str = wire) -> None:
             if wire == "nccl":
@@ -390,7 +401,8 @@ def measure_size(sw: Sweep, mode: str, nominal: int, call_a2a: Callable[..., Any
         if wire == baseline:
             base_time = time_us
         row: dict[str, Any] = {
-            "splits": mode, "nominal_bytes": nominal, "bytes": nbytes, "rows": n_rows, "wire": wire,
+            "splits": mode, "nominal_bytes": nominal, "bytes": nbytes, "rows": n_rows,
+            "wire": sw.label(wire),
             "wire_bytes": n_rows * wire_bytes_per_row(wire, sw.hidden), "time_us": time_us,
             "algbw_GBps": algbw, "busbw_GBps": algbw * (sw.world - 1) / sw.world,
             "speedup": base_time / time_us if base_time is not None and time_us > 0 else None,
@@ -403,7 +415,7 @@ def measure_size(sw: Sweep, mode: str, nominal: int, call_a2a: Callable[..., Any
             row["max_rel_err"] = err
             bound = error_bound(wire, sw.scale_mode)
             if not err <= bound * (1 + ERROR_SLACK):
-                failures.append(f"{mode} {nbytes} B {wire}: max_rel_err {err:.3e} > bound {bound:.3e}")
+                failures.append(f"{mode} {nbytes} B {sw.label(wire)}: max_rel_err {err:.3e} > bound {bound:.3e}")
         if sw.breakdown:
             row.update(measure_breakdown(wire, inp, out, plan, sw.scale_mode, sw.timer))
         on_row(row)
@@ -431,7 +443,8 @@ def run(args: argparse.Namespace) -> int:
                format_check=args.format_check,
                check=args.check, breakdown=args.breakdown,
                moe=MoESplitConfig(args.experts, args.topk, args.zipf, args.seed), seed=args.seed,
-               timer=Timer(device, iters, warmup))
+               timer=Timer(device, iters, warmup),
+               baseline_label="nccl" if device.type == "cuda" else str(dist.get_backend()))
     lead = sw.rank == 0
 
     hosts: list[Any] = [None] * sw.world
@@ -440,22 +453,29 @@ def run(args: argparse.Namespace) -> int:
     machine = bc.machine_description({"hosts": sorted(set(hosts)), "link": link})
     config = {"world_size": sw.world, "backend": dist.get_backend(), "device_type": device.type,
               "launcher": "--nproc" if os.environ.get(bc.SPAWNED_ENV) == "1" else bc.launcher(),
-              "hidden": sw.hidden, "dtype": "bfloat16", "splits": args.splits, "wires": sw.wires,
-              "speedup_baseline": next((w for w in sw.wires if w in BASELINE_WIRES), None),
+              "hidden": sw.hidden, "dtype": "bfloat16", "splits": args.splits,
+              "wires": [sw.label(w) for w in sw.wires],
+              "speedup_baseline": next((sw.label(w) for w in sw.wires if w in BASELINE_WIRES), None),
               "sizes": sw.sizes, "stepfactor": stepfactor, "iters": iters, "warmup": warmup,
               "chunks": sw.chunks, "format_check": sw.format_check, "scale_mode": sw.scale_mode, "check": sw.check,
               "breakdown": sw.breakdown, "moe": asdict(sw.moe),
-              "error_bounds": {w: error_bound(w, sw.scale_mode) for w in sw.wires}}
+              "error_bounds": {sw.label(w): error_bound(w, sw.scale_mode) for w in sw.wires},
+              "figures": "performance" if device.type == "cuda" else "functional"}
     columns = table_columns(sw.breakdown)
     if lead:
         gpu = f"{machine['gpu_count']}x {machine['gpu']}" if machine["gpu"] else "no GPU"
         print(f"# mxa2a all_to_all_single: {sw.world} ranks on {len(machine['hosts'])} host(s), {gpu}, "
-              f"backend {config['backend']}, NCCL {machine['nccl']}, torch {machine['torch']}")
+              f"backend {config['backend']}, "
+              + (f"NCCL {machine['nccl']}, " if machine["nccl"] is not None else "") + f"torch {machine['torch']}")
         print(f"# link: {machine['link']}; env {machine['env'] or '{}'}")
         print(f"# hidden {sw.hidden} bf16, iters {iters}, warmup {warmup}, chunks {sw.chunks}, "
               f"format check {'default' if sw.format_check is None else sw.format_check}, "
               f"check {sw.check}; time = slowest rank's median; GB/s = 1e9 B/s; "
               f"speedup over {config['speedup_baseline']}")
+        if device.type != "cuda":
+            print(f"# CPU run: functional figures, not performance. The codecs are the torch reference "
+                  f"(the Triton kernels run on GPUs) and the baseline is plain torch.distributed over "
+                  f"{sw.baseline_label}, so speedups below 1x here say nothing about a GPU run.")
         print(bc.format_header(columns), flush=True)
 
     progress = bc.Progress(len(args.splits) * len(sw.sizes) * len(sw.wires), enabled=lead, desc="a2a")

@@ -1,23 +1,15 @@
-"""Format agreement across the ranks of a compressed all-to-all: the `check` policy, the cache of call
-signatures behind `check="first"`, and the header the ranks all-gather to compare formats and splits.
+"""Format agreement across the ranks of a compressed all-to-all: the `check` policy, the signatures
+verified per process group, and the header the ranks exchange before the payload moves.
 
-Why it exists: a rank that decodes another rank's MXFP4 bytes as FP8 (or rows of another length) gets
-numbers, not an error. Comparing a small header before the payload turns such a misconfiguration into
-the same exception on every rank. The header costs an extra collective and a host sync, so by default
-it is exchanged once per distinct call signature and process group, not on every call.
-
-Policies (`check=` of the comm calls; `None` = the process default, `MXA2A_CHECK` or "first"):
-- "always" (`True`): every call exchanges and compares the header (debug mode).
-- "first" (the default): the first call of each signature on a group exchanges the header; later calls
-  with a signature already verified on that group exchange nothing and do not sync the host.
-- "never" (`False`): no header ever; as with `torch.distributed`, a mismatch is undetected.
-
-The signature is (op, wire name or codec identity, scale_mode, chunks, input and output dtypes (or
-FP8Tensor), row_elems); row_bytes follows from wire, dtype and row_elems. Split sizes are NOT part of
-it: they change every MoE step, and ranks whose split sizes differ must still agree on whether to
-check. In a correct program every rank sees the same sequence of signatures, so the ranks check on
-the same calls; the header carries the policy and a digest of the signature so that ranks which
-disagree on either raise at the first check instead of falling out of step.
+A rank decoding another rank's MXFP4 bytes as FP8 (or rows of another length) would get numbers, not
+an error; the header turns such a mismatch into the same exception on every rank. Header: `10 + 2W`
+int64 per rank (magic, error flag, policy, wire, scale_mode, chunks, row_elems, raw dtype, row_bytes,
+signature digest, then the W input and W output splits), one all-to-all read on the host: a host
+sync (on an NCCL-only group a device sync). Policies: "always" checks every call; "first" (default)
+the first call of each signature (op, wire, scale_mode, chunks, dtypes, row_elems; not the splits) on
+a group; "tagged" as "first" plus a 16-byte tag in every row checked on receipt (comm.exchange);
+"never" no call. The signature digest and the policy travel in the header, so ranks that disagree on
+either raise at the first check instead of falling out of step.
 """
 
 from __future__ import annotations
@@ -33,7 +25,8 @@ import torch.distributed as dist
 
 from ..quant.formats import FP8Tensor
 
-CHECK_POLICIES = ("always", "first", "never")
+CHECK_POLICIES = ("always", "first", "never", "tagged")
+USES_SIGNATURES = ("first", "tagged")  # the policies that check the first call of each signature only
 CHECK_ENV = "MXA2A_CHECK"
 DEFAULT_CHECK = "first"
 
@@ -46,6 +39,23 @@ _WIRE_NAMES = {1: "raw", 2: "bf16", 3: "fp8", 4: "mxfp4"}
 _env_default: str | None = None
 # group -> signatures verified on it; weak keys, so a destroyed group's entries go with it.
 _verified: "weakref.WeakKeyDictionary | dict" = weakref.WeakKeyDictionary()
+
+
+_call_numbers: "weakref.WeakKeyDictionary | dict" = weakref.WeakKeyDictionary()
+
+
+def next_call_number(group) -> int:
+    """1, 2, 3, ... per process group: the call number that check="tagged" puts in every row. Ranks
+    that make the same calls on a group count the same; a rank out of step shows as a wrong number."""
+    global _call_numbers
+    key = group if group is not None else dist.group.WORLD
+    try:
+        n = _call_numbers.get(key, 0) + 1
+        _call_numbers[key] = n
+    except TypeError:  # a ProcessGroup without weak references: keep it alive instead
+        _call_numbers = dict(_call_numbers)
+        n = _call_numbers[key] = _call_numbers.get(key, 0) + 1
+    return n
 
 
 def default_check() -> str:
@@ -72,7 +82,7 @@ def resolve_check(check: bool | str | None) -> str:
     if isinstance(check, str) and check in CHECK_POLICIES:
         return check
     raise ValueError(f"check must be None (the default: {CHECK_ENV} or 'first'), True / 'always', "
-                     f"'first', or False / 'never', got {check!r}")
+                     f"'first', 'tagged', or False / 'never', got {check!r}")
 
 
 def reset_verified() -> None:
@@ -141,12 +151,14 @@ def header_device(group, hint: torch.device | None) -> torch.device:
 
 
 def exchange_header(fields: list[int], world: int, group, device: torch.device) -> list[list[int]]:
-    """All-gather every rank's header. Syncs the host (reads the result); on an NCCL-only group this is
-    also a device sync (the host waits for the work already queued on the current stream)."""
+    """Every rank's header, by an all-to-all of `world` copies of this rank's (not an all_gather: gloo's
+    ring all_gather leaves a rank that is not next to a dead peer waiting for the whole group timeout,
+    while in an all-to-all every rank talks to every peer and sees it die). Syncs the host (reads the
+    result); on an NCCL-only group this is also a device sync."""
     mine = torch.tensor(fields, dtype=torch.int64, device=device)
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    return torch.stack(gathered).tolist()
+    gathered = torch.empty((world, mine.numel()), dtype=torch.int64, device=device)
+    dist.all_to_all_single(gathered, mine.expand(world, -1).contiguous(), group=group)
+    return gathered.tolist()
 
 
 def check_headers(op: str, headers: list[list[int]], world: int) -> None:
@@ -159,7 +171,7 @@ def check_headers(op: str, headers: list[list[int]], world: int) -> None:
     if faulty:
         raise RuntimeError(f"{op}: rank(s) {faulty} rejected their arguments (see the exception raised "
                            f"there); nothing was exchanged")
-    first_policy = headers[0][2] == 1 + CHECK_POLICIES.index("first")
+    first_policy = CHECK_POLICIES[headers[0][2] - 1] in USES_SIGNATURES
     for i, field in enumerate(HEADER_FIELDS[2:], start=2):
         values = [h[i] for h in headers]
         if len(set(values)) <= 1:
@@ -205,7 +217,7 @@ def agree(op: str, group, world: int, device_hint: torch.device | None, policy: 
             raise local_error
         return
     verified = None
-    if policy == "first":
+    if policy in USES_SIGNATURES:
         verified = _verified_on(group)
         if sig is not None and sig in verified:
             if local_error is not None:

@@ -1,17 +1,13 @@
 """`init_distributed()`: one call that joins the process group however the program was launched.
 
-- `torchrun` (or anything that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT): the env:// rendezvous.
+- `torchrun` (RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set): the env:// rendezvous.
 - `mpirun` / `mpiexec`: rank and size from Open MPI (OMPI_COMM_WORLD_*) or MPICH / Hydra / Intel MPI
-  (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID); rank 0 picks its host name and a free port and `mpi4py`
-  broadcasts them, so no MASTER_ADDR is needed (one set by the user is used as is).
+  (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID); rank 0's host and a free port are broadcast with `mpi4py`
+  (a MASTER_ADDR set by the user is used as is). On one node without ssh, Open MPI still looks for
+  its remote agent: `OMPI_MCA_plm_rsh_agent=false mpirun -np 2 python train.py`.
 - a plain `python` process: a group of one.
-
-mpirun on one node without ssh (containers): Open MPI checks for its remote launch agent (ssh, then rsh)
-even when every rank is local, and stops with `The value of the MCA parameter "plm_rsh_agent" was set to
-a path that could not be found`. Only remote launches run the agent, so name any existing program:
-`OMPI_MCA_plm_rsh_agent=false mpirun -np 2 python train.py` (or `mpirun --mca plm_rsh_agent false ...`).
-
-The CUDA device is chosen from the local rank; the backend is NCCL with CUDA, gloo without.
+The CUDA device is chosen from the local rank; the backend is NCCL with CUDA, gloo without; `timeout`
+bounds every collective of the group (a dead peer raises after it; README, "Launching").
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ callers can hand in slices of a packed wire buffer. Inputs that cannot be viewed
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -53,8 +55,6 @@ def check_out_tensor(out: object, shape: tuple, dtype: torch.dtype, device: torc
 
 def pick_backend(backend: str, device: torch.device, fn: str) -> str:
     """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU needs TRITON_INTERPRET=1."""
-    import os
-
     if backend not in BACKENDS:
         raise ValueError(f"{fn}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -81,6 +81,8 @@ def rows_in(t: torch.Tensor) -> torch.Tensor:
 
 def rows_out(t: torch.Tensor, fn: str, name: str) -> torch.Tensor:
     """`[..., W]` -> a 2-D `[M, W]` view written in place: last dim contiguous, rows not overlapping."""
+    if t.dim() == 2 and t.shape[1] > 0 and t.stride(1) == 1 and (t.stride(0) >= t.shape[1] or t.shape[0] <= 1):
+        return t  # the common case (e.g. a slice of a packed wire buffer), without building a view
     w = t.shape[-1]
     bad = f"{fn}: {name} must be writable in place as rows [M, {w}] with a contiguous last dimension"
     if t.dim() < 1 or (t.stride(-1) != 1 and w > 1):

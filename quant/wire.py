@@ -1,31 +1,15 @@
-"""Wire codecs: how a row of values becomes the bytes that cross the link, and back.
+"""Wire codecs: how a row of values becomes the bytes that cross the link, and back (docs/COMM.md).
 
-`comm/` only moves bytes. It asks a codec for `row_bytes(row_elems, dtype)`, lets it `encode` input rows
-into a packed buffer `uint8 [N, row_bytes]`, exchanges that buffer with one `all_to_all_single`, and lets
-the codec `decode` the received rows into the output. Every encoded row is self-contained:
-
-| wire      | one row of H elements on the wire        | bytes per element | vs bf16 |
-| --------- | ---------------------------------------- | ----------------- | ------- |
-| `"raw"`   | the input's own bytes                    | itemsize          | 1x      |
-| `"bf16"`  | H bf16 values                            | 2                 | 1x      |
-| `"fp8"`   | `[H E4M3 bytes | H/128 UE8M0 scale bytes | pad]` | 129/128 (+ pad)   | 1.98x   |
-| `"mxfp4"` | `[H/2 E2M1 bytes | H/32 E8M0 scale bytes | pad]`  | 17/32 (+ pad)     | 3.76x   |
-
-Padded rows: the quantizing wires ("fp8", "mxfp4") append 0-15 pad bytes so that `row_bytes` is a multiple of
-`ROW_ALIGN` = 16 (COMM.md's row is `[data | scales]`; the pad follows it). Why: the packed buffer is one
-`[N, row_bytes]` tensor and every peer's block starts at a row boundary; with 16-byte rows every block and
-every row is 16-byte aligned, which NCCL's copy loops and the codecs' vector loads/stores need to run at
-full speed (an unpadded fp8 row of H=7168 is 7224 bytes, only 8-byte aligned, and measured 2x slower on
-2x H100). The pad bytes are never written by the encoder, never read by the decoder and carry no meaning
-(they are sent, uninitialized). Examples, H=7168: fp8 7224 -> 7232 bytes, mxfp4 3808 (already aligned).
-The data and scale views are unchanged: `buf[:, :data_bytes]` and `buf[:, data_bytes:data_bytes + scale_bytes]`.
-
-The quantizing codecs write their output through the `out=` argument of the `mxa2a.quant` codecs, as two
-strided views of the packed buffer (`buf[:, :data_bytes]` and `buf[:, data_bytes:data_bytes + scale_bytes]`): one kernel launch,
-no intermediate tensor. Decoding reads the same views in place.
-
-FP8 tensors (`FP8Tensor`, data + 1x128 tile scales) may be encoded and decoded directly: on the MXFP4 wire
-through `fp8_to_mxfp4` / `mxfp4_to_fp8` (never through bf16), on the FP8 wire as a plain byte copy.
+`comm/` asks a codec for `row_bytes(row_elems, dtype)`, lets it `encode` 2-D input rows `[N, H]` into
+a packed `uint8 [N, row_bytes]` buffer (a row slice of it may be passed), exchanges the buffer and lets
+it `decode` received rows into the output. Every row is self-contained:
+- "raw": the input's own bytes (any dtype); "bf16": H bf16 values (2 bytes each);
+- "fp8": `[H E4M3 | H/128 UE8M0 scales | pad]`; "mxfp4": `[H/2 E2M1 | H/32 E8M0 scales | pad]`.
+The quantizing wires pad rows to a multiple of `ROW_ALIGN` = 16 bytes, so every row and every peer's
+block is 16-byte aligned (H=7168: fp8 7232, mxfp4 3808); pad bytes are never written nor read.
+Encoding and decoding go through the public `mxa2a.quant` functions with `out=` views of the packed
+rows (one kernel launch each, no intermediate tensor, no host sync); FP8Tensor rows move without bf16.
+`fill_unreceived` makes receive rows decode to NaN until they arrive (the scale bytes, or every byte).
 """
 
 from __future__ import annotations
@@ -35,8 +19,11 @@ from typing import Union
 
 import torch
 
-from .formats import (E4M3_DTYPE, FLOAT_INPUT_DTYPES, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor,
-                      check_scale_mode)
+# The public functions of the package (its __init__ has run by the time this module is imported).
+from . import dequantize_fp8, dequantize_mxfp4, fp8_to_mxfp4, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4
+from .checks import BACKENDS, pick_backend
+from .formats import (E4M3_DTYPE, E8M0_NAN, FLOAT_INPUT_DTYPES, FP8_TILE, MXFP4_BLOCK, FP8Tensor,
+                      MXFP4Tensor, check_scale_mode)
 
 # Quantized wire rows are padded to a multiple of this many bytes (see the module docstring).
 ROW_ALIGN = 16
@@ -44,35 +31,18 @@ ROW_ALIGN = 16
 Rows = Union[torch.Tensor, FP8Tensor]  # a 2-D block of rows: [N, H] values, or FP8 data [N, H] + scales
 
 
-def _codecs():
-    # Imported when first used: the package `mxa2a.quant` imports this module in its __init__.
-    from .. import quant
-    return quant
-
-
-# Tests set this to run the direct Triton path below on CPU tensors under TRITON_INTERPRET=1.
-_TRITON_ON_CPU = False
-
-
-def _direct(t: Rows) -> bool:
-    """Whether to launch the Triton wrapper directly. The public codecs would pick Triton for CUDA
-    tensors too; going straight to `mxa2a.quant.kernels` skips their argument checks, which the comm
-    layer has already made once per call (`check_input` / `check_output`) and which cost ~50 us of
-    host time per launch on a loaded CPU. Same kernels, same bits."""
-    return t.device.type == "cuda" or _TRITON_ON_CPU
-
-
-def _trusted(cls: type, **fields):
-    """A frozen container over views this module cut from a wire buffer, without `__post_init__`'s checks:
-    the views are right by construction (`_view`), and building a checked container costs ~15 us a launch."""
-    obj = object.__new__(cls)
-    for name, value in fields.items():
-        object.__setattr__(obj, name, value)
-    return obj
-
-
 def _pad(nbytes: int) -> int:
     return -(-nbytes // ROW_ALIGN) * ROW_ALIGN
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _check_backend_device(backend: str, device: torch.device) -> None:
+    if backend != "auto":  # "triton" on a CPU tensor needs TRITON_INTERPRET=1: say so before any collective
+        pick_backend(backend, device, "wire codec")
 
 
 def _check_float(what: str, t: torch.Tensor) -> None:
@@ -117,6 +87,13 @@ class WireCodec:
         """Decode `rows` (`uint8 [N, row_bytes]`) into `out` (2-D `[N, H]` values or FP8Tensor)."""
         raise NotImplementedError
 
+    def fill_unreceived(self, rows: torch.Tensor) -> None:
+        """Make receive rows (`uint8 [N, row_bytes]`) decode to NaN until a transfer overwrites them, so
+        that rows which never arrive (split sizes that disagree between ranks) are never numbers. This
+        default sets every byte to 0xFF (NaN in every float dtype); the quantizing wires set only the
+        scale bytes (255 = NaN block / tile)."""
+        rows.fill_(0xFF)
+
     @property
     def scale_mode_id(self) -> int:
         return 0
@@ -142,7 +119,7 @@ class RawWire(WireCodec):
             raise TypeError("an FP8Tensor output needs wire 'fp8' or 'mxfp4', not 'raw'")
 
     def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
-        out_rows.copy_(x.view(torch.uint8))
+        out_rows.view(x.dtype).copy_(x)  # any strides of x (x.view(uint8) needs a contiguous last dim)
 
     def decode(self, rows: torch.Tensor, out: Rows) -> None:
         out.view(torch.uint8).copy_(rows)
@@ -178,11 +155,16 @@ class BF16Wire(WireCodec):
 @dataclass(frozen=True)
 class FP8Wire(WireCodec):
     """E4M3 with one UE8M0 power-of-two scale per 1x128 tile: row = `[H data | H/128 scales | pad]` bytes,
-    padded to a multiple of `ROW_ALIGN` (16) bytes (H=7168: 7224 -> 7232); the pad is never read."""
+    padded to a multiple of `ROW_ALIGN` (16) bytes (H=7168: 7224 -> 7232); the pad is never read.
+    `backend` is passed to the `mxa2a.quant` codecs ("auto": Triton on CUDA, the torch reference elsewhere)."""
 
+    backend: str = "auto"
     name = "fp8"
     wire_id = 3
     block = FP8_TILE
+
+    def __post_init__(self) -> None:
+        _check_backend(self.backend)
 
     def row_bytes(self, row_elems: int, dtype: torch.dtype) -> int:
         return _pad(row_elems + row_elems // FP8_TILE)
@@ -191,6 +173,7 @@ class FP8Wire(WireCodec):
         if not isinstance(x, FP8Tensor):
             _check_float("input", x)
         _check_block("input", x.shape, FP8_TILE, self.name)
+        _check_backend_device(self.backend, x.device)
 
     def check_output(self, out: Rows) -> None:
         if not isinstance(out, FP8Tensor):
@@ -202,44 +185,45 @@ class FP8Wire(WireCodec):
         # row_bytes = 129 t + pad (t = H/128 tiles, pad < 16 < 129), so t = row_bytes // 129.
         t = rows.shape[1] // (FP8_TILE + 1)
         h = t * FP8_TILE
-        return _trusted(FP8Tensor, data=rows[:, :h].view(E4M3_DTYPE), scales=rows[:, h:h + t])
+        return FP8Tensor(rows[:, :h].view(E4M3_DTYPE), rows[:, h:h + t])
 
     def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
         dst = self._view(out_rows)
         if isinstance(x, FP8Tensor):
             dst.data.copy_(x.data)
             dst.scales.copy_(x.scales)
-        elif _direct(x):
-            from .kernels.fp8 import fp8_quantize_triton
-            fp8_quantize_triton(x, out=dst)
         else:
-            _codecs().quantize_fp8(x, out=dst)
+            quantize_fp8(x, backend=self.backend, out=dst)
+
+    def fill_unreceived(self, rows: torch.Tensor) -> None:
+        t = rows.shape[1] // (FP8_TILE + 1)
+        rows[:, t * FP8_TILE:t * FP8_TILE + t].fill_(E8M0_NAN)
 
     def decode(self, rows: torch.Tensor, out: Rows) -> None:
         src = self._view(rows)
         if isinstance(out, FP8Tensor):
             out.data.copy_(src.data)
             out.scales.copy_(src.scales)
-        elif _direct(out):
-            from .kernels.fp8 import fp8_dequantize_triton
-            fp8_dequantize_triton(src, out.dtype, out=out)
         else:
-            _codecs().dequantize_fp8(src, out.dtype, out=out)
+            dequantize_fp8(src, out.dtype, backend=self.backend, out=out)
 
 
 @dataclass(frozen=True)
 class MXFP4Wire(WireCodec):
     """MXFP4 (E2M1 + E8M0 per 32): row = `[H/2 data | H/32 scales | pad]` bytes, padded to a multiple of
     `ROW_ALIGN` (16) bytes (H=7168: 3808, no pad); the pad is never read. `scale_mode` is "rceil"
-    (never saturates; the default for communication) or "floor" (the OCP rule)."""
+    (never saturates; the default for communication) or "floor" (the OCP rule). `backend` is passed to
+    the `mxa2a.quant` codecs ("auto": Triton on CUDA, the torch reference elsewhere)."""
 
     scale_mode: str = "rceil"
+    backend: str = "auto"
     name = "mxfp4"
     wire_id = 4
     block = MXFP4_BLOCK
 
     def __post_init__(self) -> None:
         check_scale_mode(self.scale_mode)
+        _check_backend(self.backend)
 
     @property
     def scale_mode_id(self) -> int:
@@ -254,6 +238,7 @@ class MXFP4Wire(WireCodec):
         else:
             _check_float("input", x)
             _check_block("input", x.shape, MXFP4_BLOCK, self.name)
+        _check_backend_device(self.backend, x.device)
 
     def check_output(self, out: Rows) -> None:
         if isinstance(out, FP8Tensor):
@@ -266,35 +251,25 @@ class MXFP4Wire(WireCodec):
         # row_bytes = 17 b + pad (b = H/32 blocks, pad < 16 < 17), so b = row_bytes // 17.
         b = rows.shape[1] // 17
         h2 = b * 16
-        return _trusted(MXFP4Tensor, data=rows[:, :h2], scales=rows[:, h2:h2 + b], scale_mode=self.scale_mode)
+        return MXFP4Tensor(rows[:, :h2], rows[:, h2:h2 + b], self.scale_mode)
 
     def encode(self, x: Rows, out_rows: torch.Tensor) -> None:
         dst = self._view(out_rows)
         if isinstance(x, FP8Tensor):
-            if _direct(x):
-                from .kernels.convert import fp8_to_mxfp4_triton
-                fp8_to_mxfp4_triton(x, self.scale_mode, out=dst)
-            else:
-                _codecs().fp8_to_mxfp4(x, scale_mode=self.scale_mode, out=dst)
-        elif _direct(x):
-            from .kernels.mxfp4 import mxfp4_quantize_triton
-            mxfp4_quantize_triton(x, self.scale_mode, out=dst)
+            fp8_to_mxfp4(x, scale_mode=self.scale_mode, backend=self.backend, out=dst)
         else:
-            _codecs().quantize_mxfp4(x, scale_mode=self.scale_mode, out=dst)
+            quantize_mxfp4(x, scale_mode=self.scale_mode, backend=self.backend, out=dst)
+
+    def fill_unreceived(self, rows: torch.Tensor) -> None:
+        b = rows.shape[1] // 17
+        rows[:, b * 16:b * 17].fill_(E8M0_NAN)
 
     def decode(self, rows: torch.Tensor, out: Rows) -> None:
         src = self._view(rows)
         if isinstance(out, FP8Tensor):
-            if _direct(out):
-                from .kernels.convert import mxfp4_to_fp8_triton
-                mxfp4_to_fp8_triton(src, out=out)
-            else:
-                _codecs().mxfp4_to_fp8(src, out=out)
-        elif _direct(out):
-            from .kernels.mxfp4 import mxfp4_dequantize_triton
-            mxfp4_dequantize_triton(src, out.dtype, out=out)
+            mxfp4_to_fp8(src, backend=self.backend, out=out)
         else:
-            _codecs().dequantize_mxfp4(src, out.dtype, out=out)
+            dequantize_mxfp4(src, out.dtype, backend=self.backend, out=out)
 
 
 WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")

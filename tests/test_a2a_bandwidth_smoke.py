@@ -33,6 +33,7 @@ bench = _load_bench()
 bc = bench.bc
 
 
+@pytest.mark.slow
 def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
     out_json, out_png = tmp_path / "a2a.json", tmp_path / "a2a.png"
     hidden, sizes = 256, [2048, 4096, 8192]
@@ -49,17 +50,20 @@ def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
     data = json.loads(out_json.read_text())
     rows = data["rows"]
     keys = [(r["splits"], r["nominal_bytes"], r["wire"]) for r in rows]
-    assert sorted(keys) == sorted(itertools.product(modes, sizes, wires))
+    labels = ["gloo" if w == "nccl" else w for w in wires]  # the plain torch baseline is named for its backend
+    assert sorted(keys) == sorted(itertools.product(modes, sizes, labels))
     assert data["config"]["world_size"] == 2 and data["config"]["hidden"] == hidden
     assert data["config"]["splits"] == modes and data["check_failures"] == []
-    assert data["config"]["speedup_baseline"] == "nccl"
+    assert data["config"]["speedup_baseline"] == "gloo" and data["config"]["figures"] == "functional"
+    assert "# CPU run: functional figures, not performance" in proc.stdout
+    assert "speedup over gloo" in proc.stdout and " nccl " not in proc.stdout
     for key in ("hostname", "date_utc", "command", "torch", "triton", "gpu_count", "nccl", "env", "hosts"):
         assert key in data["machine"], key
 
     pad16 = lambda n: -(-n // 16) * 16  # quantized wire rows are padded to 16 bytes (mxa2a.quant.wire)
-    wire_bytes = {"nccl": 2 * hidden, "raw": 2 * hidden, "fp8": pad16(hidden + hidden // 128),
+    wire_bytes = {"gloo": 2 * hidden, "raw": 2 * hidden, "fp8": pad16(hidden + hidden // 128),
                   "mxfp4": pad16(hidden // 2 + hidden // 32)}
-    bounds = {"nccl": 0.0, "raw": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2 * (1 + 1e-6)}
+    bounds = {"gloo": 0.0, "raw": 0.0, "fp8": 2.0 ** -4, "mxfp4": 0.2 * (1 + 1e-6)}
     for r in rows:
         assert r["rows"] == r["nominal_bytes"] // (2 * hidden)
         assert r["bytes"] == r["rows"] * 2 * hidden
@@ -69,10 +73,10 @@ def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / r["time_us"] / 1e3)
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] / 2)
         assert r["recv_imbalance"] >= 1.0
-        base = next(b for b in rows if b["wire"] == "nccl" and b["splits"] == r["splits"]
+        base = next(b for b in rows if b["wire"] == "gloo" and b["splits"] == r["splits"]
                     and b["nominal_bytes"] == r["nominal_bytes"])
         assert r["speedup"] == pytest.approx(base["time_us"] / r["time_us"])
-        if r["wire"] in ("raw", "nccl"):
+        if r["wire"] in ("raw", "gloo"):
             assert r["max_rel_err"] == 0.0, r  # the bf16 bytes, moved unchanged
             assert r["encode_us"] == 0.0 and r["decode_us"] == 0.0
         else:
@@ -89,6 +93,11 @@ def test_sweep_on_two_gloo_ranks_writes_checked_rows(tmp_path):
         assert "plot skipped" in proc.stdout
     else:
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wire_gloo_names_the_plain_torch_baseline():
+    args = bench.build_parser().parse_args(["--wire", "gloo,mxfp4"])
+    assert args.wire == ["nccl", "mxfp4"]
 
 
 @pytest.mark.parametrize("text, expected", [("1M", 1 << 20), ("256K", 256 << 10), ("1G", 1 << 30),

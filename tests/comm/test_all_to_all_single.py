@@ -82,3 +82,11 @@ def test_gpu_nccl_matches_torch_exchange_of_quantized_input(seed, world):
     if torch.cuda.device_count() < world:
         pytest.skip(f"needs {world} GPUs")
     run_nccl(_gpu_body, world, seed, _cases_2_ranks())
+
+
+def test_release_staging_buffers_frees_every_device_buffer():
+    from mxa2a.comm import release_staging_buffers, staging
+
+    staging._staging[torch.device("cpu")] = staging._StagingBuffer()  # what a blocking CUDA call leaves
+    release_staging_buffers()
+    assert staging._staging == {}

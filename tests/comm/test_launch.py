@@ -37,6 +37,7 @@ def _run(cmd: list[str], n: int) -> None:
     assert lines == sorted(f"OK {r}/{n} {r} cpu" for r in range(n)), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_mpirun_two_ranks_exchange_through_init_distributed():
     mpirun = shutil.which("mpirun", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if mpirun is None:
@@ -45,6 +46,7 @@ def test_mpirun_two_ranks_exchange_through_init_distributed():
     _run([mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, str(SCRIPT)], 2)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_exchange_through_init_distributed():
     torchrun = BIN / "torchrun"
     if not torchrun.exists():

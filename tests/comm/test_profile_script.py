@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs a benchmark script on 2 spawned ranks
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_a2a.py"
 
 

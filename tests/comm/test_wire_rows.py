@@ -38,24 +38,28 @@ def test_encode_decode_leave_the_pad_alone(codec, h, seed):
     assert torch.equal(out, expect)
 
 
-@pytest.mark.parametrize("codec", [FP8Wire(), MXFP4Wire("rceil")], ids=lambda c: c.name)
-def test_direct_triton_path_matches_the_public_codecs(codec, monkeypatch, seed):
-    """The wire's direct Triton launch (used for CUDA tensors) gives the reference's bytes and values."""
-    from mxa2a.quant import wire
-    monkeypatch.setattr(wire, "_TRITON_ON_CPU", True)
+@pytest.mark.parametrize("wire", [FP8Wire, MXFP4Wire], ids=lambda c: c.name)
+def test_triton_backend_matches_the_torch_reference(wire, seed):
+    """backend="triton" (what "auto" picks for CUDA tensors) gives the reference's bytes and values."""
     h = 256
     x = torch.randn(3, h, dtype=torch.float32, generator=torch.Generator().manual_seed(seed))
     x[1, 5] = float("nan")
-    rb = codec.row_bytes(h, x.dtype)
+    fast_codec, ref_codec = wire(backend="triton"), wire(backend="torch")
+    rb = fast_codec.row_bytes(h, x.dtype)
     fast = torch.zeros(3, rb, dtype=torch.uint8)
-    codec.encode(x, fast)
-    monkeypatch.setattr(wire, "_TRITON_ON_CPU", False)
+    fast_codec.encode(x, fast)
     ref = torch.zeros(3, rb, dtype=torch.uint8)
-    codec.encode(x, ref)  # CPU tensors: the public codecs' torch reference
+    ref_codec.encode(x, ref)
     assert torch.equal(fast, ref)
     want = torch.empty(3, h, dtype=torch.bfloat16)
-    codec.decode(ref, want)
-    monkeypatch.setattr(wire, "_TRITON_ON_CPU", True)
+    ref_codec.decode(ref, want)
     got = torch.empty(3, h, dtype=torch.bfloat16)
-    codec.decode(fast, got)
+    fast_codec.decode(fast, got)
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+def test_codec_backend_is_checked():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        MXFP4Wire(backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FP8Wire(backend="fast")

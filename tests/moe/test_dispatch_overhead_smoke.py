@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs a benchmark script on 2 spawned ranks
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "dispatch_overhead.py"
 PHASES = ("route", "plan", "permute", "dispatch_a2a", "regroup", "experts", "ungroup", "combine_a2a", "unpermute")

@@ -250,3 +250,20 @@ def test_cuda_bf16_grouped_mm_matches_loop(seed):
     y, _ = layer(x)
     y_loop, _ = loop(x)
     torch.testing.assert_close(y, y_loop, rtol=2e-2, atol=2e-2)
+
+
+def test_routing_metrics_are_maxvio_entropy_and_cosine_of_the_records(seed):
+    """`routing_metrics` (otherwise run only by the slow example test) against the losses it wraps."""
+    from mxa2a.moe import routing_metrics
+
+    moe = MoELayerConfig(hidden=32, d_expert=16, num_experts=4, top_k=2)
+    model = MoEModel(MoEModelConfig(moe=moe, seq_len=8, n_layers=2, n_heads=2, specialization_weight=1.0))
+    records = model(torch.randint(0, 256, (2, 8))).records
+    m = routing_metrics(records)
+    assert set(m) == {"maxvio/0", "maxvio/1", "entropy", "coactivated_cosine"}
+    for layer, r in enumerate(records):
+        assert m[f"maxvio/{layer}"] == losses.max_violation(r.expert_counts().float()).item() >= 1.0
+    entropy = torch.stack([losses.routing_entropy(r.probs) for r in records]).mean().item()
+    assert m["entropy"] == entropy
+    cosine = torch.stack([losses.coactivated_cosine(r.intermediates) for r in records]).mean().item()
+    assert m["coactivated_cosine"] == cosine

@@ -4,6 +4,10 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the example end to end
+
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "train_tiny_moe.py"
 
 
