@@ -8,6 +8,8 @@ adaptive threshold), Hessian damping `b1 H + (b2_t - b1) H P_flat` with `H = msi
 learning rate (and weight decay) times `chi_t` along the flat input directions `P_flat`.
 An expert stack is orthogonalized with one batched Newton-Schulz over E and keeps its LITE threshold
 per expert; an expert with an all-zero gradient is idle and keeps its weight and state (`_stacks.py`).
+Within a param group, all parameters whose matrices have the same shape (e.g. the expert stacks of
+every layer) are concatenated and orthogonalized together, so a step costs a few kernels per shape.
 `b2_t` and `chi_t` come from the training loop (`schedules.apply_schedule`); without it they equal
 `b2` and `chi`.
 """
@@ -66,36 +68,60 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            buckets: dict[tuple, list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is not None:
-                    self._step_param(p, group)
+                    buckets.setdefault((tuple(p.shape[-2:]), p.dtype, p.device), []).append(p)
+            for params in buckets.values():
+                self._step_bucket(params, group)
         return loss
 
-    def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        state = self.state[p]
-        if not state:
-            state["step"] = 0
-            state["momentum"] = torch.zeros_like(p)
-            self._init_state(state, p)
-        w, g, mom_old = as_stack(p), as_stack(p.grad), as_stack(state["momentum"])  # (E, m, n)
-        active = active_experts(p.grad)
+    def _step_bucket(self, params: list[torch.Tensor], group: dict) -> None:
+        """One step of every parameter whose matrices have the same shape, as one stack: the matrices
+        of all of them (E of each stack, 1 of each 2-D weight) go through one batched Newton-Schulz."""
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["momentum"] = torch.zeros_like(p)
+                self._init_state(state, p)
+        cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts)  # noqa: E731
+        w = cat([as_stack(p) for p in params])                                      # (sum E, m, n)
+        g = cat([as_stack(p.grad) for p in params])
+        mom_old = cat([as_stack(self.state[p]["momentum"]) for p in params])
+        masks = [active_experts(p.grad) for p in params]
+        active = None if all(a is None for a in masks) else cat(
+            [torch.ones(1, 1, 1, dtype=torch.bool, device=p.device) if a is None else a
+             for p, a in zip(params, masks)])
+        extra = {k: cat([self.state[p][k] for p in params]) for k in self._per_expert_state}
         theta, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
         mom = mom_old * theta + g * (1 - theta)
         look = mom + g * ((1 - theta) / theta)
-        update, flat_decay = self._direction(look, g, w, state, group, active)
+        update, flat_decay = self._direction(look, g, w, extra, group, active)
         new_w = w * (1 - lr * wd)
         if flat_decay is not None:
             new_w = new_w - flat_decay
-        new_w = new_w - (lr * muon_scale(w.shape)) * update
-        w.copy_(keep_idle(active, new_w, w))
-        mom_old.copy_(keep_idle(active, mom, mom_old))
-        state["step"] += 1
+        new_w = keep_idle(active, new_w - (lr * muon_scale(w.shape)) * update, w)
+        mom = keep_idle(active, mom, mom_old)
+        offset = 0
+        for p in params:
+            state, experts = self.state[p], (p.shape[0] if p.ndim == 3 else 1)
+            rows = slice(offset, offset + experts)
+            as_stack(p).copy_(new_w[rows])
+            as_stack(state["momentum"]).copy_(mom[rows])
+            for k in self._per_expert_state:
+                state[k].copy_(extra[k][rows])
+            state["step"] += 1
+            offset += experts
+
+    _per_expert_state: tuple[str, ...] = ()
 
     def _init_state(self, state: dict, p: torch.Tensor) -> None:
         pass
 
-    def _direction(self, look, g, w, state, group, active):
-        """(update `[E, m, n]`, extra weight decay to subtract or None)."""
+    def _direction(self, look, g, w, extra, group, active):
+        """(update `[E, m, n]`, extra weight decay to subtract or None); `extra` holds the per-expert
+        state tensors `[E]` named by `_per_expert_state`, updated in place."""
         return newton_schulz(look, group["ns_steps"]), None
 
 
@@ -130,18 +156,20 @@ class MuonLITE(Muon):
                     raise ValueError(f"MuonLITE needs matrices with min(out, in) >= 2 (a sharp and a flat "
                                      f"direction), got a parameter of shape {tuple(p.shape)}")
 
+    _per_expert_state = ("threshold",)
+
     def _init_state(self, state: dict, p: torch.Tensor) -> None:
         experts = p.shape[0] if p.ndim == 3 else 1
         state["threshold"] = torch.full((experts,), 1.0 / math.sqrt(min(p.shape[-2:])),
                                         dtype=torch.float32, device=p.device)
 
-    def _direction(self, look, g, w, state, group, active):
+    def _direction(self, look, g, w, extra, group, active):
         steps, (m, n) = group["ns_steps"], look.shape[-2:]
         b1 = group["b1"]
         b2 = group["b2"] if group["b2_t"] is None else group["b2_t"]
         chi = group["chi"] if group["chi_t"] is None else group["chi_t"]
         o = newton_schulz(look, steps)
-        s = state["threshold"]
+        s = extra["threshold"]
         tau = s.view(-1, 1, 1).to(look.dtype) * look.norm(dim=(-2, -1), keepdim=True) + TAU_EPS
         p_sharp = sharp_projector(look, o, tau, steps)
         k = min(int(group["subspace_ratio"] * min(m, n)) + 1, min(m, n) - 1)

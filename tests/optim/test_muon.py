@@ -128,3 +128,23 @@ def test_muon_rejects_vectors_and_bad_settings():
         MuonLITE([torch.nn.Parameter(torch.ones(4, 4))], b1=1.0, b2=0.0)
     with pytest.raises(ValueError, match="momentum"):
         Muon([torch.nn.Parameter(torch.ones(4, 4))], momentum=1.0)
+
+
+def test_same_shape_parameters_step_as_if_alone(seed):
+    """Parameters of one shape are orthogonalized together; each still moves as it would alone."""
+    shapes = [(8, 12), (2, 8, 12), (8, 12)]
+    w0 = [torch.randn(s) for s in shapes]
+    together = [torch.nn.Parameter(w.clone()) for w in w0]
+    alone = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = MuonLITE(together, lr=LR, chi=2.0, b1=-0.25)
+    opts = [MuonLITE([p], lr=LR, chi=2.0, b1=-0.25) for p in alone]
+    for _ in range(3):
+        for a, b, s in zip(together, alone, shapes):
+            a.grad = torch.randn(s)
+            b.grad = a.grad.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for a, b in zip(together, alone):
+        assert torch.allclose(a.detach(), b.detach(), atol=1e-5)
+        assert torch.equal(opt.state[a]["threshold"], [o for o in opts if b in o.state][0].state[b]["threshold"])
