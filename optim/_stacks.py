@@ -1,4 +1,4 @@
-"""Helpers shared by the matrix optimizers: a 2-D weight as a stack of one, and the idle-expert rule.
+"""Helpers shared by the optimizers: a 2-D weight as a stack of one, the idle-expert rule, the step loop.
 
 Muon, Muon-LITE, SOAP and SOAP-LITE see every weight as a stack `[E, out, in]`: a 2-D `nn.Linear`
 weight is a stack of one matrix, a `GroupedExperts` weight a stack of E experts (docs/OPTIM.md, "For
@@ -35,3 +35,30 @@ def keep_idle(active: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor)
     if active is None:
         return new
     return torch.where(active.view(active.shape[0], *([1] * (new.ndim - 1))), new, old)
+
+
+def call_closure(closure) -> float | None:
+    """torch.optim's closure convention: re-evaluate the loss with gradients enabled."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def params_with_grad(group: dict) -> list[torch.Tensor]:
+    return [p for p in group["params"] if p.grad is not None]
+
+
+class PerParameterOptimizer(torch.optim.Optimizer):
+    """`step()` calls `_step_param(p, group)` for every parameter that has a gradient."""
+
+    @torch.no_grad()
+    def step(self, closure=None) -> float | None:
+        loss = call_closure(closure)
+        for group in self.param_groups:
+            for p in params_with_grad(group):
+                self._step_param(p, group)
+        return loss
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError

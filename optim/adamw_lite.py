@@ -12,9 +12,11 @@ the same mask on v in its eigenbasis (`sharpness_mask`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
+
+from ._stacks import PerParameterOptimizer
 
 MASK_EPS = 1e-12          # (v - lo) / (hi - lo + MASK_EPS)
 MASK_GROWTH, MASK_SHRINK = 1.05, 0.95
@@ -47,7 +49,7 @@ def lite_active(subspace_ratio: float, chi_t: float) -> bool:
     return subspace_ratio < 1.0 and chi_t != 1.0
 
 
-class AdamWLITE(torch.optim.Optimizer):
+class AdamWLITE(PerParameterOptimizer):
     """AdamW (decoupled decay, bias corrections, `denom = sqrt(v) / sqrt(1 - beta2^t) + eps`) with LITE:
     `W <- W (1 - lr wd) - lr wd (chi_t - 1)(1 - p) W - lr/(1 - beta1^t) (1 + (chi_t - 1)(1 - p)) m / denom`.
 
@@ -72,18 +74,6 @@ class AdamWLITE(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       chi=chi, subspace_ratio=subspace_ratio, smooth_ratio=smooth_ratio,
                                       chi_t=chi_t))
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
-        return loss
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         grad, state = p.grad, self.state[p]

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ._stacks import active_experts, as_stack, keep_idle
+from ._stacks import active_experts, as_stack, call_closure, keep_idle, params_with_grad
 from .newton_schulz import NS_STEPS, flat_projector, newton_schulz, sharp_projector
 
 TAU_EPS = 1e-9          # tau = s ||M||_F + TAU_EPS
@@ -63,15 +63,11 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         for group in self.param_groups:
             buckets: dict[tuple, list[torch.Tensor]] = {}
-            for p in group["params"]:
-                if p.grad is not None:
-                    buckets.setdefault((tuple(p.shape[-2:]), p.dtype, p.device), []).append(p)
+            for p in params_with_grad(group):
+                buckets.setdefault((tuple(p.shape[-2:]), p.dtype, p.device), []).append(p)
             for params in buckets.values():
                 self._step_bucket(params, group)
         return loss

@@ -20,11 +20,11 @@ weight decay along flat directions is multiplied by chi_t as in the other LITE p
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
-from ._stacks import active_experts, as_stack, keep_idle
+from ._stacks import PerParameterOptimizer, active_experts, as_stack, keep_idle
 from .adamw_lite import sharpness_mask
 
 
@@ -61,7 +61,7 @@ def _refresh(stat: torch.Tensor, q: torch.Tensor, v: torch.Tensor, side: int) ->
     return torch.linalg.qr(stat @ q).Q, v
 
 
-class SOAP(torch.optim.Optimizer):
+class SOAP(PerParameterOptimizer):
     """Adam in the Kronecker eigenbasis (see the module docstring for the steps).
 
     Arguments (per group): lr, betas (Adam's, (0.95, 0.95) as in SOAP), shampoo_beta (EMA of L and R),
@@ -86,18 +86,6 @@ class SOAP(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 as_stack(p)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
-        return loss
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]

@@ -88,3 +88,25 @@ def lite_mask(v: torch.Tensor, upper: float, lower: float, ratio: float, smooth:
 
 def eigenbasis(stat: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigh(stat.double())[1]
+
+
+def idle_expert_is_kept(opt_cls, shape: tuple[int, int, int], busy_steps: int, idle_steps: int, **kw) -> dict:
+    """Step `opt_cls([p], **kw)` busy_steps times with random gradients, then idle_steps times with
+    expert 1's gradient zero. Asserts expert 1's weight and every per-expert state tensor are unchanged
+    and expert 0's weight moved; returns the optimizer's state of p."""
+    p = torch.nn.Parameter(torch.randn(shape))
+    opt = opt_cls([p], **kw)
+    for _ in range(busy_steps):
+        p.grad = torch.randn(shape)
+        opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape[:1] == shape[:1]}
+    w_before = p.detach().clone()
+    for _ in range(idle_steps):
+        g = torch.randn(shape)
+        g[1] = 0
+        p.grad = g
+        opt.step()
+    assert torch.equal(p.detach()[1], w_before[1]) and not torch.equal(p.detach()[0], w_before[0])
+    for key, old in before.items():
+        assert torch.equal(opt.state[p][key][1], old[1]), key
+    return {"before": before, "after": opt.state[p]}
