@@ -9,7 +9,8 @@ steps, same schedule shape) and then trains once at the best one; the sweep is i
 Reported per family: final validation loss (mean of the last `--final-evals` evaluations), the
 first evaluated step at which the validation loss reaches Muon's (and SOAP's) final loss, the median
 wall time of a training step and the optimizer's share of it (CUDA events around `step()` and around
-the whole step; perf_counter on CPU), as a table, a JSON file and a PNG of the curves.
+the whole step; perf_counter on CPU), all optimizers and the matrix one (Muon / SOAP on the hidden
+and expert matrices, without the AdamW path) alone, as a table, a JSON file and a PNG of the curves.
 `--steps 0` (default) picks the step count from a short timed calibration so that the whole sweep and
 the final runs fit in `--budget-s`; `--quick` is a CPU smoke run of a few seconds.
 Run from a checkout: `python benchmarks/optimizers.py --json out.json --png out.png` (puts the checkout
@@ -136,18 +137,19 @@ class StepTimer:
             return event
         return time.perf_counter()
 
-    def add(self, start, before_opt, end) -> None:
-        self.marks.append((start, before_opt, end))
+    def add(self, *marks) -> None:
+        """(step start, optimizers start, first optimizer done, step end)."""
+        self.marks.append(marks)
 
-    def times_ms(self) -> tuple[list[float], list[float]]:
+    def times_ms(self) -> tuple[list[float], list[float], list[float]]:
+        """Per step: whole step, all optimizers, the first optimizer (the matrix one)."""
         if self.cuda:
             torch.cuda.synchronize()
-            steps = [a.elapsed_time(c) for a, b, c in self.marks]
-            opts = [b.elapsed_time(c) for a, b, c in self.marks]
+            span = lambda x, y: x.elapsed_time(y)  # noqa: E731
         else:
-            steps = [(c - a) * 1e3 for a, b, c in self.marks]
-            opts = [(c - b) * 1e3 for a, b, c in self.marks]
-        return steps, opts
+            span = lambda x, y: (y - x) * 1e3  # noqa: E731
+        return ([span(a, d) for a, b, c, d in self.marks], [span(b, d) for a, b, c, d in self.marks],
+                [span(b, c) for a, b, c, d in self.marks])
 
 
 @torch.no_grad()
@@ -180,9 +182,11 @@ def train(setup: Setup, family: str, lr: float, steps: int, evals: bool = True) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         before_opt = timer.mark()
-        for opt in opts:
+        opts[0].step()
+        first_done = timer.mark()
+        for opt in opts[1:]:
             opt.step()
-        timer.add(start, before_opt, timer.mark())
+        timer.add(start, before_opt, first_done, timer.mark())
         if evals and ((step + 1) % eval_every == 0 or step + 1 == steps):
             val = evaluate(setup, model)
             curve.append((step + 1, val))
@@ -190,13 +194,15 @@ def train(setup: Setup, family: str, lr: float, steps: int, evals: bool = True) 
                 diverged = True
                 break
     wall = time.perf_counter() - t0
-    step_ms, opt_ms = timer.times_ms()
+    step_ms, opt_ms, matrix_ms = timer.times_ms()
     skip = min(3, len(step_ms) - 1)  # the first steps allocate state and warm caches
     tail = [v for _, v in curve[-args.final_evals:]]
     return {"family": family, "lr": lr, "steps": steps, "curve": curve, "diverged": diverged,
             "final_val": sum(tail) / len(tail) if tail else float("nan"), "wall_s": wall,
             "step_ms": bc.median(step_ms[skip:]), "opt_ms": bc.median(opt_ms[skip:]),
-            "opt_share": sum(opt_ms[skip:]) / max(1e-9, sum(step_ms[skip:]))}
+            "opt_share": sum(opt_ms[skip:]) / max(1e-9, sum(step_ms[skip:])),
+            "matrix_opt_share": (sum(matrix_ms[skip:]) / max(1e-9, sum(step_ms[skip:]))
+                                 if family != "adamw" else None)}
 
 
 def choose_steps(setup: Setup, args: argparse.Namespace, started: float) -> tuple[int, dict]:
@@ -243,9 +249,10 @@ def main(argv=None) -> int:
                bc.Column("to_muon", "to Muon's", "{}", 9), bc.Column("to_muon_ratio", "x steps", "{:.2f}", 7),
                bc.Column("to_soap", "to SOAP's", "{}", 9), bc.Column("to_soap_ratio", "x steps", "{:.2f}", 7),
                bc.Column("step_ms", "ms/step", "{:.2f}", 8), bc.Column("opt_ms", "opt ms", "{:.2f}", 7),
-               bc.Column("opt_pct", "opt %", "{:.1f}", 6)]
+               bc.Column("opt_pct", "opt %", "{:.1f}", 6), bc.Column("matrix_pct", "matrix %", "{:.1f}", 8)]
     print(f"\n{steps} steps each; 'to X's' = first evaluated step with val loss <= X's final "
-          f"(mean of its last {args.final_evals} evaluations), 'x steps' = that / {steps}")
+          f"(mean of its last {args.final_evals} evaluations), 'x steps' = that / {steps}; 'opt %' = all "
+          f"optimizers' share of the step, 'matrix %' = Muon / SOAP (the hidden and expert matrices) alone")
     print(bc.format_table(columns, rows))
     total = time.perf_counter() - started
     print(f"total {total:.0f} s")
@@ -265,6 +272,7 @@ def summarize(finals: dict) -> list[dict]:
     for family, f in finals.items():
         row = {k: f[k] for k in ("family", "lr", "final_val", "step_ms", "opt_ms", "diverged")}
         row["opt_pct"] = 100 * f["opt_share"]
+        row["matrix_pct"] = 100 * f["matrix_opt_share"] if f["matrix_opt_share"] is not None else None
         for base in ("muon", "soap"):
             if base in finals and math.isfinite(finals[base]["final_val"]):
                 reached = steps_to_reach(f["curve"], finals[base]["final_val"])
