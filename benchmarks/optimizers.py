@@ -52,7 +52,7 @@ QUICK = dict(hidden=32, d_expert=32, experts=4, layers=2, heads=2, seq_len=32, b
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default=",".join(FAMILIES))
-    p.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="learning rates swept for every family")
+    p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3", help="learning rates swept for every family")
     p.add_argument("--steps", type=int, default=0, help="0: from the calibration and --budget-s")
     p.add_argument("--budget-s", type=float, default=270.0, help="seconds for calibration, sweep and runs")
     p.add_argument("--min-steps", type=int, default=200)
@@ -240,6 +240,7 @@ def main(argv=None) -> int:
         best = min(trials, key=lambda t: t["final_val"] if math.isfinite(t["final_val"]) else math.inf)
         finals[family] = train(setup, family, best["lr"], steps)
         f = finals[family]
+        f["lr_at_sweep_edge"] = best["lr"] in (min(args.lrs), max(args.lrs)) and len(args.lrs) > 2
         print(f"  {family:>10}: sweep " + " ".join(f"{t['lr']:g}->{t['final_val']:.4f}" for t in trials)
               + f"; final lr {f['lr']:g} val {f['final_val']:.4f}, {f['step_ms']:.2f} ms/step "
               f"({100 * f['opt_share']:.1f} % optimizer) [{time.perf_counter() - started:.0f} s]", flush=True)
@@ -254,6 +255,9 @@ def main(argv=None) -> int:
           f"(mean of its last {args.final_evals} evaluations), 'x steps' = that / {steps}; 'opt %' = all "
           f"optimizers' share of the step, 'matrix %' = Muon / SOAP (the hidden and expert matrices) alone")
     print(bc.format_table(columns, rows))
+    edge = [r["family"] for r in rows if r["lr_at_sweep_edge"]]
+    if edge:
+        print(f"best lr at the edge of the sweep for {', '.join(edge)}: widen --lrs to be sure")
     total = time.perf_counter() - started
     print(f"total {total:.0f} s")
     payload = {"machine": bc.machine_description(), "settings": vars(args), "steps": steps,
@@ -270,7 +274,7 @@ def main(argv=None) -> int:
 def summarize(finals: dict) -> list[dict]:
     rows = []
     for family, f in finals.items():
-        row = {k: f[k] for k in ("family", "lr", "final_val", "step_ms", "opt_ms", "diverged")}
+        row = {k: f[k] for k in ("family", "lr", "lr_at_sweep_edge", "final_val", "step_ms", "opt_ms", "diverged")}
         row["opt_pct"] = 100 * f["opt_share"]
         row["matrix_pct"] = 100 * f["matrix_opt_share"] if f["matrix_opt_share"] is not None else None
         for base in ("muon", "soap"):
