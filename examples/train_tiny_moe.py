@@ -9,6 +9,8 @@ on the same batches, so the columns differ only by what the expert-parallel all-
     python examples/train_tiny_moe.py --nproc 1   # one process, the wire emulated (quantize-dequantize)
     torchrun --nproc-per-node 8 examples/train_tiny_moe.py   # GPUs, NCCL (or mpirun -np 8 python ...)
 The defaults finish on 2 CPU cores in a few minutes.
+`--optimizer muon_lite` (or muon, soap, soap_lite) trains with `mxa2a.optim` instead of torch's AdamW,
+stepped after `sync_gradients` has all-reduced the replicated gradients.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from mxa2a.moe import MoEModel, MoEModelConfig, MoELayerConfig, routing_metrics
 from mxa2a.moe.experts import GroupedExperts
 
 
+OPTIMIZERS = ("adamw", "muon", "muon_lite", "soap", "soap_lite")  # mxa2a.optim.FAMILIES
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wires", default="raw,fp8,mxfp4", help="comma-separated wire formats to compare")
@@ -49,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                   help="adamw: torch.optim.AdamW (no weight decay); else an mxa2a.optim family")
     p.add_argument("--lb-weight", type=float, default=0.01)
     p.add_argument("--data-mb", type=float, default=4.0, help="megabytes of stdlib source to read")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -97,6 +104,16 @@ def build_model(args, wire: str, group, ws: int, rank: int, device) -> MoEModel:
     return model.to(device=device, dtype=getattr(torch, args.dtype))
 
 
+def make_optimizers(model: MoEModel, args) -> list[torch.optim.Optimizer]:
+    """torch's AdamW over every parameter, or the optimizers of an `mxa2a.optim` family (a matrix
+    optimizer for the attention and this rank's expert stacks, AdamW(-LITE) for the rest)."""
+    if args.optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)]
+    from mxa2a.optim import build_optimizers
+
+    return build_optimizers(model, args.optimizer, args.lr, weight_decay=0.0)
+
+
 def sync_gradients(model: MoEModel, ws: int) -> None:
     """Data parallel over the EP group: average replicated gradients; expert gradients already hold
     every rank's tokens (through the all-to-all backward), so they are only scaled to match."""
@@ -123,7 +140,7 @@ def train(rank: int, ws: int, args, device) -> dict | None:
     split = int(data.numel() * 0.95)
     train_data, val_data = data[:split], data[split:]
     models = {w: build_model(args, w, group, ws, rank, device) for w in wires}
-    opts = {w: torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=0.0) for w, m in models.items()}
+    opts = {w: make_optimizers(m, args) for w, m in models.items()}
     warmup = max(1, args.steps // 20)
     lr_at = lambda s: args.lr * min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / args.steps))  # noqa: E731
     stream = batches(train_data, args.batch, args.seq_len, args.seed * 1000 + rank)
@@ -140,14 +157,16 @@ def train(rank: int, ws: int, args, device) -> dict | None:
     for step in range(args.steps):
         ids, targets = (t.to(device) for t in next(stream))
         for w in wires:
-            for group_ in opts[w].param_groups:
+            for group_ in (g for opt in opts[w] for g in opt.param_groups):
                 group_["lr"] = lr_at(step)
             t0 = time.perf_counter()
             out = models[w](ids, targets)
-            opts[w].zero_grad(set_to_none=True)
+            for opt in opts[w]:
+                opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            sync_gradients(models[w], ws)
-            opts[w].step()
+            sync_gradients(models[w], ws)  # before the step: replicated gradients must agree
+            for opt in opts[w]:
+                opt.step()
             seconds[w] += time.perf_counter() - t0
             window[w].append(out.lm_loss.detach())
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:

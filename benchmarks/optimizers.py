@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""AdamW vs Muon vs Muon-LITE vs SOAP vs SOAP-LITE on the MoE language model (`mxa2a.optim`).
+
+The `MoEModel` of examples/train_tiny_moe.py (byte vocabulary) on the bytes of Python's standard
+library sources, one process, one device. Every run starts from the same initial weights and reads the
+same batches; the schedule (warmup-stable-decay by default, as the LITE MoE runs) and step budget are
+shared. Each family first sweeps its learning rate over `--lrs` with short runs (`--sweep-frac` of the
+steps, same schedule shape) and then trains once at the best one; the sweep is in the JSON.
+Reported per family: final validation loss (mean of the last `--final-evals` evaluations), the
+first evaluated step at which the validation loss reaches Muon's (and SOAP's) final loss, the median
+wall time of a training step and the optimizer's share of it (CUDA events around `step()` and around
+the whole step; perf_counter on CPU), all optimizers and the matrix one (Muon / SOAP on the hidden
+and expert matrices, without the AdamW path) alone, as a table, a JSON file and a PNG of the curves.
+`--steps 0` (default) picks the step count from a short timed calibration so that the whole sweep and
+the final runs fit in `--budget-s`; `--quick` is a CPU smoke run of a few seconds.
+Run from a checkout: `python benchmarks/optimizers.py --json out.json --png out.png` (puts the checkout
+on the path as `mxa2a` when `import mxa2a` fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+try:
+    import mxa2a  # noqa: F401
+except ImportError:  # a bare checkout: expose the repository root as the package `mxa2a`
+    shim = tempfile.mkdtemp(prefix="mxa2a_shim_")
+    os.symlink(ROOT, os.path.join(shim, "mxa2a"))
+    sys.path.insert(0, shim)
+
+import torch  # noqa: E402
+
+import _bench_common as bc  # noqa: E402
+from mxa2a.moe import MoELayerConfig, MoEModel, MoEModelConfig  # noqa: E402
+from mxa2a.optim import FAMILIES, Schedule, apply_schedule, build_optimizers  # noqa: E402
+from train_tiny_moe import batches, load_corpus  # noqa: E402
+
+QUICK = dict(hidden=32, d_expert=32, experts=4, layers=2, heads=2, seq_len=32, batch=4, steps=30,
+             lrs="2e-3,4e-3", sweep_frac=0.34, eval_every=5, eval_batches=2, data_mb=0.3)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3", help="learning rates swept for every family")
+    p.add_argument("--steps", type=int, default=0, help="0: from the calibration and --budget-s")
+    p.add_argument("--budget-s", type=float, default=270.0, help="seconds for calibration, sweep and runs")
+    p.add_argument("--min-steps", type=int, default=200)
+    p.add_argument("--max-steps", type=int, default=2000)
+    p.add_argument("--sweep-frac", type=float, default=0.25, help="sweep run length / final run length")
+    p.add_argument("--schedule", default="wsd", choices=["wsd", "cosine"])
+    p.add_argument("--warmup-frac", type=float, default=0.05)
+    p.add_argument("--min-lr-ratio", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--eval-every", type=int, default=0, help="0: steps / 20")
+    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--final-evals", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--d-expert", type=int, default=256)
+    p.add_argument("--experts", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--data-mb", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny CPU smoke configuration (seconds)")
+    p.add_argument("--json", default=None)
+    p.add_argument("--png", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+    args.families = args.families.split(",")
+    unknown = set(args.families) - set(FAMILIES)
+    if unknown:
+        p.error(f"unknown families {sorted(unknown)}; choose from {FAMILIES}")
+    args.lrs = [float(x) for x in args.lrs.split(",")]
+    return args
+
+
+class Setup:
+    """Device, data, initial weights and validation batches shared by every run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        else:
+            torch.set_num_threads(1)  # the model is tiny on CPU: threads only contend
+        data = load_corpus(args.data_mb)
+        split = int(data.numel() * 0.95)
+        self.train_data, val_data = data[:split], data[split:]
+        stream = batches(val_data, args.batch, args.seq_len, 10_000)
+        self.val = [tuple(t.to(self.device) for t in next(stream)) for _ in range(args.eval_batches)]
+        layer = MoELayerConfig(hidden=args.hidden, d_expert=args.d_expert, num_experts=args.experts,
+                               top_k=args.top_k)
+        self.config = MoEModelConfig(moe=layer, seq_len=args.seq_len, n_layers=args.layers, n_heads=args.heads)
+        torch.manual_seed(args.seed)
+        self.initial = {k: v.clone() for k, v in MoEModel(self.config).state_dict().items()}
+        self.tokens = data.numel()
+
+    def model(self) -> MoEModel:
+        model = MoEModel(self.config)
+        model.load_state_dict(self.initial)
+        return model.to(self.device)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class StepTimer:
+    """Whole-step and optimizer-step times: CUDA events read once at the end, or perf_counter."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.marks = cuda, []
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add(self, *marks) -> None:
+        """(step start, optimizers start, first optimizer done, step end)."""
+        self.marks.append(marks)
+
+    def times_ms(self) -> tuple[list[float], list[float], list[float]]:
+        """Per step: whole step, all optimizers, the first optimizer (the matrix one)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            span = lambda x, y: x.elapsed_time(y)  # noqa: E731
+        else:
+            span = lambda x, y: (y - x) * 1e3  # noqa: E731
+        return ([span(a, d) for a, b, c, d in self.marks], [span(b, d) for a, b, c, d in self.marks],
+                [span(b, c) for a, b, c, d in self.marks])
+
+
+@torch.no_grad()
+def evaluate(setup: Setup, model: MoEModel) -> float:
+    model.eval()
+    with setup.autocast():
+        losses = [model(ids, targets).lm_loss.float() for ids, targets in setup.val]
+    model.train()
+    return torch.stack(losses).mean().item()
+
+
+def train(setup: Setup, family: str, lr: float, steps: int, evals: bool = True) -> dict:
+    """One run; returns the curve, timings and final loss. `evals=False`: timing only (calibration)."""
+    args = setup.args
+    model = setup.model()
+    opts = build_optimizers(model, family, lr, weight_decay=args.weight_decay)
+    schedule = Schedule(steps, max(1, int(args.warmup_frac * steps)), args.schedule, args.min_lr_ratio)
+    stream = batches(setup.train_data, args.batch, args.seq_len, args.seed)
+    eval_every = args.eval_every or max(1, steps // 20)
+    timer = StepTimer(setup.device.type == "cuda")
+    curve, diverged, t0 = [], False, time.perf_counter()
+    for step in range(steps):
+        ids, targets = (t.to(setup.device, non_blocking=True) for t in next(stream))
+        apply_schedule(opts, step, schedule)
+        start = timer.mark()
+        with setup.autocast():
+            loss = model(ids, targets).loss
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        before_opt = timer.mark()
+        opts[0].step()
+        first_done = timer.mark()
+        for opt in opts[1:]:
+            opt.step()
+        timer.add(start, before_opt, first_done, timer.mark())
+        if evals and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            val = evaluate(setup, model)
+            curve.append((step + 1, val))
+            if not math.isfinite(val):
+                diverged = True
+                break
+    wall = time.perf_counter() - t0
+    step_ms, opt_ms, matrix_ms = timer.times_ms()
+    skip = min(3, len(step_ms) - 1)  # the first steps allocate state and warm caches
+    tail = [v for _, v in curve[-args.final_evals:]]
+    return {"family": family, "lr": lr, "steps": steps, "curve": curve, "diverged": diverged,
+            "final_val": sum(tail) / len(tail) if tail else float("nan"), "wall_s": wall,
+            "step_ms": bc.median(step_ms[skip:]), "opt_ms": bc.median(opt_ms[skip:]),
+            "opt_share": sum(opt_ms[skip:]) / max(1e-9, sum(step_ms[skip:])),
+            "matrix_opt_share": (sum(matrix_ms[skip:]) / max(1e-9, sum(step_ms[skip:]))
+                                 if family != "adamw" else None)}
+
+
+def choose_steps(setup: Setup, args: argparse.Namespace, started: float) -> tuple[int, dict]:
+    """Time a few steps of every family; the largest step count whose sweep + final runs fit."""
+    probe = {f: train(setup, f, args.lrs[0], 12, evals=False)["step_ms"] for f in args.families}
+    runs_per_family = len(args.lrs) * args.sweep_frac + 1
+    eval_share = 1.1  # evaluations (eval_batches forwards every steps / 20) and host overhead
+    per_step_s = sum(probe.values()) / 1e3 * runs_per_family * eval_share
+    left = args.budget_s - (time.perf_counter() - started)
+    steps = int(left / per_step_s) // 50 * 50
+    return max(args.min_steps, min(args.max_steps, steps)), probe
+
+
+def steps_to_reach(curve: list, target: float) -> int | None:
+    return next((s for s, v in curve if v <= target), None)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    setup = Setup(args)
+    probe = None
+    steps = args.steps
+    if not steps:
+        steps, probe = choose_steps(setup, args, started) if not args.quick else (QUICK["steps"], None)
+    sweep_steps = max(10, int(args.sweep_frac * steps))
+    print(f"{setup.device}: MoE LM hidden {args.hidden}, {args.layers} layers, {args.experts} experts "
+          f"top-{args.top_k}, d_expert {args.d_expert}, {args.batch}x{args.seq_len} tokens/step, "
+          f"{setup.tokens / 1e6:.1f} MB stdlib; {steps} steps ({args.schedule}), sweep {args.lrs} at "
+          f"{sweep_steps} steps" + (f"; calibration ms/step {probe}" if probe else ""), flush=True)
+    sweep, finals = [], {}
+    for family in args.families:
+        trials = [train(setup, family, lr, sweep_steps) for lr in args.lrs]
+        sweep += [{k: t[k] for k in ("family", "lr", "steps", "final_val", "diverged")} for t in trials]
+        best = min(trials, key=lambda t: t["final_val"] if math.isfinite(t["final_val"]) else math.inf)
+        finals[family] = train(setup, family, best["lr"], steps)
+        f = finals[family]
+        f["lr_at_sweep_edge"] = best["lr"] in (min(args.lrs), max(args.lrs)) and len(args.lrs) > 2
+        print(f"  {family:>10}: sweep " + " ".join(f"{t['lr']:g}->{t['final_val']:.4f}" for t in trials)
+              + f"; final lr {f['lr']:g} val {f['final_val']:.4f}, {f['step_ms']:.2f} ms/step "
+              f"({100 * f['opt_share']:.1f} % optimizer) [{time.perf_counter() - started:.0f} s]", flush=True)
+    rows = summarize(finals)
+    columns = [bc.Column("family", "optimizer", "{}", 10), bc.Column("lr", "lr", "{:g}", 7),
+               bc.Column("final_val", "val loss", "{:.4f}", 8),
+               bc.Column("to_muon", "to Muon's", "{}", 9), bc.Column("to_muon_ratio", "x steps", "{:.2f}", 7),
+               bc.Column("to_soap", "to SOAP's", "{}", 9), bc.Column("to_soap_ratio", "x steps", "{:.2f}", 7),
+               bc.Column("step_ms", "ms/step", "{:.2f}", 8), bc.Column("opt_ms", "opt ms", "{:.2f}", 7),
+               bc.Column("opt_pct", "opt %", "{:.1f}", 6), bc.Column("matrix_pct", "matrix %", "{:.1f}", 8)]
+    print(f"\n{steps} steps each; 'to X's' = first evaluated step with val loss <= X's final "
+          f"(mean of its last {args.final_evals} evaluations), 'x steps' = that / {steps}; 'opt %' = all "
+          f"optimizers' share of the step, 'matrix %' = Muon / SOAP (the hidden and expert matrices) alone")
+    print(bc.format_table(columns, rows))
+    edge = [r["family"] for r in rows if r["lr_at_sweep_edge"]]
+    if edge:
+        print(f"best lr at the edge of the sweep for {', '.join(edge)}: widen --lrs to be sure")
+    total = time.perf_counter() - started
+    print(f"total {total:.0f} s")
+    payload = {"machine": bc.machine_description(), "settings": vars(args), "steps": steps,
+               "sweep_steps": sweep_steps, "calibration_ms_per_step": probe, "sweep": sweep,
+               "rows": rows, "curves": {f: r["curve"] for f, r in finals.items()}, "total_s": total}
+    if args.json:
+        bc.write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    if args.png:
+        plot(finals, args.png, f"MoE LM, {steps} steps, {setup.device}")
+    return 0
+
+
+def summarize(finals: dict) -> list[dict]:
+    rows = []
+    for family, f in finals.items():
+        row = {k: f[k] for k in ("family", "lr", "lr_at_sweep_edge", "final_val", "step_ms", "opt_ms", "diverged")}
+        row["opt_pct"] = 100 * f["opt_share"]
+        row["matrix_pct"] = 100 * f["matrix_opt_share"] if f["matrix_opt_share"] is not None else None
+        for base in ("muon", "soap"):
+            if base in finals and math.isfinite(finals[base]["final_val"]):
+                reached = steps_to_reach(f["curve"], finals[base]["final_val"])
+                row[f"to_{base}"] = reached
+                row[f"to_{base}_ratio"] = reached / f["steps"] if reached else None
+        rows.append(row)
+    return rows
+
+
+def plot(finals: dict, path: str, title: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no PNG")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for family, f in finals.items():
+        xs, ys = zip(*f["curve"]) if f["curve"] else ((), ())
+        ax.plot(xs, ys, label=f"{family} (lr {f['lr']:g})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (nats/byte)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    finite = [v for f in finals.values() for _, v in f["curve"][len(f["curve"]) // 4:] if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) - 0.05, max(finite) + 0.1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
