@@ -25,15 +25,10 @@ from .mxfp4 import (PERSISTENT_STAGES, _BITS_VIEW, _IN_KIND, _load_f32_bits, _st
 
 
 @triton.jit
-def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
-                       IN_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def fp8_encode_tiles(bits, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 bit patterns `[BLOCK_M, BLOCK_K]` (int32) -> E4M3 codes `[BLOCK_M, BLOCK_K]` (int32) and
+    the UE8M0 scale bytes `[BLOCK_M, BLOCK_K // 128]` (int32) of their 1x128 tiles (FORMATS.md "FP8")."""
     NT: tl.constexpr = BLOCK_K // 128
-    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    rmask = rows < M
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = rmask[:, None] & (cols < K)[None, :]
-    bits = _load_f32_bits(x_ptr, rows[:, None] * stride_x + cols[None, :], mask, IN_KIND)
-
     a = tl.reshape(bits & 0x7FFFFFFF, [BLOCK_M, NT, 128])
     amax = tl.max(a, axis=2)  # [BLOCK_M, NT]
     bad = amax >= 0x7F800000
@@ -53,9 +48,21 @@ def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x
     code = ((g + 7) << 3) + n - 8
     code = code | tl.reshape((bits >> 24) & 0x80, [BLOCK_M, NT, 128])
     code = tl.where(bad[:, :, None], 0, code)
+    return tl.reshape(code, [BLOCK_M, BLOCK_K]), sbyte
 
-    tl.store(data_ptr + rows[:, None] * stride_d + cols[None, :],
-             tl.reshape(code, [BLOCK_M, BLOCK_K]).to(tl.uint8), mask=mask)
+
+@triton.jit
+def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
+                       IN_KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    NT: tl.constexpr = BLOCK_K // 128
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    rmask = rows < M
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = rmask[:, None] & (cols < K)[None, :]
+    bits = _load_f32_bits(x_ptr, rows[:, None] * stride_x + cols[None, :], mask, IN_KIND)
+
+    code, sbyte = fp8_encode_tiles(bits, BLOCK_M, BLOCK_K)
+    tl.store(data_ptr + rows[:, None] * stride_d + cols[None, :], code.to(tl.uint8), mask=mask)
     scols = pid_k * NT + tl.arange(0, NT)
     tl.store(scales_ptr + rows[:, None] * stride_s + scols[None, :], sbyte.to(tl.uint8),
              mask=rmask[:, None] & (scols < K // 128)[None, :])
