@@ -13,7 +13,7 @@ import torch
 
 from ..quant.formats import E4M3_DTYPE, E8M0_BIAS, E8M0_NAN, FP8_TILE, FP8Tensor
 
-_F32_MIN_NORMAL = 2.0 ** -126
+_CHUNK_ELEMENTS = 1 << 28  # fp32 temporaries of one chunk: 1 GiB each
 
 
 def _check_blocks(shape: torch.Size, fn: str, name: str) -> None:
@@ -27,7 +27,8 @@ def quantize_fp8_blocks(w: torch.Tensor) -> FP8Tensor:
 
     Returns an `FP8Tensor`: `data` float8_e4m3fn `[..., N, K]`, `scales` uint8 `[..., N, K/128]`
     (each block's byte `k + 127` on its 128 rows; 255 for a block holding NaN/Inf, whose data is 0).
-    Runs as a few torch ops (once per optimizer step); no host sync.
+    Runs as a few torch ops (once per optimizer step), a chunk of matrices at a time so that the fp32
+    temporaries stay under about 1 GiB; no host sync.
     """
     fn = "quantize_fp8_blocks"
     if not isinstance(w, torch.Tensor) or w.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -35,7 +36,18 @@ def quantize_fp8_blocks(w: torch.Tensor) -> FP8Tensor:
                         f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}")
     _check_blocks(w.shape, fn, "w")
     lead, n, k = w.shape[:-2], w.shape[-2], w.shape[-1]
-    v = w.detach().to(torch.float32).reshape(*lead, n // FP8_TILE, FP8_TILE, k // FP8_TILE, FP8_TILE)
+    mats = w.detach().reshape(-1, n, k)
+    data = torch.empty(mats.shape, dtype=E4M3_DTYPE, device=w.device)
+    scales = torch.empty(mats.shape[0], n, k // FP8_TILE, dtype=torch.uint8, device=w.device)
+    step = max(1, _CHUNK_ELEMENTS // (n * k))
+    for i in range(0, mats.shape[0], step):
+        data[i:i + step], scales[i:i + step] = _quantize_blocks(mats[i:i + step])
+    return FP8Tensor(data.reshape(*lead, n, k), scales.reshape(*lead, n, k // FP8_TILE))
+
+
+def _quantize_blocks(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    lead, n, k = w.shape[:-2], w.shape[-2], w.shape[-1]
+    v = w.to(torch.float32).reshape(*lead, n // FP8_TILE, FP8_TILE, k // FP8_TILE, FP8_TILE)
     amax = v.abs().amax(dim=(-3, -1), keepdim=True)                       # [..., N/128, 1, K/128, 1]
     bad = ~torch.isfinite(amax)
     # k = ceil(log2(amax / 448)) from the fp32 bits: f - 8, plus 1 when the significand is above 1.75.
@@ -47,7 +59,7 @@ def quantize_fp8_blocks(w: torch.Tensor) -> FP8Tensor:
     q = y.to(E4M3_DTYPE)                                                  # RNE (no saturation needed)
     sbyte = torch.where(bad, E8M0_NAN, kk + E8M0_BIAS).to(torch.uint8)
     scales = sbyte.expand(*lead, n // FP8_TILE, FP8_TILE, k // FP8_TILE, 1)
-    return FP8Tensor(q.reshape(*lead, n, k).contiguous(), scales.reshape(*lead, n, k // FP8_TILE).contiguous())
+    return q.reshape(*lead, n, k), scales.reshape(*lead, n, k // FP8_TILE)
 
 
 def block_scales(t: FP8Tensor) -> torch.Tensor:

@@ -48,3 +48,11 @@ def test_shapes_not_in_128_blocks_are_refused():
         quantize_fp8_blocks(torch.randn(4, 200, 128))
     with pytest.raises(ValueError, match="multiples of 128"):
         quantize_fp8_blocks(torch.randn(128, 100))
+
+
+@pytest.mark.gpu
+def test_gpu_block_quantization_equals_cpu(seed):
+    w = torch.randn(4, 256, 512) * torch.exp2(torch.randint(-30, 10, (4, 256, 1)).float())
+    a, b = quantize_fp8_blocks(w), quantize_fp8_blocks(w.cuda())
+    assert torch.equal(a.data.view(torch.uint8), b.data.view(torch.uint8).cpu())
+    assert torch.equal(a.scales, b.scales.cpu())
