@@ -27,7 +27,7 @@ run_phase() {  # name, command...
 for phase in "${phases[@]}"; do
     case $phase in
         probe) run_phase probe "$py" "$here/probe_scaled_grouped_mm.py" ;;
-        tests) run_phase tests "$py" -m pytest -q -x -m gpu tests/gemm tests/moe/test_fp8_experts.py \
+        tests) run_phase tests "$py" -m pytest -q -m gpu tests/gemm tests/moe/test_fp8_experts.py \
                    tests/moe/test_static_dispatch_gpu.py -k "not ep2" ;;
         gemm) run_phase gemm timeout "${GEMM_TIMEOUT:-600}" "$py" "$here/gemm_throughput.py" --sweep \
                   --json "$out/gemm_throughput.json" ;;
