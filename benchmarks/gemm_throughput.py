@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                         sweep_rows.append(dict(H=h, F=f, E=e, kind=kind, config=list(config), us=us,
                                                tflops=tflops(m, n, k, us)))
                         del fp8
-                    best[key] = min(timings)[1]
+                    if timings:
+                        best[key] = min(timings)[1]
                 config = best.get(key, CONFIGS[0])
                 fp8, bf16 = make_calls(kind, m, e, n, k, offsets, dev, config)
                 us8, us16 = (_median_us(fn, args, label) for fn, label in ((fp8, "fp8"), (bf16, "bf16")))

@@ -12,8 +12,8 @@ promotion, which also keeps Hopper's reduced-precision FP8 MMA accumulation to 1
   grid is an upper bound, cdiv(M, BM) + G row tiles, and programs past the last tile exit at once.
 - `_grouped_gemm_wgrad_kernel` (weight gradient): the reduction axis is the token axis, split into
   groups; program (g, n tile, k tile) sums group g's tokens. Token tiles sit at global multiples of
-  128, so a tile may straddle two groups: each group reads its own tokens of it (the others masked to
-  0) with the tile's shared scale. No per-group padding.
+  128, so a tile may straddle two groups: each group reads its own tokens of it (the others zeroed in
+  registers, in its first and last tile only) with the tile's shared scale. No per-group padding.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-STEP_K = 128  # the scale tile along the reduction axis (docs/FORMATS.md "FP8")
+STEP_K = tl.constexpr(128)  # the scale tile along the reduction axis (docs/FORMATS.md "FP8")
 
 
 @triton.jit
@@ -97,6 +97,24 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
 
 
 @triton.jit
+def _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                stride_an, stride_asn, stride_bk, stride_bsk, MASKED: tl.constexpr):
+    # One 128-token step. Interior tiles load whole 128-byte runs (vectorized, pipelined); the first
+    # and last tile of a group zero the other groups' tokens in registers (MASKED), both operands so
+    # that a NaN of a neighbour's token cannot reach this group through 0 * NaN.
+    t = tb * STEP_K + tl.arange(0, STEP_K)
+    a = tl.load(a_ptr + n[:, None] * stride_an + t[None, :], mask=nmask[:, None], other=0.0)
+    b = tl.load(b_ptr + k[:, None] * stride_bk + t[None, :], mask=kmask[:, None], other=0.0)
+    if MASKED:
+        inside = ((t >= start) & (t < end))[None, :]
+        a = tl.where(inside, a, 0.0)
+        b = tl.where(inside, b, 0.0)
+    sa = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
+    sb = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
+    return acc + tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+
+
+@triton.jit
 def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K,
                                stride_an, stride_asn, stride_bk, stride_bsk, stride_cg, stride_cn,
                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_BF16: tl.constexpr):
@@ -115,16 +133,18 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
     kmask = k < K
     n = n.to(tl.int64)
     k = k.to(tl.int64)
-    tt = tl.arange(0, STEP_K)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for tb in range(start // STEP_K, (end + STEP_K - 1) // STEP_K):
-        t = tb * STEP_K + tt
-        tmask = (t >= start) & (t < end)
-        a = tl.load(a_ptr + n[:, None] * stride_an + t[None, :], mask=nmask[:, None] & tmask[None, :], other=0.0)
-        b = tl.load(b_ptr + k[:, None] * stride_bk + t[None, :], mask=kmask[:, None] & tmask[None, :], other=0.0)
-        sa = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
-        sb = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
-        acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+    first = start // STEP_K
+    last = (end - 1) // STEP_K
+    if end > start:
+        acc = _wgrad_step(acc, first, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                          stride_an, stride_asn, stride_bk, stride_bsk, True)
+        if last > first:
+            acc = _wgrad_step(acc, last, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                              stride_an, stride_asn, stride_bk, stride_bsk, True)
+    for tb in range(first + 1, last):
+        acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                          stride_an, stride_asn, stride_bk, stride_bsk, False)
     c = _bf16_bits(acc) if OUT_BF16 else acc
     c_ptrs = c_ptr + grp.to(tl.int64) * stride_cg + n[:, None] * stride_cn + k[None, :]
     tl.store(c_ptrs, c, mask=nmask[:, None] & kmask[None, :])
