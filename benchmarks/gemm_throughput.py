@@ -10,6 +10,8 @@ SwiGLU expert MLP step are timed:
     wgrad1 dh^T x -> [E, 2F, H] (fp32)        wgrad2 dy^T z -> [E, H, F] (fp32)
 FP8 operands are made once (quantization and column-wise conversion are not timed); BF16 runs
 `torch._grouped_mm` on bf16 copies (2d x 3d for fwd/dgrad, 2d x 2d with offsets on K for wgrad).
+FP8 fwd/dgrad read one weight scale per 128x128 block (`b_block_scales`, as the layer does); FP8
+wgrad writes fp32 (the layer's gradient accumulation), BF16 wgrad bf16.
 FLOPs are 2 M N K (M = all rows). `--sweep` first times each launch configuration of `CONFIGS` on the
 balanced case of each shape and keeps the fastest per GEMM kind. Median of `--iters` CUDA-event timings.
     python benchmarks/gemm_throughput.py --sweep --json benchmarks/results/gemm_throughput_h100.json
@@ -29,7 +31,7 @@ import _bench_common as bc  # noqa: E402
 
 SHAPES = [  # (H, F, E, top_k): DeepSeek-V2-Lite-like and DeepSeek-V3-like layers
     (2048, 1408, 64, 6), (2048, 1408, 256, 8), (7168, 2048, 64, 6), (7168, 2048, 256, 8)]
-CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 4), (128, 256, 8, 3)]
+CONFIGS = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 8, 3)]
 KINDS = ("fwd1", "fwd2", "dgrad1", "dgrad2", "wgrad1", "wgrad2")
 
 
@@ -70,7 +72,7 @@ def make_calls(kind: str, m: int, e: int, n: int, k: int, offsets: torch.Tensor,
     w = torch.randn(e, n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
     xq, wq = quantize_fp8(x), quantize_fp8_blocks(w)
     wt = w.transpose(-2, -1)
-    return (lambda: grouped_gemm_fp8(xq, wq, offsets, config=cfg),
+    return (lambda: grouped_gemm_fp8(xq, wq, offsets, config=cfg, b_block_scales=True),
             lambda: torch._grouped_mm(x, wt, offs=offsets))
 
 

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import _bench_common as bc  # noqa: E402
 
-ROUTED = re.compile(r"_grouped_gemm_|grouped", re.I)
+ROUTED = re.compile(r"_grouped_gemm_|group", re.I)  # ours, and CUTLASS's GroupProblemShape (torch._grouped_mm)
 GEMM = re.compile(r"gemm|cutlass|nvjet|xmma|wgmma|_mm_", re.I)
 QUANT = re.compile(r"fp8|mxfp4|quantiz|swiglu|transpose|colwise|e4m3", re.I)
 
@@ -120,7 +120,7 @@ def kernel_breakdown(step, steps: int) -> tuple[dict[str, float], list[tuple[str
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
-    kinds, names = collections.Counter(), collections.Counter()
+    kinds, names, gemms = collections.Counter(), collections.Counter(), collections.Counter()
     for e in events:
         if e.get("cat") != "kernel":
             continue
@@ -128,14 +128,30 @@ def kernel_breakdown(step, steps: int) -> tuple[dict[str, float], list[tuple[str
         kind = ("routed_gemm" if ROUTED.search(name) and GEMM.search(name) or "_grouped_gemm_" in name
                 else "other_gemm" if GEMM.search(name) else "quantize" if QUANT.search(name) else "other")
         kinds[kind] += ms
-        if kind in ("quantize", "other"):
-            names[name[:80]] += ms
-    return dict(kinds), names.most_common(10)
+        (names if kind in ("quantize", "other") else gemms)[f"{kind}: {name[:100]}"] += ms
+    return dict(kinds), names.most_common(10), gemms.most_common(8)
+
+
+def configs_from(path: str, args) -> tuple:
+    """The fastest FP8 launch configurations for this layer's shape in a gemm_throughput.py JSON:
+    (row-grouped, weight-gradient), each the one most often fastest over its GEMM kinds."""
+    from mxa2a.gemm import GemmConfig
+
+    with open(path) as f:
+        rows = [r for r in json.load(f)["rows"]
+                if (r["H"], r["F"], r["E"]) == (args.hidden, args.d_expert, args.experts)]
+    if not rows:
+        raise SystemExit(f"{path} has no rows for H={args.hidden}, F={args.d_expert}, E={args.experts}")
+    pick = lambda wg: collections.Counter(r["config"] for r in rows if r["kind"].startswith("wgrad") == wg)  # noqa: E731
+    return tuple(GemmConfig(*map(int, pick(wg).most_common(1)[0][0].split("x"))) for wg in (False, True))
 
 
 def run(args) -> int:
     dev = torch.device("cuda")
     layers, x, dy, plan = build(args, dev)
+    if args.configs_from:
+        layers["fp8"].experts.fp8_gemm_configs = configs_from(args.configs_from, args)
+        print(f"# FP8 GEMM configurations from {args.configs_from}: {layers['fp8'].experts.fp8_gemm_configs}")
     layout = layers["bf16"].dispatcher.layout_from_plan(plan)
     rows_routed = args.tokens * args.top_k
     flops_routed = 18.0 * rows_routed * args.hidden * args.d_expert  # 6 GEMMs of 2*M*H*F (x2 for GEMM 1)
@@ -148,7 +164,7 @@ def run(args) -> int:
         step()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
-        kinds, top = kernel_breakdown(step, 3)
+        kinds, top, top_gemms = kernel_breakdown(step, 3)
         gemm_ms = kinds.get("routed_gemm", 0.0) + kinds.get("other_gemm", 0.0)
         r = dict(precision=name, ms_per_step=us / 1e3, tokens_per_s=args.tokens / (us * 1e-6),
                  peak_gib=peak / 2**30, saved_mib=saved_bytes(layer, x, layout) / 2**20,
@@ -157,7 +173,7 @@ def run(args) -> int:
                  non_gemm_pct=100.0 * (1 - gemm_ms / (us / 1e3)),
                  routed_gemm_tflops=(flops_routed / (kinds["routed_gemm"] * 1e-3) / 1e12
                                      if kinds.get("routed_gemm") else None),
-                 top_non_gemm_kernels=top)
+                 top_non_gemm_kernels=top, top_gemm_kernels=top_gemms)
         if name == "fp8":
             r["weights_ms"] = bc.median(bc.time_cuda(layer.experts.refresh_fp8_weights, 5, 1)) / 1e3
         results[name] = r
@@ -168,7 +184,7 @@ def run(args) -> int:
         print(f"# {r['precision']}: forward phases ms " +
               ", ".join(f"{k[4:-3]} {v:.2f}" for k, v in r.items() if k.startswith("fwd_")) +
               "; kernels ms " + ", ".join(f"{k[7:-3]} {v:.2f}" for k, v in r.items() if k.startswith("kernel_")))
-        for kname, ms in r["top_non_gemm_kernels"]:
+        for kname, ms in r["top_gemm_kernels"] + r["top_non_gemm_kernels"]:
             print(f"#    {ms:7.3f} ms  {kname}")
     if args.json:
         bc.write_json(args.json, {"machine": bc.machine_description(), "config": vars(args), "rows": rows})
@@ -192,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=int, default=2)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--configs-from", default=None,
+                   help="a gemm_throughput.py --sweep JSON: use its fastest FP8 configurations for this shape")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

@@ -8,7 +8,7 @@ set -uo pipefail
 out=${1:?usage: run_fp8_gemm_suite.sh OUTDIR [phases...]}
 shift
 phases=("$@")
-[[ ${#phases[@]} -gt 0 ]] || phases=(probe tests gemm layer)
+[[ ${#phases[@]} -gt 0 ]] || phases=(probe tests gemm layer)  # layer after gemm: it takes gemm's fastest configurations
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python3}
 mkdir -p "$out"
@@ -31,7 +31,9 @@ for phase in "${phases[@]}"; do
                    tests/moe/test_static_dispatch_gpu.py -k "not ep2" ;;
         gemm) run_phase gemm timeout "${GEMM_TIMEOUT:-600}" "$py" "$here/gemm_throughput.py" --sweep \
                   --json "$out/gemm_throughput.json" ;;
-        layer) run_phase layer timeout "${LAYER_TIMEOUT:-600}" "$py" "$here/moe_layer.py" --json "$out/moe_layer.json" ;;
+        layer) cfg=(); [[ -f "$out/gemm_throughput.json" ]] && cfg=(--configs-from "$out/gemm_throughput.json")
+               run_phase layer timeout "${LAYER_TIMEOUT:-600}" "$py" "$here/moe_layer.py" ${cfg[@]+"${cfg[@]}"} \
+                   --json "$out/moe_layer.json" ;;
         *) echo "unknown phase $phase"; exit 2 ;;
     esac
 done

@@ -30,9 +30,9 @@ class GemmConfig:
     """Launch configuration of one grouped GEMM kernel: the output tile `block_rows x block_cols`
     (powers of two >= 16), warps per program and software-pipeline stages."""
 
-    block_rows: int = 128
+    block_rows: int = 64
     block_cols: int = 128
-    num_warps: int = 8
+    num_warps: int = 4
     num_stages: int = 4
 
     def __post_init__(self) -> None:
@@ -42,8 +42,11 @@ class GemmConfig:
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v!r}")
 
 
+# The fastest of the swept configurations on one H100 for every expert shape of
+# benchmarks/gemm_throughput.py (benchmarks/results/): 64-row tiles, one warpgroup, several programs
+# per SM so that one program's MMA overlaps another's fp32 promotion.
 FORWARD_CONFIG = GemmConfig()
-WGRAD_CONFIG = GemmConfig(block_rows=128, block_cols=128, num_warps=8, num_stages=4)
+WGRAD_CONFIG = GemmConfig()
 
 
 def _check_fp8(t: object, rank: int, fn: str, name: str, form: str) -> FP8Tensor:
@@ -76,12 +79,14 @@ def _check_out_dtype(out_dtype: object, fn: str) -> None:
 
 def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor, *,
                      out_dtype: torch.dtype = torch.bfloat16, backend: str = "auto",
-                     config: GemmConfig | None = None) -> torch.Tensor:
+                     config: GemmConfig | None = None, b_block_scales: bool = False) -> torch.Tensor:
     """Grouped `a @ b[g]^T` over row groups.
 
     Arguments: `a` FP8 `[M, K]` (1x128 tiles along K, rows grouped), `b` FP8 `[G, N, K]` (any 1x128
     row tiles; 128x128 block weights from `quantize_fp8_blocks`), `offsets` int32 `[G]` (cumulative
-    row ends, non-decreasing, at most M). K must be a multiple of 128.
+    row ends, non-decreasing, at most M). K must be a multiple of 128. `b_block_scales=True` promises
+    that b's scales are constant over each 128 rows (a 128x128 block weight, N a multiple of 128): the
+    kernel then reads one scale per block and step (faster); the result is the same.
     Returns `[M, N]` in `out_dtype` (bf16 or fp32); rows at or past `offsets[-1]` are left unwritten
     by the Triton kernel (the reference writes 0). No host sync on the Triton path.
     """
@@ -94,11 +99,15 @@ def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor, *,
         raise ValueError(f"{fn}: a is on {a.device} but b on {b.device}")
     offsets = _check_offsets(offsets, b.shape[0], a.device, fn)
     _check_out_dtype(out_dtype, fn)
+    config = config or FORWARD_CONFIG
+    if b_block_scales and (b.shape[1] % FP8_TILE or FP8_TILE % config.block_cols):
+        raise ValueError(f"{fn}: b_block_scales needs N a multiple of {FP8_TILE} and config.block_cols dividing "
+                         f"{FP8_TILE}, got N = {b.shape[1]}, block_cols = {config.block_cols}")
     if pick_backend(backend, a.device, fn) == "torch":
         return reference.grouped_gemm_fp8(a, b, offsets, out_dtype)
     from .kernels.grouped_gemm import launch_rows
     out = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
-    launch_rows(a, b, offsets, out, config or FORWARD_CONFIG)
+    launch_rows(a, b, offsets, out, config, b_block_scales)
     return out
 
 

@@ -39,7 +39,9 @@ class GroupedExperts(nn.Module):
 
     `precision`: "bf16" (the GEMMs in the input dtype) or "fp8" (`FP8ExpertMLP`: FP8 GEMMs with
     128x128-block weights, quantized once per weight update and cached; hidden and d_expert multiples
-    of 128). `fp8_backend`: "auto" (Triton on CUDA, the torch reference elsewhere), "triton", "torch".
+    of 128). `fp8_backend`: "auto" (Triton on CUDA, the torch reference elsewhere), "triton", "torch";
+    `fp8_gemm_configs`: launch configurations `(GemmConfig | None, GemmConfig | None)` of the
+    row-grouped and the weight-gradient GEMMs (None: `mxa2a.gemm`'s defaults).
     """
 
     def __init__(self, num_local: int, hidden: int, d_expert: int, *,
@@ -55,6 +57,7 @@ class GroupedExperts(nn.Module):
         self.use_grouped_mm = use_grouped_mm
         self.precision, self.fp8_backend = precision, fp8_backend
         self.fp8_weights = FP8ExpertWeights()
+        self.fp8_gemm_configs: tuple = (None, None)  # (row-grouped GEMMs, weight-gradient GEMMs)
         self.w_gate = nn.Parameter(torch.empty(num_local, d_expert, hidden))
         self.w_up = nn.Parameter(torch.empty(num_local, d_expert, hidden))
         self.w_down = nn.Parameter(torch.empty(num_local, hidden, d_expert))
@@ -104,7 +107,8 @@ class GroupedExperts(nn.Module):
         if offsets is None:
             offsets = torch.tensor(list(tokens_per_expert), device=x.device).cumsum(0).to(torch.int32)
         weights = self.fp8_weights.get(self.w_gate, self.w_up, self.w_down)
-        y = FP8ExpertMLP.apply(x, self.w_gate, self.w_up, self.w_down, offsets, weights, self.fp8_backend)
+        y = FP8ExpertMLP.apply(x, self.w_gate, self.w_up, self.w_down, offsets, weights, self.fp8_backend,
+                               self.fp8_gemm_configs)
         return y, None
 
     def refresh_fp8_weights(self) -> None:

@@ -14,10 +14,12 @@ Saved for backward: xq (1 B/elem + 1/128), h (bf16, 2 B/elem, for SwiGLU's backw
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from ..gemm import (grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks, swiglu_backward_quantize_fp8,
-                    swiglu_quantize_fp8, transpose_fp8_blocks)
+from ..gemm import (GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks,
+                    swiglu_backward_quantize_fp8, swiglu_quantize_fp8, transpose_fp8_blocks)
 from ..quant import FP8Tensor, fp8_rowwise_to_colwise, quantize_fp8
 from ..quant.formats import E4M3_DTYPE, FP8_TILE
 
@@ -78,18 +80,21 @@ def _quantize_padded(x: torch.Tensor, backend: str) -> FP8Tensor:
 
 class FP8ExpertMLP(torch.autograd.Function):
     """`y = SwiGLU experts(x)` in FP8 on rows grouped by `offsets` (int32 cumulative ends); gradients
-    for x and the three master weights (returned in their dtypes)."""
+    for x and the three master weights (returned in their dtypes). `configs`: the launch
+    configurations of the row-grouped and the weight-gradient GEMMs (None: the defaults)."""
 
     @staticmethod
-    def forward(ctx, x, w_gate, w_up, w_down, offsets, weights: FP8ExpertWeights, backend: str):
+    def forward(ctx, x, w_gate, w_up, w_down, offsets, weights: FP8ExpertWeights, backend: str,
+                configs: tuple[GemmConfig | None, GemmConfig | None] = (None, None)):
         m, f = x.shape[0], w_gate.shape[1]
+        gemm = functools.partial(grouped_gemm_fp8, backend=backend, config=configs[0], b_block_scales=True)
         xq = _quantize_padded(x, backend)                                                    # (Mp, H)
-        h = grouped_gemm_fp8(_rows(xq, m), weights.w1, offsets, out_dtype=torch.bfloat16, backend=backend)
+        h = gemm(_rows(xq, m), weights.w1, offsets, out_dtype=torch.bfloat16)                # (M, 2F)
         zq = _padded_fp8(m, f, x.device)                                                      # (Mp, F)
         swiglu_quantize_fp8(h, backend=backend, out=_rows(zq, m))
-        y = grouped_gemm_fp8(_rows(zq, m), weights.w2, offsets, out_dtype=x.dtype, backend=backend)  # (M, H)
+        y = gemm(_rows(zq, m), weights.w2, offsets, out_dtype=x.dtype)                        # (M, H)
         ctx.save_for_backward(xq.data, xq.scales, h, zq.data, zq.scales, offsets)
-        ctx.weights, ctx.backend, ctx.x_dtype = weights, backend, x.dtype
+        ctx.weights, ctx.backend, ctx.x_dtype, ctx.configs = weights, backend, x.dtype, configs
         ctx.w_dtypes = (w_gate.dtype, w_up.dtype, w_down.dtype)
         return y
 
@@ -97,15 +102,19 @@ class FP8ExpertMLP(torch.autograd.Function):
     def backward(ctx, dy):
         xd, xs, h, zd, zs, offsets = ctx.saved_tensors
         xq, zq, weights, be = FP8Tensor(xd, xs), FP8Tensor(zd, zs), ctx.weights, ctx.backend
+        gd, ud, dd = ctx.w_dtypes
+        # The weight gradients leave the kernel in the weights' dtype when that is bf16 (one rounding of
+        # the fp32 accumulator, as a cast would do), else in fp32.
+        w_out = torch.bfloat16 if gd == ud == dd == torch.bfloat16 else torch.float32
+        gemm = functools.partial(grouped_gemm_fp8, backend=be, config=ctx.configs[0], b_block_scales=True)
+        wgrad = functools.partial(grouped_gemm_fp8_wgrad, backend=be, config=ctx.configs[1], out_dtype=w_out)
+        colwise = functools.partial(fp8_rowwise_to_colwise, backend=be)
         m, f = h.shape[0], h.shape[1] // 2
         dyq = _quantize_padded(dy.contiguous(), be)                                           # (Mp, H)
-        dz = grouped_gemm_fp8(_rows(dyq, m), weights.w2_t, offsets, out_dtype=torch.bfloat16, backend=be)
-        dw_down = grouped_gemm_fp8_wgrad(fp8_rowwise_to_colwise(dyq, backend=be),
-                                         fp8_rowwise_to_colwise(zq, backend=be), offsets, backend=be)
+        dz = gemm(_rows(dyq, m), weights.w2_t, offsets, out_dtype=torch.bfloat16)            # (M, F)
+        dw_down = wgrad(colwise(dyq), colwise(zq), offsets)                                   # (E, H, F)
         dhq = _padded_fp8(m, 2 * f, h.device)                                                 # (Mp, 2F)
         swiglu_backward_quantize_fp8(h, dz, backend=be, out=_rows(dhq, m))
-        dx = grouped_gemm_fp8(_rows(dhq, m), weights.w1_t, offsets, out_dtype=ctx.x_dtype, backend=be)
-        dw_1 = grouped_gemm_fp8_wgrad(fp8_rowwise_to_colwise(dhq, backend=be),
-                                      fp8_rowwise_to_colwise(xq, backend=be), offsets, backend=be)
-        gd, ud, dd = ctx.w_dtypes
-        return dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None
+        dx = gemm(_rows(dhq, m), weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
+        dw_1 = wgrad(colwise(dhq), colwise(xq), offsets)                                      # (E, 2F, H)
+        return dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None, None

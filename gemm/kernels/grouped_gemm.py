@@ -65,7 +65,7 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
                               stride_am, stride_asm, stride_ask, stride_bg, stride_bn,
                               stride_bsg, stride_bsn, stride_bsk, stride_cm,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                              OUT_BF16: tl.constexpr):
+                              OUT_BF16: tl.constexpr, B_BLOCKS: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
     pid_m = pid // n_tiles
@@ -83,13 +83,18 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
         b_ptrs = b_ptr + g64 * stride_bg + cols.to(tl.int64)[:, None] * stride_bn + kk[None, :]
         as_ptrs = as_ptr + rows * stride_asm
         bs_ptrs = bs_ptr + g64 * stride_bsg + cols * stride_bsn
+        bs_block = bs_ptr + g64 * stride_bsg + (pid_n * BLOCK_N) * stride_bsn  # B_BLOCKS: one scale a step
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kt in range(0, K // STEP_K):
             a = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
             b = tl.load(b_ptrs, mask=cmask[:, None], other=0.0)
             sa = _e8m0_to_f32(tl.load(as_ptrs + kt * stride_ask, mask=rmask, other=127))
-            sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
-            acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+            if B_BLOCKS:  # b's scales are constant over each 128 rows: the tile lies in one block
+                s = sa * _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
+                acc += tl.dot(a, tl.trans(b)) * s[:, None]
+            else:
+                sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
+                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
             a_ptrs += STEP_K
             b_ptrs += STEP_K
         c = _bf16_bits(acc) if OUT_BF16 else acc
@@ -154,7 +159,7 @@ def _store_view(out):
     return out.view(torch.int16) if out.element_size() == 2 else out
 
 
-def launch_rows(a, b, offsets, out, config) -> None:
+def launch_rows(a, b, offsets, out, config, b_blocks: bool = False) -> None:
     """Launch `_grouped_gemm_rows_kernel` on checked operands (see `grouped.grouped_gemm_fp8`)."""
     m, k = a.shape
     g, n, _ = b.shape
@@ -167,7 +172,7 @@ def launch_rows(a, b, offsets, out, config) -> None:
         a.data.stride(0), a.scales.stride(0), a.scales.stride(1), b.data.stride(0), b.data.stride(1),
         b.scales.stride(0), b.scales.stride(1), b.scales.stride(2), out.stride(0),
         BLOCK_M=config.block_rows, BLOCK_N=config.block_cols, BLOCK_G=max(16, triton.next_power_of_2(g)),
-        OUT_BF16=out.element_size() == 2,
+        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks,
         num_warps=config.num_warps, num_stages=config.num_stages)
 
 

@@ -30,8 +30,8 @@ def accumulation_bound(a: torch.Tensor, b: torch.Tensor, mma_bits: int | None = 
     """Bound on |kernel - fp32 oracle| per output element for `a [M, K] @ b [N, K]^T` (the dequantized
     fp32 operands): each side of a
     K-term fp32 sum is within gamma_K = K u / (1 - K u) of the exact sum, times sum |a_i b_i|; on a
-    GPU, `mma_bits` (the FP8 tensor-core accumulator's precision within one 128-step) adds
-    2^-mma_bits of that sum."""
+    GPU, `mma_bits` (the FP8 tensor-core accumulator's precision within one 128-step, promoted to fp32
+    after it) adds 2^-mma_bits of that sum."""
     k = a.shape[1]
     mag = a.abs() @ b.abs().t()
     gamma = k * U32 / (1 - k * U32)
