@@ -7,11 +7,11 @@ distribution (balanced: equal rows per expert; zipf: p_e ~ 1 / rank^1.2, sampled
 SwiGLU expert MLP step are timed:
     fwd1   x [M, H] by W_1 [E, 2F, H]        fwd2   z [M, F] by W_down [E, H, F]
     dgrad1 dh [M, 2F] by W_1^T [E, H, 2F]     dgrad2 dy [M, H] by W_down^T [E, F, H]
-    wgrad1 dh^T x -> [E, 2F, H] (fp32)        wgrad2 dy^T z -> [E, H, F] (fp32)
+    wgrad1 dh^T x -> [E, 2F, H]               wgrad2 dy^T z -> [E, H, F]
 FP8 operands are made once (quantization and column-wise conversion are not timed); BF16 runs
 `torch._grouped_mm` on bf16 copies (2d x 3d for fwd/dgrad, 2d x 2d with offsets on K for wgrad).
-FP8 fwd/dgrad read one weight scale per 128x128 block (`b_block_scales`, as the layer does); FP8
-wgrad writes fp32 (the layer's gradient accumulation), BF16 wgrad bf16.
+FP8 fwd/dgrad read one weight scale per 128x128 block (`b_block_scales`, as the layer does); wgrad
+writes bf16 in both (fp32 accumulation inside; the layer's weight-gradient dtype for bf16 weights).
 FLOPs are 2 M N K (M = all rows). `--sweep` first times each launch configuration of `CONFIGS` on the
 balanced case of each shape and keeps the fastest per GEMM kind. Median of `--iters` CUDA-event timings.
     python benchmarks/gemm_throughput.py --sweep --json benchmarks/results/gemm_throughput_h100.json
@@ -31,7 +31,8 @@ import _bench_common as bc  # noqa: E402
 
 SHAPES = [  # (H, F, E, top_k): DeepSeek-V2-Lite-like and DeepSeek-V3-like layers
     (2048, 1408, 64, 6), (2048, 1408, 256, 8), (7168, 2048, 64, 6), (7168, 2048, 256, 8)]
-CONFIGS = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 8, 3)]
+CONFIGS = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 128, 4, 2), (64, 256, 8, 2), (64, 256, 8, 3), (128, 128, 8, 2),
+           (64, 64, 4, 3)]
 KINDS = ("fwd1", "fwd2", "dgrad1", "dgrad2", "wgrad1", "wgrad2")
 
 
@@ -66,7 +67,7 @@ def make_calls(kind: str, m: int, e: int, n: int, k: int, offsets: torch.Tensor,
         b[m:] = 0
         a_t, b_t = fp8_rowwise_to_colwise(quantize_fp8(a)), fp8_rowwise_to_colwise(quantize_fp8(b))
         a16, b16 = a[:m].t(), b[:m]
-        return (lambda: grouped_gemm_fp8_wgrad(a_t, b_t, offsets, config=cfg),
+        return (lambda: grouped_gemm_fp8_wgrad(a_t, b_t, offsets, config=cfg, out_dtype=torch.bfloat16),
                 lambda: torch._grouped_mm(a16, b16, offs=offsets))
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     w = torch.randn(e, n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5

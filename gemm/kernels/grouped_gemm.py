@@ -89,9 +89,15 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
             a = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
             b = tl.load(b_ptrs, mask=cmask[:, None], other=0.0)
             sa = _e8m0_to_f32(tl.load(as_ptrs + kt * stride_ask, mask=rmask, other=127))
-            if B_BLOCKS:  # b's scales are constant over each 128 rows: the tile lies in one block
-                s = sa * _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
-                acc += tl.dot(a, tl.trans(b)) * s[:, None]
+            if B_BLOCKS:  # b's scales are constant over each 128 rows: one or two blocks per tile
+                sb0 = _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
+                if BLOCK_N <= STEP_K:
+                    acc += tl.dot(a, tl.trans(b)) * (sa * sb0)[:, None]
+                else:  # BLOCK_N == 256
+                    sb1 = _e8m0_to_f32(tl.load(bs_block + STEP_K * stride_bsn + kt * stride_bsk,
+                                               mask=pid_n * BLOCK_N + STEP_K < N, other=127))
+                    sbv = tl.where(tl.arange(0, BLOCK_N) < STEP_K, sb0, sb1)
+                    acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sbv[None, :])
             else:
                 sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
                 acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])

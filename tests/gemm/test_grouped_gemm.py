@@ -49,16 +49,22 @@ def test_forward_matches_oracle(case, seed):
     _check_rows(out, reference.grouped_gemm_fp8(a, b, offsets, torch.float32), a, b, offsets)
 
 
-def test_block_scaled_weights_give_the_same_result_with_one_scale_per_block(seed):
+@pytest.mark.parametrize("block_cols", [32, 256])
+def test_block_scaled_weights_give_the_same_result_with_one_scale_per_block(block_cols, seed):
     sizes, k = [9, 0, 70], 384
     offsets = offsets_of(sizes)
-    a, b = fp8_rows(sum(sizes), k), quantize_fp8_blocks(torch.randn(3, 256, k) * 3)
-    per_row = grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, backend="triton", config=SMALL)
-    per_block = grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, backend="triton", config=SMALL,
+    a = fp8_rows(sum(sizes), k)
+    # every 128-row block of b at its own power-of-two scale, so the blocks' scale bytes differ
+    w = torch.randn(3, 3, 128, k) * torch.exp2(torch.randint(-3, 4, (3, 3, 1, 1)).float())
+    b = quantize_fp8_blocks(w.reshape(3, 384, k))
+    assert len(set(b.scales[0, ::128, 0].tolist())) > 1 or len(set(b.scales[1, ::128, 0].tolist())) > 1
+    cfg = GemmConfig(block_rows=16, block_cols=block_cols)
+    per_row = grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, backend="triton", config=cfg)
+    per_block = grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, backend="triton", config=cfg,
                                  b_block_scales=True)
     assert torch.equal(per_row, per_block)  # same products sa * sb, same order
     with pytest.raises(ValueError, match="b_block_scales"):
-        grouped_gemm_fp8(a, _weights(3, 96, k), offsets, b_block_scales=True, config=SMALL)
+        grouped_gemm_fp8(a, _weights(3, 96, k), offsets, b_block_scales=True, config=cfg)
 
 
 def test_forward_bf16_output_is_the_rounded_fp32_result(seed):
