@@ -32,7 +32,7 @@ import _bench_common as bc  # noqa: E402
 SHAPES = [  # (H, F, E, top_k): DeepSeek-V2-Lite-like and DeepSeek-V3-like layers
     (2048, 1408, 64, 6), (2048, 1408, 256, 8), (7168, 2048, 64, 6), (7168, 2048, 256, 8)]
 CONFIGS = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 128, 4, 2), (64, 256, 8, 2), (64, 256, 8, 3), (128, 128, 8, 2),
-           (64, 64, 4, 3)]
+           (128, 128, 8, 2, 128), (64, 64, 4, 3)]  # (block rows, block cols, warps, stages[, register cap])
 KINDS = ("fwd1", "fwd2", "dgrad1", "dgrad2", "wgrad1", "wgrad2")
 
 
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
 COLUMNS = [bc.Column("H", "H", "{}", 5), bc.Column("F", "F", "{}", 5), bc.Column("E", "E", "{}", 4),
            bc.Column("dist", "dist", "{}", 8), bc.Column("kind", "kind", "{}", 7),
-           bc.Column("config", "BMxBNxWxS", "{}", 12),
+           bc.Column("config", "BMxBNxWxS[xR]", "{}", 15),
            bc.Column("fp8_us", "fp8 us", "{:.0f}", 8), bc.Column("bf16_us", "bf16 us", "{:.0f}", 8),
            bc.Column("fp8_tflops", "fp8 TF/s", "{:.0f}", 9), bc.Column("bf16_tflops", "bf16 TF/s", "{:.0f}", 9),
            bc.Column("speedup", "x bf16", "{:.2f}", 7)]

@@ -28,12 +28,14 @@ OUT_DTYPES = (torch.bfloat16, torch.float32)
 @dataclass(frozen=True)
 class GemmConfig:
     """Launch configuration of one grouped GEMM kernel: the output tile `block_rows x block_cols`
-    (powers of two >= 16), warps per program and software-pipeline stages."""
+    (powers of two >= 16), warps per program, software-pipeline stages, and optionally a register
+    cap per thread (`max_registers`, so that more programs fit on an SM)."""
 
     block_rows: int = 64
     block_cols: int = 128
     num_warps: int = 4
     num_stages: int = 4
+    max_registers: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_rows", "block_cols"):

@@ -161,6 +161,13 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
     tl.store(c_ptrs, c, mask=nmask[:, None] & kmask[None, :])
 
 
+def _launch_options(config) -> dict:
+    opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.max_registers:
+        opts["maxnreg"] = config.max_registers
+    return opts
+
+
 def _store_view(out):
     return out.view(torch.int16) if out.element_size() == 2 else out
 
@@ -178,8 +185,7 @@ def launch_rows(a, b, offsets, out, config, b_blocks: bool = False) -> None:
         a.data.stride(0), a.scales.stride(0), a.scales.stride(1), b.data.stride(0), b.data.stride(1),
         b.scales.stride(0), b.scales.stride(1), b.scales.stride(2), out.stride(0),
         BLOCK_M=config.block_rows, BLOCK_N=config.block_cols, BLOCK_G=max(16, triton.next_power_of_2(g)),
-        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks, **_launch_options(config))
 
 
 def launch_wgrad(a_t, b_t, offsets, out, config) -> None:
@@ -193,4 +199,4 @@ def launch_wgrad(a_t, b_t, offsets, out, config) -> None:
         a_t.data.stride(0), a_t.scales.stride(0), b_t.data.stride(0), b_t.scales.stride(0),
         out.stride(0), out.stride(1),
         BLOCK_N=config.block_rows, BLOCK_K=config.block_cols,
-        OUT_BF16=out.element_size() == 2, num_warps=config.num_warps, num_stages=config.num_stages)
+        OUT_BF16=out.element_size() == 2, **_launch_options(config))
