@@ -44,11 +44,11 @@ class GemmConfig:
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v!r}")
 
 
-# The fastest of the swept configurations on one H100 for every expert shape of
-# benchmarks/gemm_throughput.py (benchmarks/results/): 64-row tiles, one warpgroup, several programs
-# per SM so that one program's MMA overlaps another's fp32 promotion.
-FORWARD_CONFIG = GemmConfig()
-WGRAD_CONFIG = GemmConfig()
+# The fastest swept configurations on one H100 over the expert shapes of benchmarks/gemm_throughput.py
+# (benchmarks/results/gemm_throughput_h100.*): 64-row tiles, one warpgroup, two or three programs per
+# SM, so that one program's MMA overlaps another's fp32 promotion (Triton waits for each wgmma).
+FORWARD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=4)
+WGRAD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=3)
 
 
 def _check_fp8(t: object, rank: int, fn: str, name: str, form: str) -> FP8Tensor:

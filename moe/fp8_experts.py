@@ -8,8 +8,11 @@ GEMMs (forward, data gradient, weight gradient of both projections) run in block
 Q is the FP8 1x128 codec; colwise is `quant.fp8_rowwise_to_colwise` (scaling-aware, never a second
 quantization from BF16). The row-wise FP8 tensors are padded to a multiple of 128 rows (zero rows,
 scale byte 0) so the column-wise conversion applies; the weight-gradient GEMM reads only real rows.
-Saved for backward: xq (1 B/elem + 1/128), h (bf16, 2 B/elem, for SwiGLU's backward), zq (1 B/elem +
-1/128). `FP8ExpertWeights` keeps the quantized weights and their block transposes between steps.
+Saved for backward (RECIPE.md "What must hold"): xq [M, H] and zq [M, F] FP8 (1 B/elem + 1 scale byte
+per 128), h [M, 2F] bf16 (2 B/elem; kept, not recomputed from x: the alternative is not measured yet).
+Until the MXFP4 activations land, x is saved in FP8 (RECIPE.md allows it). `FP8ExpertWeights` keeps
+the quantized weights and their block transposes between steps (4 FP8 copies' worth: W_1, W_down, and
+their transposes, about 1 B per weight element each).
 """
 
 from __future__ import annotations
