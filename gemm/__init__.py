@@ -11,7 +11,7 @@ hence these kernels. None of the public functions synchronizes the host (the tor
 
 from .grouped import GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad
 from .swiglu import swiglu_backward_quantize_fp8, swiglu_quantize_fp8
-from .weights import quantize_fp8_blocks, transpose_fp8_blocks
+from .weights import quantize_fp8_blocks, quantize_fp8_blocks_and_transpose, transpose_fp8_blocks
 
 __all__ = [
     "GemmConfig",
@@ -20,5 +20,6 @@ __all__ = [
     "swiglu_quantize_fp8",
     "swiglu_backward_quantize_fp8",
     "quantize_fp8_blocks",
+    "quantize_fp8_blocks_and_transpose",
     "transpose_fp8_blocks",
 ]

@@ -21,8 +21,8 @@ import functools
 
 import torch
 
-from ..gemm import (GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks,
-                    swiglu_backward_quantize_fp8, swiglu_quantize_fp8, transpose_fp8_blocks)
+from ..gemm import (GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks_and_transpose,
+                    swiglu_backward_quantize_fp8, swiglu_quantize_fp8)
 from ..quant import FP8Tensor, fp8_rowwise_to_colwise, quantize_fp8
 from ..quant.formats import E4M3_DTYPE, FP8_TILE
 
@@ -49,9 +49,9 @@ class FP8ExpertWeights:
     @torch.no_grad()
     def refresh(self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> None:
         self.refreshes += 1
-        w1 = quantize_fp8_blocks(torch.cat([w_gate, w_up], dim=1))
-        w2 = quantize_fp8_blocks(w_down)
-        fresh = {"w1": w1, "w1_t": transpose_fp8_blocks(w1), "w2": w2, "w2_t": transpose_fp8_blocks(w2)}
+        w1, w1_t = quantize_fp8_blocks_and_transpose(torch.cat([w_gate, w_up], dim=1))
+        w2, w2_t = quantize_fp8_blocks_and_transpose(w_down)
+        fresh = {"w1": w1, "w1_t": w1_t, "w2": w2, "w2_t": w2_t}
         for name, t in fresh.items():
             old = getattr(self, name)
             if old is not None and old.data.shape == t.data.shape and old.device == t.device:

@@ -25,29 +25,39 @@ from .mxfp4 import (PERSISTENT_STAGES, _BITS_VIEW, _IN_KIND, _load_f32_bits, _st
 
 
 @triton.jit
-def fp8_encode_tiles(bits, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """fp32 bit patterns `[BLOCK_M, BLOCK_K]` (int32) -> E4M3 codes `[BLOCK_M, BLOCK_K]` (int32) and
-    the UE8M0 scale bytes `[BLOCK_M, BLOCK_K // 128]` (int32) of their 1x128 tiles (FORMATS.md "FP8")."""
-    NT: tl.constexpr = BLOCK_K // 128
-    a = tl.reshape(bits & 0x7FFFFFFF, [BLOCK_M, NT, 128])
-    amax = tl.max(a, axis=2)  # [BLOCK_M, NT]
-    bad = amax >= 0x7F800000
-    # k = ceil(log2(amax / 448)) = f - 8 + [significand > 1.75]   (448 = 1.75 * 2^8)
+def fp8_scale_exponent(amax):
+    """Tile maxima `|v|` as fp32 bits (int32, any shape) -> (k, scale byte): k = ceil(log2(amax / 448))
+    clamped to [-127, 127] (-127 for a zero or subnormal maximum), byte k + 127 or 255 (Inf/NaN)."""
+    # k = f - 8 + [significand > 1.75]   (448 = 1.75 * 2^8)
     k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
     k = tl.where(amax < 0x800000, -127, k)
     k = tl.minimum(tl.maximum(k, -127), 127)
-    sbyte = tl.where(bad, 255, k + 127)
+    return k, tl.where(amax >= 0x7F800000, 255, k + 127)
 
+
+@triton.jit
+def fp8_codes(bits, k, bad):
+    """fp32 bit patterns (int32) with their tile's k and NaN flag (both broadcastable to bits) ->
+    E4M3 codes (int32): RNE(v * 2^-k), 0 in a NaN tile."""
     inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, normal: k in [-127, 120]
-    y = a.to(tl.float32, bitcast=True) * inv[:, :, None]  # |v| * 2^-k, exact
+    y = (bits & 0x7FFFFFFF).to(tl.float32, bitcast=True) * inv  # |v| * 2^-k, exact
     g = tl.maximum((y.to(tl.int32, bitcast=True) >> 23) - 127, -6)  # E4M3 binade of y
     c_bits = g * 8388608 + 0x49C00000  # 1.5 * 2^(g + 20)
     n = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - c_bits  # RNE(y / 2^(g-3))
     # E4M3 bits: exponent field g + 7 (1 for subnormals, where n <= 8 is the code itself) and n in
     # [8, 16]; a carry to 16 moves into the next binade by itself.
-    code = ((g + 7) << 3) + n - 8
-    code = code | tl.reshape((bits >> 24) & 0x80, [BLOCK_M, NT, 128])
-    code = tl.where(bad[:, :, None], 0, code)
+    code = (((g + 7) << 3) + n - 8) | ((bits >> 24) & 0x80)
+    return tl.where(bad, 0, code)
+
+
+@triton.jit
+def fp8_encode_tiles(bits, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 bit patterns `[BLOCK_M, BLOCK_K]` (int32) -> E4M3 codes `[BLOCK_M, BLOCK_K]` (int32) and
+    the UE8M0 scale bytes `[BLOCK_M, BLOCK_K // 128]` (int32) of their 1x128 tiles (FORMATS.md "FP8")."""
+    NT: tl.constexpr = BLOCK_K // 128
+    b3 = tl.reshape(bits, [BLOCK_M, NT, 128])
+    k, sbyte = fp8_scale_exponent(tl.max(b3 & 0x7FFFFFFF, axis=2))  # [BLOCK_M, NT]
+    code = fp8_codes(b3, k[:, :, None], (sbyte == 255)[:, :, None])
     return tl.reshape(code, [BLOCK_M, BLOCK_K]), sbyte
 
 

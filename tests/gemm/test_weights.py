@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mxa2a.gemm import quantize_fp8_blocks, transpose_fp8_blocks
+from mxa2a.gemm import quantize_fp8_blocks, quantize_fp8_blocks_and_transpose, transpose_fp8_blocks
 from mxa2a.quant import dequantize_fp8
 from mxa2a.quant import reference as qref
 
@@ -56,3 +56,16 @@ def test_gpu_block_quantization_equals_cpu(seed):
     a, b = quantize_fp8_blocks(w), quantize_fp8_blocks(w.cuda())
     assert torch.equal(a.data.view(torch.uint8), b.data.view(torch.uint8).cpu())
     assert torch.equal(a.scales, b.scales.cpu())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_block_quantization_and_transpose_equal_the_torch_path(dtype, seed):
+    w = (torch.randn(3, 256, 384) * torch.exp2(torch.randint(-40, 20, (3, 256, 1)).float())).to(dtype)
+    w[1, 130, 300] = float("nan")
+    w[2, :128, :128] = 0
+    t, tt = quantize_fp8_blocks_and_transpose(w, backend="triton")
+    want = quantize_fp8_blocks(w, backend="torch")
+    want_t = transpose_fp8_blocks(want)
+    for got, ref in ((t, want), (tt, want_t)):
+        assert torch.equal(got.data.view(torch.uint8), ref.data.view(torch.uint8))
+        assert torch.equal(got.scales, ref.scales)
