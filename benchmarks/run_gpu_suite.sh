@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go: the CUDA tests, then the benchmarks, results into OUTDIR.
 #
-#   benchmarks/run_gpu_suite.sh OUTDIR [tests] [codec] [convert] [a2a] [a2a-quick]   # default: all but a2a-quick
+#   benchmarks/run_gpu_suite.sh OUTDIR [tests] [codec] [convert] [a2a] [a2a-quick] [probe] [fp8-tests] [gemm] [layer]
+#   default: tests codec convert a2a. The FP8 expert-compute phases (issue 19): probe (does torch's
+#   scaled_grouped_mm take 1x128 / 128x128 block scales), fp8-tests (the GPU tests of mxa2a.gemm and
+#   the FP8 experts only), gemm (gemm_throughput.py --sweep), layer (moe_layer.py, with gemm's fastest
+#   launch configurations when gemm ran first).
 #
 # Works from a checkout without installing: if `import mxa2a` fails, a link to the checkout is put on
 # PYTHONPATH. Each phase's log goes to OUTDIR/<phase>.log; a short table of every phase ends the output.
@@ -45,6 +49,14 @@ for phase in "${phases[@]}"; do
         a2a)       run_phase a2a bash "$here/run_a2a_suite.sh" "$out/a2a" ;;
         a2a-quick) run_phase a2a-quick "$py" "$here/a2a_bandwidth.py" --nproc auto -b 1M -e 1G -f 4 \
                        --wire nccl,raw,fp8,mxfp4 --splits equal --breakdown --json "$out/a2a_quick.json" ${A2A_ARGS:-} ;;
+        probe)     run_phase probe "$py" "$here/probe_scaled_grouped_mm.py" ;;
+        fp8-tests) run_phase fp8-tests "$py" -m pytest -q -m gpu -p no:cacheprovider "$root/tests/gemm" \
+                       "$root/tests/moe/test_fp8_experts.py" "$root/tests/moe/test_static_dispatch_gpu.py" -k "not ep2" ;;
+        gemm)      run_phase gemm timeout "${GEMM_TIMEOUT:-600}" "$py" "$here/gemm_throughput.py" --sweep \
+                       --json "$out/gemm_throughput.json" ;;
+        layer)     cfg=(); [[ -f "$out/gemm_throughput.json" ]] && cfg=(--configs-from "$out/gemm_throughput.json")
+                   run_phase layer timeout "${LAYER_TIMEOUT:-600}" "$py" "$here/moe_layer.py" ${cfg[@]+"${cfg[@]}"} \
+                       --json "$out/moe_layer.json" ;;
         *) echo "unknown phase $phase" >&2; exit 2 ;;
     esac
 done

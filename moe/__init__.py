@@ -3,6 +3,8 @@ training losses and a small MoE language model (`docs/MOE.md`).
 
 - `router`: `TopKRouter` (softmax / sigmoid, scaling factor, aux-loss-free bias) and `RoutingRecord`.
 - `experts`: `GroupedExperts` (stacked SwiGLU weights) and `SharedExperts`.
+- `fp8_experts`: `FP8ExpertMLP` / `FP8ExpertWeights`, the routed experts in block-scaled FP8
+  (`expert_precision="fp8"`, docs/RECIPE.md), on the GEMMs of `mxa2a.gemm`.
 - `dispatch`: `ExpertParallelDispatcher` (plan / dispatch / combine) and `DispatchLayout`.
 - `layer`: `MoELayerConfig` and `MoELayer`.
 - `losses`: balancing, z-loss, specialization, coupling, bias update and routing metrics.

@@ -3,7 +3,8 @@
 Routed experts compute `down(silu(x W_gate) * (x W_up))` on rows already grouped by expert (the
 dispatcher's output): `GroupedExperts` owns the `E_local` experts of this rank as three stacked
 weights and runs one grouped GEMM per projection on CUDA (`torch._grouped_mm`, bf16) or a loop over
-experts elsewhere. Shared experts (DeepSeekMoE) see every token: a plain SwiGLU MLP of width
+experts elsewhere; with `precision="fp8"` the routed experts run the block-scaled FP8 recipe of
+`fp8_experts.py` (docs/RECIPE.md) instead, forward and backward. Shared experts (DeepSeekMoE) see every token: a plain SwiGLU MLP of width
 `n_shared * d_expert`, optionally scaled by a sigmoid gate `sigmoid(x w_s)`.
 """
 
@@ -14,6 +15,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fp8_experts import FP8ExpertMLP, FP8ExpertWeights
+
+EXPERT_PRECISIONS = ("bf16", "fp8")
 
 
 def _grouped_mm_available(x: torch.Tensor, hidden: int, d_expert: int) -> bool:
@@ -31,13 +36,28 @@ class GroupedExperts(nn.Module):
     order, plus the SwiGLU intermediates `z [N, d_expert]` when `return_intermediates=True`.
     `tokens_per_expert` is a host sequence of ints (used by the loop) and, for the grouped GEMM,
     optionally `offsets`, the int32 device tensor of its cumulative sums (then no host sync at all).
+
+    `precision`: "bf16" (the GEMMs in the input dtype) or "fp8" (`FP8ExpertMLP`: FP8 GEMMs with
+    128x128-block weights, quantized once per weight update and cached; hidden and d_expert multiples
+    of 128). `fp8_backend`: "auto" (Triton on CUDA, the torch reference elsewhere), "triton", "torch";
+    `fp8_gemm_configs`: launch configurations `(GemmConfig | None, GemmConfig | None)` of the
+    row-grouped and the weight-gradient GEMMs (None: `mxa2a.gemm`'s defaults).
     """
 
     def __init__(self, num_local: int, hidden: int, d_expert: int, *,
-                 use_grouped_mm: bool | None = None) -> None:
+                 use_grouped_mm: bool | None = None, precision: str = "bf16",
+                 fp8_backend: str = "auto") -> None:
         super().__init__()
+        if precision not in EXPERT_PRECISIONS:
+            raise ValueError(f"expert_precision must be one of {EXPERT_PRECISIONS}, got {precision!r}")
+        if precision == "fp8" and (hidden % 128 or d_expert % 128):
+            raise ValueError(f"expert_precision='fp8' needs hidden and d_expert to be multiples of 128 "
+                             f"(128x128 weight blocks), got hidden={hidden}, d_expert={d_expert}")
         self.num_local, self.hidden, self.d_expert = num_local, hidden, d_expert
         self.use_grouped_mm = use_grouped_mm
+        self.precision, self.fp8_backend = precision, fp8_backend
+        self.fp8_weights = FP8ExpertWeights()
+        self.fp8_gemm_configs: tuple = (None, None)  # (row-grouped GEMMs, weight-gradient GEMMs)
         self.w_gate = nn.Parameter(torch.empty(num_local, d_expert, hidden))
         self.w_up = nn.Parameter(torch.empty(num_local, d_expert, hidden))
         self.w_down = nn.Parameter(torch.empty(num_local, hidden, d_expert))
@@ -51,6 +71,8 @@ class GroupedExperts(nn.Module):
         if len(tokens_per_expert) != self.num_local:
             raise ValueError(f"tokens_per_expert must have {self.num_local} entries (one per local "
                              f"expert), got {len(tokens_per_expert)}")
+        if self.precision == "fp8":
+            return self._forward_fp8(x, tokens_per_expert, offsets, return_intermediates)
         use_gmm = self.use_grouped_mm if self.use_grouped_mm is not None else _grouped_mm_available(
             x, self.hidden, self.d_expert)
         if use_gmm:
@@ -76,6 +98,23 @@ class GroupedExperts(nn.Module):
         z = F.silu(torch._grouped_mm(x, w_gate, offs=offsets)) * torch._grouped_mm(x, w_up, offs=offsets)
         y = torch._grouped_mm(z, w_down, offs=offsets)
         return y, (z if return_intermediates else None)
+
+
+    def _forward_fp8(self, x, tokens_per_expert, offsets, return_intermediates):
+        if return_intermediates:
+            raise ValueError("return_intermediates is not supported with expert_precision='fp8' (the SwiGLU "
+                             "output exists only as FP8 inside the expert MLP)")
+        if offsets is None:
+            offsets = torch.tensor(list(tokens_per_expert), device=x.device).cumsum(0).to(torch.int32)
+        weights = self.fp8_weights.get(self.w_gate, self.w_up, self.w_down)
+        y = FP8ExpertMLP.apply(x, self.w_gate, self.w_up, self.w_down, offsets, weights, self.fp8_backend,
+                               self.fp8_gemm_configs)
+        return y, None
+
+    def refresh_fp8_weights(self) -> None:
+        """Re-quantize the FP8 weights now (after writes the version counters miss, e.g. through
+        `param.data`, or between optimizer steps when the step runs outside a captured graph)."""
+        self.fp8_weights.refresh(self.w_gate, self.w_up, self.w_down)
 
 
 class SharedExperts(nn.Module):

@@ -40,6 +40,8 @@ class MoELayerConfig:
     - `return_intermediates`: put the SwiGLU intermediates `[T, k, d_expert]` into the routing record
       (needed by the specialization loss; with EP they travel back over a "raw" all-to-all).
     - `use_grouped_mm`: None = `torch._grouped_mm` for bf16 CUDA inputs, a loop otherwise.
+    - `expert_precision`: "bf16" (default) or "fp8": the routed experts' GEMMs in block-scaled FP8
+      (docs/RECIPE.md; hidden and d_expert multiples of 128; see `moe/fp8_experts.py`).
     """
 
     hidden: int
@@ -58,6 +60,7 @@ class MoELayerConfig:
     wire_check: bool | None = None
     return_intermediates: bool = False
     use_grouped_mm: bool | None = None
+    expert_precision: str = "bf16"
 
     def __post_init__(self) -> None:
         for name in ("hidden", "d_expert", "num_experts", "top_k"):
@@ -99,7 +102,8 @@ class MoELayer(nn.Module):
                                  mode=config.router_mode, scaling_factor=config.scaling_factor,
                                  expert_bias=config.expert_bias)
         self.experts = GroupedExperts(self.dispatcher.num_local, config.hidden, config.d_expert,
-                                      use_grouped_mm=config.use_grouped_mm)
+                                      use_grouped_mm=config.use_grouped_mm,
+                                      precision=config.expert_precision)
         self.shared = (SharedExperts(config.hidden, config.n_shared * config.d_expert,
                                      gated=config.shared_gate) if config.n_shared else None)
 

@@ -27,6 +27,44 @@ from .mxfp4 import (PERSISTENT_STAGES, _BITS_VIEW, _IN_KIND, _load_f32_bits, _st
 
 
 @triton.jit
+def fp8_scale_exponent(amax, K_MAX: tl.constexpr):
+    """Tile maxima `|v|` as fp32 bits (int32, any shape) -> (k, scale byte): k = ceil(log2(amax / 448))
+    clamped to [-127, K_MAX] (-127 for a zero or subnormal maximum), byte k + 127 or 255 (Inf/NaN).
+    K_MAX is `FP8_MAX_SCALE_EXP` of the input dtype, so that 448 * 2^k stays finite in it."""
+    # k = f - 8 + [significand > 1.75]   (448 = 1.75 * 2^8)
+    k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
+    k = tl.where(amax < 0x800000, -127, k)
+    k = tl.minimum(tl.maximum(k, -127), K_MAX)
+    return k, tl.where(amax >= 0x7F800000, 255, k + 127)
+
+
+@triton.jit
+def fp8_codes(bits, k, bad):
+    """fp32 bit patterns (int32) with their tile's k and NaN flag (both broadcastable to bits) ->
+    E4M3 codes (int32): RNE(v * 2^-k), 0 in a NaN tile; above 448 (only where k was capped) 448."""
+    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, normal: k in [-127, 119]
+    y = tl.minimum((bits & 0x7FFFFFFF).to(tl.float32, bitcast=True) * inv, 448.0)  # |v| * 2^-k, exact
+    g = tl.maximum((y.to(tl.int32, bitcast=True) >> 23) - 127, -6)  # E4M3 binade of y
+    c_bits = g * 8388608 + 0x49C00000  # 1.5 * 2^(g + 20)
+    n = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - c_bits  # RNE(y / 2^(g-3))
+    # E4M3 bits: exponent field g + 7 (1 for subnormals, where n <= 8 is the code itself) and n in
+    # [8, 16]; a carry to 16 moves into the next binade by itself.
+    code = (((g + 7) << 3) + n - 8) | ((bits >> 24) & 0x80)
+    return tl.where(bad, 0, code)
+
+
+@triton.jit
+def fp8_encode_tiles(bits, K_MAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 bit patterns `[BLOCK_M, BLOCK_K]` (int32) -> E4M3 codes `[BLOCK_M, BLOCK_K]` (int32) and
+    the UE8M0 scale bytes `[BLOCK_M, BLOCK_K // 128]` (int32) of their 1x128 tiles (FORMATS.md "FP8")."""
+    NT: tl.constexpr = BLOCK_K // 128
+    b3 = tl.reshape(bits, [BLOCK_M, NT, 128])
+    k, sbyte = fp8_scale_exponent(tl.max(b3 & 0x7FFFFFFF, axis=2), K_MAX)  # [BLOCK_M, NT]
+    code = fp8_codes(b3, k[:, :, None], (sbyte == 255)[:, :, None])
+    return tl.reshape(code, [BLOCK_M, BLOCK_K]), sbyte
+
+
+@triton.jit
 def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x, stride_d, stride_s,
                        IN_KIND: tl.constexpr, K_MAX: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_K: tl.constexpr):
@@ -37,29 +75,8 @@ def _fp8_quantize_tile(pid_m, pid_k, x_ptr, data_ptr, scales_ptr, M, K, stride_x
     mask = rmask[:, None] & (cols < K)[None, :]
     bits = _load_f32_bits(x_ptr, rows[:, None] * stride_x + cols[None, :], mask, IN_KIND)
 
-    a = tl.reshape(bits & 0x7FFFFFFF, [BLOCK_M, NT, 128])
-    amax = tl.max(a, axis=2)  # [BLOCK_M, NT]
-    bad = amax >= 0x7F800000
-    # k = ceil(log2(amax / 448)) = f - 8 + [significand > 1.75]   (448 = 1.75 * 2^8)
-    k = (amax >> 23) - 135 + ((amax & 0x7FFFFF) > 0x600000).to(tl.int32)
-    k = tl.where(amax < 0x800000, -127, k)
-    k = tl.minimum(tl.maximum(k, -127), K_MAX)  # 448 * 2^K_MAX is finite in the input dtype
-    sbyte = tl.where(bad, 255, k + 127)
-
-    inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k, normal: k in [-127, 119]
-    # |v| * 2^-k, exact; above 448 only where k was capped: those saturate to 448
-    y = tl.minimum(a.to(tl.float32, bitcast=True) * inv[:, :, None], 448.0)
-    g = tl.maximum((y.to(tl.int32, bitcast=True) >> 23) - 127, -6)  # E4M3 binade of y
-    c_bits = g * 8388608 + 0x49C00000  # 1.5 * 2^(g + 20)
-    n = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - c_bits  # RNE(y / 2^(g-3))
-    # E4M3 bits: exponent field g + 7 (1 for subnormals, where n <= 8 is the code itself) and n in
-    # [8, 16]; a carry to 16 moves into the next binade by itself.
-    code = ((g + 7) << 3) + n - 8
-    code = code | tl.reshape((bits >> 24) & 0x80, [BLOCK_M, NT, 128])
-    code = tl.where(bad[:, :, None], 0, code)
-
-    tl.store(data_ptr + rows[:, None] * stride_d + cols[None, :],
-             tl.reshape(code, [BLOCK_M, BLOCK_K]).to(tl.uint8), mask=mask)
+    code, sbyte = fp8_encode_tiles(bits, K_MAX, BLOCK_M, BLOCK_K)
+    tl.store(data_ptr + rows[:, None] * stride_d + cols[None, :], code.to(tl.uint8), mask=mask)
     scols = pid_k * NT + tl.arange(0, NT)
     tl.store(scales_ptr + rows[:, None] * stride_s + scols[None, :], sbyte.to(tl.uint8),
              mask=rmask[:, None] & (scols < K // 128)[None, :])

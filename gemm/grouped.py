@@ -1,0 +1,142 @@
+"""Public block-scaled FP8 grouped GEMMs: argument checks, backend choice, launch configuration.
+
+- `grouped_gemm_fp8(a, b, offsets)`: `out[r] = a[r] @ b[g]^T` for the rows of group g. The forward
+  GEMMs (x by W_1 = [W_gate | W_up], z by W_down) and the data-gradient GEMMs (dy by the block
+  transpose of W_down, dh by that of W_1) are all this call.
+- `grouped_gemm_fp8_wgrad(a_t, b_t, offsets)`: `out[g] = a_t[:, group g] @ b_t[:, group g]^T`, the
+  weight gradients dW = dy^T z, reducing over the tokens of each group. The operands are column-wise
+  (1x128 tiles along tokens), made by `quant.fp8_rowwise_to_colwise` from the row-wise tensors, whose
+  row count must therefore be padded to a multiple of 128 (rows past `offsets[-1]` are never read).
+`offsets` is the int32 device tensor of cumulative group ends (`torch._grouped_mm`'s `offs`): groups
+may be empty or of any size; nothing reads it on the host. `backend="auto"`: Triton on CUDA, the torch
+reference (`reference.py`, one host sync) elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..quant.checks import check_container, pick_backend
+from ..quant.formats import FP8_TILE, FP8Tensor
+from . import reference
+
+OUT_DTYPES = (torch.bfloat16, torch.float32)
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Launch configuration of one grouped GEMM kernel: the output tile `block_rows x block_cols`
+    (powers of two >= 16), warps per program, software-pipeline stages, and optionally a register
+    cap per thread (`max_registers`, so that more programs fit on an SM)."""
+
+    block_rows: int = 64
+    block_cols: int = 128
+    num_warps: int = 4
+    num_stages: int = 4
+    max_registers: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("block_rows", "block_cols"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v!r}")
+
+
+# The fastest swept configurations on one H100 over the expert shapes of benchmarks/gemm_throughput.py
+# (benchmarks/results/gemm_throughput_h100.*): 64-row tiles, one warpgroup, two or three programs per
+# SM, so that one program's MMA overlaps another's fp32 promotion (Triton waits for each wgmma).
+FORWARD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=4)
+WGRAD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=3)
+
+
+def _check_fp8(t: object, rank: int, fn: str, name: str, form: str) -> FP8Tensor:
+    check_container(t, FP8Tensor, fn, name)
+    if t.data.dim() != rank:
+        raise ValueError(f"{fn}: {name} must be {form}, got shape {tuple(t.shape)}")
+    if t.shape[-1] % FP8_TILE:
+        raise ValueError(f"{fn}: the reduction dimension of {name} must be a multiple of {FP8_TILE}, "
+                         f"got shape {tuple(t.shape)}")
+    if t.data.stride(-1) != 1 or t.scales.stride(-1) != 1:
+        t = FP8Tensor(t.data.contiguous(), t.scales.contiguous())
+    return t
+
+
+def _check_offsets(offsets: object, groups: int, device: torch.device, fn: str) -> torch.Tensor:
+    if not isinstance(offsets, torch.Tensor) or offsets.dtype != torch.int32 or offsets.dim() != 1:
+        raise TypeError(f"{fn}: offsets must be a 1-D torch.int32 tensor of cumulative group ends, got "
+                        f"{offsets.dtype if isinstance(offsets, torch.Tensor) else type(offsets).__name__}")
+    if offsets.numel() != groups:
+        raise ValueError(f"{fn}: offsets must have one entry per group ({groups}), got {offsets.numel()}")
+    if offsets.device != device:
+        raise ValueError(f"{fn}: offsets must be on {device}, got {offsets.device}")
+    return offsets.contiguous()
+
+
+def _check_out_dtype(out_dtype: object, fn: str) -> None:
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"{fn}: out_dtype must be torch.bfloat16 or torch.float32, got {out_dtype}")
+
+
+def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor, *,
+                     out_dtype: torch.dtype = torch.bfloat16, backend: str = "auto",
+                     config: GemmConfig | None = None, b_block_scales: bool = False) -> torch.Tensor:
+    """Grouped `a @ b[g]^T` over row groups.
+
+    Arguments: `a` FP8 `[M, K]` (1x128 tiles along K, rows grouped), `b` FP8 `[G, N, K]` (any 1x128
+    row tiles; 128x128 block weights from `quantize_fp8_blocks`), `offsets` int32 `[G]` (cumulative
+    row ends, non-decreasing, at most M). K must be a multiple of 128. `b_block_scales=True` promises
+    that b's scales are constant over each 128 rows (a 128x128 block weight, N a multiple of 128): the
+    kernel then reads one scale per block and step (faster); the result is the same.
+    Returns `[M, N]` in `out_dtype` (bf16 or fp32); rows at or past `offsets[-1]` are left unwritten
+    by the Triton kernel (the reference writes 0). No host sync on the Triton path.
+    """
+    fn = "grouped_gemm_fp8"
+    a = _check_fp8(a, 2, fn, "a", "2-D [M, K]")
+    b = _check_fp8(b, 3, fn, "b", "3-D [G, N, K]")
+    if a.shape[1] != b.shape[2]:
+        raise ValueError(f"{fn}: a [M, K] and b [G, N, K] must share K, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{fn}: a is on {a.device} but b on {b.device}")
+    offsets = _check_offsets(offsets, b.shape[0], a.device, fn)
+    _check_out_dtype(out_dtype, fn)
+    config = config or FORWARD_CONFIG
+    if b_block_scales and (b.shape[1] % FP8_TILE or config.block_cols > 2 * FP8_TILE):
+        raise ValueError(f"{fn}: b_block_scales needs N a multiple of {FP8_TILE} and config.block_cols <= "
+                         f"{2 * FP8_TILE}, got N = {b.shape[1]}, block_cols = {config.block_cols}")
+    if pick_backend(backend, a.device, fn) == "torch":
+        return reference.grouped_gemm_fp8(a, b, offsets, out_dtype)
+    from .kernels.grouped_gemm import launch_rows
+    out = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
+    launch_rows(a, b, offsets, out, config, b_block_scales)
+    return out
+
+
+def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor, *,
+                           out_dtype: torch.dtype = torch.float32, backend: str = "auto",
+                           config: GemmConfig | None = None) -> torch.Tensor:
+    """Per-group `a_t[:, s:e] @ b_t[:, s:e]^T`, reducing over the tokens s:e of each group.
+
+    Arguments: `a_t` FP8 `[N, T]`, `b_t` FP8 `[K, T]`, both column-wise (1x128 tiles along the token
+    axis T, a multiple of 128, e.g. from `fp8_rowwise_to_colwise`), `offsets` int32 `[G]` (cumulative
+    token ends, at most T). A token tile straddling two groups serves both with its one scale.
+    Returns `[G, N, K]` in `out_dtype` (fp32 default, or bf16); an empty group gives zeros.
+    """
+    fn = "grouped_gemm_fp8_wgrad"
+    a_t = _check_fp8(a_t, 2, fn, "a_t", "2-D [N, T] (column-wise)")
+    b_t = _check_fp8(b_t, 2, fn, "b_t", "2-D [K, T] (column-wise)")
+    if a_t.shape[1] != b_t.shape[1]:
+        raise ValueError(f"{fn}: a_t [N, T] and b_t [K, T] must share T, got {tuple(a_t.shape)} and "
+                         f"{tuple(b_t.shape)}")
+    if a_t.device != b_t.device:
+        raise ValueError(f"{fn}: a_t is on {a_t.device} but b_t on {b_t.device}")
+    offsets = _check_offsets(offsets, offsets.numel() if isinstance(offsets, torch.Tensor) else 0,
+                             a_t.device, fn)
+    _check_out_dtype(out_dtype, fn)
+    if pick_backend(backend, a_t.device, fn) == "torch":
+        return reference.grouped_gemm_fp8_wgrad(a_t, b_t, offsets, out_dtype)
+    from .kernels.grouped_gemm import launch_wgrad
+    out = torch.empty(offsets.numel(), a_t.shape[0], b_t.shape[0], dtype=out_dtype, device=a_t.device)
+    launch_wgrad(a_t, b_t, offsets, out, config or WGRAD_CONFIG)
+    return out

@@ -1,0 +1,2 @@
+"""Triton kernels of `mxa2a.gemm`: `grouped_gemm.py` (the two grouped GEMM kernels), `swiglu.py`
+(SwiGLU forward / backward fused with FP8 1x128 quantization)."""

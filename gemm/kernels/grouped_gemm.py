@@ -1,0 +1,202 @@
+"""Triton grouped GEMMs on FP8 E4M3 operands with 1x128 power-of-two tile scales, fp32 accumulation.
+
+Both kernels walk the reduction axis 128 at a time (one scale per operand row per step) and promote
+each step's `tl.dot` into the fp32 accumulator with both scales applied (DeepSeek-V3's per-128
+promotion, which also keeps Hopper's reduced-precision FP8 MMA accumulation to 128 products):
+
+    acc[BM, BN] += dot(A[BM, 128], B[BN, 128]^T) * 2^ka[BM, None] * 2^kb[None, BN]
+
+- `_grouped_gemm_rows_kernel` (forward and data-gradient): rows of A grouped by `offsets`; group g's
+  rows use B[g]. One program per (row tile, column tile); the row tiles of all groups are numbered on
+  the device (each group cut into ceil(rows / BM) tiles, an exclusive cumsum over the groups), so the
+  grid is an upper bound, cdiv(M, BM) + G row tiles, and programs past the last tile exit at once.
+- `_grouped_gemm_wgrad_kernel` (weight gradient): the reduction axis is the token axis, split into
+  groups; program (g, n tile, k tile) sums group g's tokens. Token tiles sit at global multiples of
+  128, so a tile may straddle two groups: each group reads its own tokens of it (the others zeroed in
+  registers, in its first and last tile only) with the tile's shared scale. No per-group padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+STEP_K = tl.constexpr(128)  # the scale tile along the reduction axis (docs/FORMATS.md "FP8")
+
+
+@triton.jit
+def _e8m0_to_f32(b):
+    # UE8M0 byte -> 2^(b - 127): byte 0 is the fp32 subnormal 2^-127, byte 255 NaN.
+    b = b.to(tl.int32)
+    bits = tl.where(b == 0, 0x400000, b << 23)
+    return tl.where(b == 255, 0x7FC00000, bits).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_bits(x):
+    # fp32 -> bf16 bit pattern (int16), round to nearest even, NaN kept NaN. Done on the bits because
+    # the interpreter's fp32 -> bf16 cast truncates, unlike the GPU's.
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, (bits >> 16) | 0x40, rounded)
+    return rounded.to(tl.int16)
+
+
+@triton.jit
+def _row_tile(offs_ptr, G, pid_m, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
+    """(group, first row, end row of the group) of row tile `pid_m`; group == G past the last tile."""
+    g = tl.arange(0, BLOCK_G)
+    valid = g < G
+    ends = tl.load(offs_ptr + g, mask=valid, other=0)
+    starts = tl.load(offs_ptr + tl.maximum(g - 1, 0), mask=valid & (g > 0), other=0)
+    tiles = tl.where(valid, (ends - starts + BLOCK_M - 1) // BLOCK_M, 0)
+    cum = tl.cumsum(tiles, 0)
+    grp = tl.sum((cum <= pid_m).to(tl.int32), 0)
+    sel = g == grp
+    first = tl.sum(tl.where(sel, cum - tiles, 0), 0)
+    start = tl.sum(tl.where(sel, starts, 0), 0)
+    end = tl.sum(tl.where(sel, ends, 0), 0)
+    return grp, start + (pid_m - first) * BLOCK_M, end
+
+
+@triton.jit
+def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, G,
+                              stride_am, stride_asm, stride_ask, stride_bg, stride_bn,
+                              stride_bsg, stride_bsn, stride_bsk, stride_cm,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                              OUT_BF16: tl.constexpr, B_BLOCKS: tl.constexpr):
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // n_tiles
+    pid_n = pid % n_tiles
+    grp, row0, end = _row_tile(offs_ptr, G, pid_m, BLOCK_M, BLOCK_G)
+    if grp < G:
+        rows = row0 + tl.arange(0, BLOCK_M)
+        rmask = rows < end
+        rows = rows.to(tl.int64)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        kk = tl.arange(0, STEP_K)
+        g64 = grp.to(tl.int64)
+        a_ptrs = a_ptr + rows[:, None] * stride_am + kk[None, :]
+        b_ptrs = b_ptr + g64 * stride_bg + cols.to(tl.int64)[:, None] * stride_bn + kk[None, :]
+        as_ptrs = as_ptr + rows * stride_asm
+        bs_ptrs = bs_ptr + g64 * stride_bsg + cols * stride_bsn
+        bs_block = bs_ptr + g64 * stride_bsg + (pid_n * BLOCK_N) * stride_bsn  # B_BLOCKS: one scale a step
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kt in range(0, K // STEP_K):
+            a = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=cmask[:, None], other=0.0)
+            sa = _e8m0_to_f32(tl.load(as_ptrs + kt * stride_ask, mask=rmask, other=127))
+            if B_BLOCKS:  # b's scales are constant over each 128 rows: one or two blocks per tile
+                sb0 = _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
+                if BLOCK_N <= STEP_K:
+                    acc += tl.dot(a, tl.trans(b)) * (sa * sb0)[:, None]
+                else:  # BLOCK_N == 256
+                    sb1 = _e8m0_to_f32(tl.load(bs_block + STEP_K * stride_bsn + kt * stride_bsk,
+                                               mask=pid_n * BLOCK_N + STEP_K < N, other=127))
+                    sbv = tl.where(tl.arange(0, BLOCK_N) < STEP_K, sb0, sb1)
+                    acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sbv[None, :])
+            else:
+                sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
+                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+            a_ptrs += STEP_K
+            b_ptrs += STEP_K
+        c = _bf16_bits(acc) if OUT_BF16 else acc
+        tl.store(c_ptr + rows[:, None] * stride_cm + cols[None, :], c, mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                stride_an, stride_asn, stride_bk, stride_bsk, MASKED: tl.constexpr):
+    # One 128-token step. Interior tiles load whole 128-byte runs (vectorized, pipelined); the first
+    # and last tile of a group zero the other groups' tokens in registers (MASKED), both operands so
+    # that a NaN of a neighbour's token cannot reach this group through 0 * NaN.
+    t = tb * STEP_K + tl.arange(0, STEP_K)
+    a = tl.load(a_ptr + n[:, None] * stride_an + t[None, :], mask=nmask[:, None], other=0.0)
+    b = tl.load(b_ptr + k[:, None] * stride_bk + t[None, :], mask=kmask[:, None], other=0.0)
+    if MASKED:
+        inside = ((t >= start) & (t < end))[None, :]
+        a = tl.where(inside, a, 0.0)
+        b = tl.where(inside, b, 0.0)
+    sa = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
+    sb = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
+    return acc + tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+
+
+@triton.jit
+def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K,
+                               stride_an, stride_asn, stride_bk, stride_bsk, stride_cg, stride_cn,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_BF16: tl.constexpr):
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles_k = tl.cdiv(K, BLOCK_K)
+    grp = pid // (tiles_n * tiles_k)
+    rest = pid % (tiles_n * tiles_k)
+    pid_n = rest // tiles_k
+    pid_k = rest % tiles_k
+    start = tl.where(grp > 0, tl.load(offs_ptr + tl.maximum(grp - 1, 0)), 0)
+    end = tl.load(offs_ptr + grp)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    nmask = n < N
+    kmask = k < K
+    n = n.to(tl.int64)
+    k = k.to(tl.int64)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    first = start // STEP_K
+    last = (end - 1) // STEP_K
+    if end > start:
+        acc = _wgrad_step(acc, first, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                          stride_an, stride_asn, stride_bk, stride_bsk, True)
+        if last > first:
+            acc = _wgrad_step(acc, last, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                              stride_an, stride_asn, stride_bk, stride_bsk, True)
+    for tb in range(first + 1, last):
+        acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                          stride_an, stride_asn, stride_bk, stride_bsk, False)
+    c = _bf16_bits(acc) if OUT_BF16 else acc
+    c_ptrs = c_ptr + grp.to(tl.int64) * stride_cg + n[:, None] * stride_cn + k[None, :]
+    tl.store(c_ptrs, c, mask=nmask[:, None] & kmask[None, :])
+
+
+def _launch_options(config) -> dict:
+    opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.max_registers:
+        opts["maxnreg"] = config.max_registers
+    return opts
+
+
+def _store_view(out):
+    return out.view(torch.int16) if out.element_size() == 2 else out
+
+
+def launch_rows(a, b, offsets, out, config, b_blocks: bool = False) -> None:
+    """Launch `_grouped_gemm_rows_kernel` on checked operands (see `grouped.grouped_gemm_fp8`)."""
+    m, k = a.shape
+    g, n, _ = b.shape
+    if m == 0 or n == 0:
+        return
+    max_tiles = triton.cdiv(m, config.block_rows) + g
+    grid = (max_tiles * triton.cdiv(n, config.block_cols),)
+    _grouped_gemm_rows_kernel[grid](
+        a.data, a.scales, b.data, b.scales, _store_view(out), offsets, n, k, g,
+        a.data.stride(0), a.scales.stride(0), a.scales.stride(1), b.data.stride(0), b.data.stride(1),
+        b.scales.stride(0), b.scales.stride(1), b.scales.stride(2), out.stride(0),
+        BLOCK_M=config.block_rows, BLOCK_N=config.block_cols, BLOCK_G=max(16, triton.next_power_of_2(g)),
+        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks, **_launch_options(config))
+
+
+def launch_wgrad(a_t, b_t, offsets, out, config) -> None:
+    """Launch `_grouped_gemm_wgrad_kernel` on checked operands (see `grouped.grouped_gemm_fp8_wgrad`)."""
+    g, n, k = out.shape
+    if g == 0 or n == 0 or k == 0:
+        return
+    grid = (g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols),)
+    _grouped_gemm_wgrad_kernel[grid](
+        a_t.data, a_t.scales, b_t.data, b_t.scales, _store_view(out), offsets, n, k,
+        a_t.data.stride(0), a_t.scales.stride(0), b_t.data.stride(0), b_t.scales.stride(0),
+        out.stride(0), out.stride(1),
+        BLOCK_N=config.block_rows, BLOCK_K=config.block_cols,
+        OUT_BF16=out.element_size() == 2, **_launch_options(config))
