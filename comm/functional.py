@@ -55,6 +55,8 @@ def _splits(name: str, splits) -> list[int]:
         return []
     if isinstance(splits, torch.Tensor):
         raise TypeError(f"{name} must be a list of ints (host values), got a tensor; call .tolist() first")
+    if type(splits).__module__ == "numpy":  # a numpy integer array, as torch.distributed accepts
+        return splits.tolist()
     return list(splits)
 
 
