@@ -179,3 +179,19 @@ def _inductor_body(rank: int, world: int, seed: int) -> None:
 @pytest.mark.slow
 def test_torchtitan_inductor_matches_unpatched_inductor(seed):
     run_distributed(_inductor_body, 2, seed, timeout_s=600)
+
+
+@pytest.mark.slow
+def test_torchtitan_example_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "torchtitan_ep.py"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script), "--tokens", "64", "--dim", "128", "--experts", "4"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = {line.split("  ")[0].strip(): line for line in run.stdout.splitlines() if "rel. error" in line}
+    assert "output rel. error 0.00e+00   input grad 0.00e+00" in lines["raw"], run.stdout
+    assert "0.00e+00" not in lines["mxfp4 both, fp8 gradients"], run.stdout
