@@ -24,7 +24,7 @@ from ..quant.formats import FP8Tensor
 from ..quant.wire import RawWire, Rows, WireCodec, get_codec
 from .exchange import AllToAllWork, ExchangePlan
 from .groups import resolve_group
-from .header import agree, call_signature, resolve_check
+from .header import USES_SIGNATURES, agree, call_signature, next_call_number, resolve_check
 from .staging import release_staging_buffers
 
 __all__ = ["AllToAllWork", "all_to_all", "all_to_all_single", "release_staging_buffers", "DEFAULT_CHUNKS"]
@@ -67,7 +67,7 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
         check: the format check (`mxa2a.comm.header`) that every rank uses the same wire format,
             scale_mode, chunks and row shape, and matching splits, before any payload moves; on failure
             every rank raises the same exception. None (default) = the process default, environment
-            variable MXA2A_CHECK (always / first / never, read once) else "first".
+            variable MXA2A_CHECK (always / first / tagged / never, read once) else "first".
             - True / "always": every call exchanges a header (`10 + 2W` int64 per rank) and reads it
               on the host: one extra collective and a host sync per call (on an NCCL-only group a
               device sync). Debug mode; also reports a bad argument on one rank on every rank.
@@ -78,15 +78,19 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
               with "always" while the others use "first") raises on every rank at that call. Not
               detected: a rank switching to another format later while the others keep an already
               verified signature (the ranks then fall out of step, as with torch.distributed: a hang
-              until the group's timeout, or garbage), split sizes that disagree on later calls, and a
-              bad argument on one rank of a verified call, which raises on that rank only.
+              until the group's timeout, an abort in gloo, or NaN rows), split sizes that disagree on
+              later calls (rows that never arrive decode to NaN), and a bad argument on one rank of a
+              verified call, which raises on that rank only.
+            - "tagged": "first" plus a 16-byte tag in every row (magic, format digest, call number),
+              compared on receipt: a rank that receives rows of another format, too few rows, or rows
+              of another call raises (CPU) or fails `torch._assert_async` (GPU, no host sync).
             - False / "never": no header at all; a mismatch is undetected, as with torch.distributed.
             Every rank must use the same policy.
 
     Bytes on the wire: `row_bytes` per row, sent rows = N: mxfp4 17/32 byte per element (3.76x fewer than
     bf16), fp8 129/128, bf16 2, raw the input's itemsize; fp8 and mxfp4 rows are padded to a multiple of
     16 bytes (alignment for NCCL and the codecs; H=7168: fp8 7232, mxfp4 3808); plus the header on
-    checked calls.
+    checked calls; "tagged" rounds each row up to 16 bytes and adds 16.
 
     Host syncs: only checked calls (see `check`). Nothing else syncs or reads tensor values: splits are
     host lists, as in torch.distributed. With `chunks > 1` on a CPU and `async_op=True`, decoding
@@ -173,12 +177,32 @@ def _call(op: str, plan: Callable[[WireCodec, int], ExchangePlan], inputs: Seque
         p = plan(codec, c)
     except (TypeError, ValueError) as e:
         local_error = e
-    sig = call_signature(op, *_sig_wire(codec, wire, scale_mode), c, inputs, outputs) \
-        if policy == "first" else None
-    agree(op, group, world, hint, policy, sig, None if p is None else _header_fields(p),
+    sig = None
+    if policy in USES_SIGNATURES:
+        sig = call_signature(op, *_sig_wire(codec, wire, scale_mode), c, inputs, outputs)
+        if sig is not None and policy == "tagged":
+            sig += ("tagged",)
+    tagged = policy == "tagged"
+    agree(op, group, world, hint, policy, sig, None if p is None else _header_fields(p, tagged),
           None if p is None else p.in_splits, None if p is None else p.out_splits, local_error)
     _check_own_rows(p.in_splits, p.out_splits, dist.get_rank(group))
+    if tagged:
+        p.use_tag(_call_tag(p, group))
     return p.run(group, async_op)
+
+
+TAG_MAGIC = 0x6D786174  # "mxat"
+
+
+def _call_tag(p: ExchangePlan, group) -> torch.Tensor:
+    """This call's in-band tag (check="tagged"): int32 [magic, digest of the format, call number on the
+    group, its complement], on the plan's device without a host sync (pinned, non-blocking copy)."""
+    n = next_call_number(group) & 0x7FFFFFFF
+    digest = zlib.crc32(repr(_header_fields(p, True)).encode()) & 0x7FFFFFFF
+    tag = torch.tensor([TAG_MAGIC, digest, n, ~n], dtype=torch.int32)
+    if p.device.type != "cuda":
+        return tag
+    return tag.pin_memory().to(p.device, non_blocking=True)
 
 
 def _plan(codec: WireCodec, c: int, inputs: list[Rows], outputs: list[Rows], in_splits: list[int],
@@ -190,10 +214,11 @@ def _plan(codec: WireCodec, c: int, inputs: list[Rows], outputs: list[Rows], in_
                         _device(inputs[0]), c)
 
 
-def _header_fields(p: ExchangePlan) -> list[int]:
+def _header_fields(p: ExchangePlan, tagged: bool) -> list[int]:
     """The header's format fields (see `comm.header.agree`)."""
     raw_dtype = _dtype_code(p.dtype) if isinstance(p.codec, RawWire) else 0
-    return [p.codec.wire_id, p.codec.scale_mode_id, p.chunks, p.row_elems, raw_dtype, p.row_bytes]
+    row_bytes = p.tagged_row_bytes() if tagged else p.codec_row_bytes
+    return [p.codec.wire_id, p.codec.scale_mode_id, p.chunks, p.row_elems, raw_dtype, row_bytes]
 
 
 def _sig_wire(codec: WireCodec | None, wire, scale_mode) -> tuple:

@@ -22,6 +22,8 @@ from ..quant.formats import FP8Tensor
 from ..quant.wire import RawWire, Rows, WireCodec
 from .staging import release_rows, side_streams, take_rows
 
+TAG_BYTES = 16  # the in-band tag of check="tagged": int32 [magic, format digest, call number, ~call number]
+
 
 def _nrows(p: Rows) -> int:
     return (p.data if isinstance(p, FP8Tensor) else p).shape[0]
@@ -85,17 +87,30 @@ class ExchangePlan:
     """One call, validated, and its two schedules. `in_parts` / `out_parts` are 2-D row blocks (`[n, R]`
     tensors or FP8Tensors) whose concatenations are the logical input and output rows; `in_splits[j]`
     rows go to rank j and `out_splits[i]` come from rank i; every row is `row_bytes` on the wire.
+    After `use_tag(tag)` (check="tagged"; `tag` int32 `[4]` on the device, this call's) every row carries
+    the tag in its last `TAG_BYTES`, after the codec's `codec_row_bytes` rounded up to 16, and every
+    decoded row is checked for it.
     Built once per call and never changed (a plain class: a frozen dataclass costs host time per call)."""
 
     def __init__(self, codec: WireCodec, in_parts: list[Rows], out_parts: list[Rows], in_splits: list[int],
-                 out_splits: list[int], row_elems: int, row_bytes: int, dtype: torch.dtype,
+                 out_splits: list[int], row_elems: int, codec_row_bytes: int, dtype: torch.dtype,
                  device: torch.device, chunks: int) -> None:
         self.codec, self.in_parts, self.out_parts = codec, in_parts, out_parts
         self.in_splits, self.out_splits = in_splits, out_splits
-        self.row_elems, self.row_bytes, self.dtype = row_elems, row_bytes, dtype
-        self.device, self.chunks = device, chunks
+        self.row_elems, self.codec_row_bytes, self.dtype = row_elems, codec_row_bytes, dtype
+        self.row_bytes = self.tag_offset = codec_row_bytes
+        self.device, self.chunks, self.tag = device, chunks, None
         self.in_off = [0, *itertools.accumulate(in_splits)]
         self.out_off = [0, *itertools.accumulate(out_splits)]
+
+    def tagged_row_bytes(self) -> int:
+        """Row bytes with the tag: the codec's, rounded up to 16 (int32-aligned tags), + `TAG_BYTES`."""
+        return -(-self.codec_row_bytes // TAG_BYTES) * TAG_BYTES + TAG_BYTES
+
+    def use_tag(self, tag: torch.Tensor) -> None:
+        self.row_bytes = self.tagged_row_bytes()
+        self.tag_offset = self.row_bytes - TAG_BYTES
+        self.tag = tag
 
     def run(self, group, async_op: bool) -> AllToAllWork | None:
         """Move the rows; an `AllToAllWork` when `async_op`, else None once the output is ready."""
@@ -106,18 +121,53 @@ class ExchangePlan:
     def _encode(self, a: int, b: int, dst: torch.Tensor) -> None:
         """Encode logical input rows [a, b) into `dst` (`[b - a, row_bytes]`): one launch per input part
         the range touches (one for all_to_all_single)."""
+        rows = dst
+        if self.tag is not None:
+            dst[:, self.tag_offset:].view(torch.int32).copy_(self.tag.expand(dst.shape[0], -1))
+            rows = dst[:, :self.codec_row_bytes]
         for piece, off in _slices(self.in_parts, a, b):
-            self.codec.encode(piece, dst[off:off + _nrows(piece)])
+            self.codec.encode(piece, rows[off:off + _nrows(piece)])
 
     def _decode(self, src: torch.Tensor, a: int, b: int) -> None:
         """Decode `src` (`[b - a, row_bytes]`) into logical output rows [a, b)."""
+        rows = src
+        if self.tag is not None:
+            self._check_tags(src[:, self.tag_offset:].view(torch.int32), a)
+            rows = src[:, :self.codec_row_bytes]
         for piece, off in _slices(self.out_parts, a, b):
-            self.codec.decode(src[off:off + _nrows(piece)], piece)
+            self.codec.decode(rows[off:off + _nrows(piece)], piece)
+
+    def _fill_unreceived(self, recv: torch.Tensor) -> None:
+        """Rows that never arrive decode to NaN (and fail the tag check), never to stale bytes."""
+        if self.tag is None:
+            self.codec.fill_unreceived(recv)
+        else:
+            self.codec.fill_unreceived(recv[:, :self.codec_row_bytes])
+            recv[:, self.tag_offset:].fill_(0xFF)
+
+    def _check_tags(self, tags: torch.Tensor, a: int) -> None:
+        """Every received row (`tags` int32 `[n, 4]`, logical output rows from `a`) must carry this call's
+        tag. On a CPU the check reads host memory and raises here; on a GPU it is `torch._assert_async`
+        (no host sync: a failure is a device-side assert at the next sync, fatal to the CUDA context)."""
+        if tags.shape[0] == 0:
+            return
+        bad = (tags != self.tag).any(dim=1)
+        if tags.is_cuda:
+            torch._assert_async(bad.any().logical_not())
+            return
+        if bool(bad.any()):
+            rows = (bad.nonzero().flatten() + a).tolist()
+            peers = sorted({next(i for i in range(len(self.out_splits)) if r < self.out_off[i + 1])
+                            for r in rows})
+            raise RuntimeError(
+                f"mxa2a all-to-all: {len(rows)} of the rows expected from rank(s) {peers} did not arrive "
+                f"with this call's tag (check='tagged'): the ranks disagree on the split sizes, the wire "
+                f"format or the row size, or are out of step; those rows hold NaN, not data")
 
     # --- one collective over everything ---------------------------------------------------------
     def _zero_copy(self, parts: list[Rows]) -> torch.Tensor | None:
-        if (isinstance(self.codec, RawWire) and len(parts) == 1 and isinstance(parts[0], torch.Tensor)
-                and parts[0].is_contiguous()):
+        if (isinstance(self.codec, RawWire) and self.tag is None and len(parts) == 1
+                and isinstance(parts[0], torch.Tensor) and parts[0].is_contiguous()):
             return parts[0].view(torch.uint8)
         return None
 
@@ -135,7 +185,7 @@ class ExchangePlan:
         recv = recv_direct
         if recv is None:
             recv = buf[staged - m:]
-            self.codec.fill_unreceived(recv)  # rows that never arrive decode to NaN, not to stale bytes
+            self._fill_unreceived(recv)
         work = dist.all_to_all_single(recv, send, self.out_splits, self.in_splits, group=group,
                                       async_op=async_op)
         if not async_op:
@@ -178,6 +228,8 @@ class ExchangePlan:
                 # for every transfer, so NCCL's use is covered too.
                 for s in (enc, dec):
                     buf.record_stream(s)
+                    if self.tag is not None:
+                        self.tag.record_stream(s)
                     for p in self.out_parts:
                         _record_stream(p, s)
                 for p in self.in_parts:
@@ -190,7 +242,7 @@ class ExchangePlan:
 
         works, received = [], []  # per chunk: the collective, and (rows of recv, output row ranges)
         with ctx_enc:
-            self.codec.fill_unreceived(recv)  # rows that never arrive decode to NaN, not to stale bytes
+            self._fill_unreceived(recv)
             pos_s = pos_r = 0
             for k in range(c):
                 s_rows = self._chunk_rows(self.in_splits, k, me)

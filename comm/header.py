@@ -7,8 +7,9 @@ int64 per rank (magic, error flag, policy, wire, scale_mode, chunks, row_elems, 
 signature digest, then the W input and W output splits), one all-to-all read on the host: a host
 sync (on an NCCL-only group a device sync). Policies: "always" checks every call; "first" (default)
 the first call of each signature (op, wire, scale_mode, chunks, dtypes, row_elems; not the splits) on
-a group; "never" no call. The signature digest and the policy travel in the header, so ranks that
-disagree on either raise at the first check instead of falling out of step.
+a group; "tagged" as "first" plus a 16-byte tag in every row checked on receipt (comm.exchange);
+"never" no call. The signature digest and the policy travel in the header, so ranks that disagree on
+either raise at the first check instead of falling out of step.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch.distributed as dist
 
 from ..quant.formats import FP8Tensor
 
-CHECK_POLICIES = ("always", "first", "never")
+CHECK_POLICIES = ("always", "first", "never", "tagged")
+USES_SIGNATURES = ("first", "tagged")  # the policies that check the first call of each signature only
 CHECK_ENV = "MXA2A_CHECK"
 DEFAULT_CHECK = "first"
 
@@ -37,6 +39,23 @@ _WIRE_NAMES = {1: "raw", 2: "bf16", 3: "fp8", 4: "mxfp4"}
 _env_default: str | None = None
 # group -> signatures verified on it; weak keys, so a destroyed group's entries go with it.
 _verified: "weakref.WeakKeyDictionary | dict" = weakref.WeakKeyDictionary()
+
+
+_call_numbers: "weakref.WeakKeyDictionary | dict" = weakref.WeakKeyDictionary()
+
+
+def next_call_number(group) -> int:
+    """1, 2, 3, ... per process group: the call number that check="tagged" puts in every row. Ranks
+    that make the same calls on a group count the same; a rank out of step shows as a wrong number."""
+    global _call_numbers
+    key = group if group is not None else dist.group.WORLD
+    try:
+        n = _call_numbers.get(key, 0) + 1
+        _call_numbers[key] = n
+    except TypeError:  # a ProcessGroup without weak references: keep it alive instead
+        _call_numbers = dict(_call_numbers)
+        n = _call_numbers[key] = _call_numbers.get(key, 0) + 1
+    return n
 
 
 def default_check() -> str:
@@ -63,7 +82,7 @@ def resolve_check(check: bool | str | None) -> str:
     if isinstance(check, str) and check in CHECK_POLICIES:
         return check
     raise ValueError(f"check must be None (the default: {CHECK_ENV} or 'first'), True / 'always', "
-                     f"'first', or False / 'never', got {check!r}")
+                     f"'first', 'tagged', or False / 'never', got {check!r}")
 
 
 def reset_verified() -> None:
@@ -152,7 +171,7 @@ def check_headers(op: str, headers: list[list[int]], world: int) -> None:
     if faulty:
         raise RuntimeError(f"{op}: rank(s) {faulty} rejected their arguments (see the exception raised "
                            f"there); nothing was exchanged")
-    first_policy = headers[0][2] == 1 + CHECK_POLICIES.index("first")
+    first_policy = CHECK_POLICIES[headers[0][2] - 1] in USES_SIGNATURES
     for i, field in enumerate(HEADER_FIELDS[2:], start=2):
         values = [h[i] for h in headers]
         if len(set(values)) <= 1:
@@ -198,7 +217,7 @@ def agree(op: str, group, world: int, device_hint: torch.device | None, policy: 
             raise local_error
         return
     verified = None
-    if policy == "first":
+    if policy in USES_SIGNATURES:
         verified = _verified_on(group)
         if sig is not None and sig in verified:
             if local_error is not None:

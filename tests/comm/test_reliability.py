@@ -136,3 +136,58 @@ def test_every_survivor_of_a_dead_peer_raises_long_before_the_timeout():
     assert sorted(got) == list(range(world - 1)), f"survivors that never reported: {got}"
     for rank, (msg, seconds) in got.items():
         assert msg != "returned" and seconds < pg_timeout_s / 3, (rank, msg, seconds)
+
+
+def _tagged_body(rank: int, world: int, seed: int) -> None:
+    from mxa2a.comm import all_to_all_single
+
+    g = torch.Generator().manual_seed(seed + rank)
+    for wire in ("mxfp4", "fp8", "bf16", "raw"):
+        for chunks in (1, 2):
+            x = torch.randn(4, H, generator=g)
+            out = torch.empty(4, H)
+            all_to_all_single(out, x, wire=wire, chunks=chunks, check="tagged")  # checked: the header
+            assert_same_bits(out, reference_exchange(qdq(x, wire, torch.float32), 4, None, None),
+                             f"tagged {wire} chunks {chunks}, rank {rank}")
+            # Item 1: rank 0 sends rank 1 one row fewer than it expects: rank 1 raises.
+            ins = [2, 1] if rank == 0 else [2, 2]
+            x = torch.randn(sum(ins), H, generator=g)
+            out = torch.empty(4, H)
+            if rank == 1:
+                with pytest.raises(RuntimeError, match=r"rows expected from rank\(s\) \[0\] did not arrive"):
+                    all_to_all_single(out, x, [2, 2], ins, wire=wire, chunks=chunks, check="tagged")
+            else:
+                all_to_all_single(out, x, [2, 2], ins, wire=wire, chunks=chunks, check="tagged")
+    # Item 2: after both formats were verified, rank 1 switches to scale_mode "floor" (same row bytes,
+    # so gloo moves the bytes) while rank 0 keeps "rceil": both receivers raise.
+    for mode in ("rceil", "floor"):
+        all_to_all_single(torch.empty(4, H), torch.randn(4, H), wire="mxfp4", scale_mode=mode, check="tagged")
+    mode = "floor" if rank == 1 else "rceil"
+    with pytest.raises(RuntimeError, match="did not arrive with this call's tag"):
+        all_to_all_single(torch.empty(4, H), torch.randn(4, H), wire="mxfp4", scale_mode=mode, check="tagged")
+
+
+def test_tagged_check_raises_on_the_receiver_of_rows_that_do_not_match(seed):
+    run_distributed(_tagged_body, 2, seed, timeout_s=90, pg_timeout_s=20)
+
+
+def _tagged_cuda_body(rank: int, world: int, seed: int) -> None:
+    from mxa2a.comm import all_to_all_single
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    for wire in ("mxfp4", "fp8", "bf16", "raw"):
+        for chunks in (1, 2):
+            x = torch.randn(64, 7168, generator=g, device="cuda", dtype=torch.bfloat16)
+            out = torch.empty_like(x)
+            for async_op in (False, True, False):  # the first call checks the header, later ones the tags
+                work = all_to_all_single(out, x, wire=wire, chunks=chunks, check="tagged", async_op=async_op)
+                if work is not None:
+                    work.wait()
+            want = qdq(x.cpu(), wire, torch.bfloat16)  # a group of one: every row comes back to this rank
+            assert_same_bits(out.cpu(), want, f"tagged {wire} chunks {chunks} on CUDA")
+    torch.cuda.synchronize()  # a failed tag would surface here as a device-side assert
+
+
+@pytest.mark.gpu
+def test_tagged_check_passes_on_a_gpu(seed):
+    run_distributed(_tagged_cuda_body, 1, seed, backend="nccl", timeout_s=300)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mxa2a.moe import MoELayer, MoELayerConfig, MoEModel, MoEModelConfig, losses, routing_metrics
+from mxa2a.moe import MoELayer, MoELayerConfig, MoEModel, MoEModelConfig, losses
 
 
 def dense_reference(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
@@ -190,6 +190,8 @@ def test_cuda_bf16_grouped_mm_matches_loop(seed):
 
 def test_routing_metrics_are_maxvio_entropy_and_cosine_of_the_records(seed):
     """`routing_metrics` (otherwise run only by the slow example test) against the losses it wraps."""
+    from mxa2a.moe import routing_metrics
+
     moe = MoELayerConfig(hidden=32, d_expert=16, num_experts=4, top_k=2)
     model = MoEModel(MoEModelConfig(moe=moe, seq_len=8, n_layers=2, n_heads=2, specialization_weight=1.0))
     records = model(torch.randint(0, 256, (2, 8))).records
