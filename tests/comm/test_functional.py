@@ -12,11 +12,11 @@ from comm_testing import assert_same_bits, my_splits, qdq, reference_exchange, s
 from dist_testing import run_distributed
 
 
-def _groups(world: int):
+def _groups(world: int, device_type: str = "cpu"):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("ep",))
+    mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("ep",))
     pg = dist.group.WORLD
     return {"ProcessGroup": pg, "DeviceMesh": mesh, "(mesh, 0)": (mesh, 0), "name": pg.group_name,
             "ranks": list(range(world)), "None": None}
@@ -74,13 +74,14 @@ def test_functional_matches_torch_exchange_of_quantized_rows(seed):
     run_distributed(_functional_body, 2, seed, timeout_s=240)
 
 
-def _compile_body(rank: int, world: int, seed: int, backend: str) -> None:
+def _compile_body(rank: int, world: int, seed: int, backend: str, device_type: str = "cpu") -> None:
     from mxa2a.comm.functional import all_to_all_single, all_to_all_single_autograd
 
-    mesh = _groups(world)["DeviceMesh"]
+    mesh = _groups(world, device_type)["DeviceMesh"]
+    device = torch.device(device_type, rank) if device_type == "cuda" else torch.device("cpu")
     s = split_matrix("uneven", world, seed)
     n_in, n_out, ins, outs = my_splits(s, rank, world, equal_rows=2)
-    counts = torch.tensor(ins)
+    counts = torch.tensor(ins, device=device)
 
     def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         c = all_to_all_single(counts, None, None, mesh, wire="mxfp4")  # int64: raw
@@ -90,7 +91,7 @@ def _compile_body(rank: int, world: int, seed: int, backend: str) -> None:
 
     compiled = torch.compile(step, fullgraph=True, backend=backend)
     g = torch.Generator().manual_seed(seed * 13 + rank)
-    x0, w = torch.randn(n_in, 128, generator=g), torch.randn(n_out, 128, generator=g)
+    x0, w = torch.randn(n_in, 128, generator=g).to(device), torch.randn(n_out, 128, generator=g).to(device)
     runs = []
     for f in (step, compiled):
         x = x0.clone().requires_grad_()
@@ -108,3 +109,11 @@ def test_compiled_fullgraph_gives_the_eager_bits(seed):
 @pytest.mark.slow
 def test_inductor_compiled_gives_the_eager_bits(seed):
     run_distributed(_compile_body, 2, seed, "inductor", timeout_s=600)
+
+
+@pytest.mark.gpu
+def test_compiled_gives_the_eager_bits_on_gpu(seed):
+    """One GPU, a 1-rank NCCL group: the Triton codecs inside the compiled op, inductor around it."""
+    from comm_testing import run_nccl
+
+    run_nccl(_compile_body, 1, seed, "inductor", "cuda")
