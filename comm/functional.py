@@ -1,19 +1,21 @@
 """The functional all-to-all: torch's `_functional_collectives.all_to_all_single(_autograd)` signatures
 (return a new tensor, never write into one) with mxa2a's wire formats, traceable by torch.compile.
 
-Each call is a registered custom op (`torch.ops.mxa2a.all_to_all_single` and its autograd twin) with a
-fake implementation, so `torch.compile(fullgraph=True)` keeps it as one opaque node: the codec kernels,
-the format-check header and its `zlib.crc32` signature run inside the op, never in the traced graph,
-and eager and compiled calls run the same code and give the same bits. The op calls the in-place
-`mxa2a.comm.all_to_all_single` (blocking), so bytes on the wire, the `check` policy and host syncs are
-those of the in-place form. Groups: whatever torch's functional collectives take (`comm.groups`).
-Integer / bool tensors travel raw; a float tensor the wire cannot encode is an error unless
-`raw_fallback=True`. Not an AsyncCollectiveTensor: see `all_to_all_single` for how to overlap.
+Both forms run the in-place `mxa2a.comm.all_to_all_single` into a new output, so bytes on the wire, the
+`check` policy and host syncs are those of the in-place form. Eager: the exchange starts with
+`async_op=True` and its work is registered with c10d, so the result is torch's AsyncCollectiveTensor,
+waited (and decoded) at first use. Traced (torch.compile, make_fx): registered custom ops
+(`torch.ops.mxa2a.all_to_all_single` and its autograd twin) with fake implementations, so
+`torch.compile(fullgraph=True)` keeps the exchange as one opaque, blocking node; the codec kernels, the
+header and its `zlib.crc32` signature never enter the graph, and the bits are the eager ones. Groups:
+whatever torch's functional collectives take (`comm.groups`). Integer / bool tensors travel raw; a
+float tensor the wire cannot encode is an error unless `raw_fallback=True`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed._functional_collectives as funcol
 
 from ..quant.wire import WireCodec, get_codec
 from .all_to_all import all_to_all_single as _all_to_all_single_into
@@ -69,8 +71,9 @@ def _encodable(codec: WireCodec, x: torch.Tensor) -> bool:
 
 
 def _exchange(x: torch.Tensor, output_split_sizes: list[int], input_split_sizes: list[int], group: str,
-              wire: str, scale_mode: str, raw_fallback: bool, check: str) -> torch.Tensor:
-    """The eager body of both ops: a new output, the in-place exchange into it."""
+              wire: str, scale_mode: str, raw_fallback: bool, check: str, async_op: bool = False):
+    """The body of every form: a new output and the in-place exchange into it. Returns the output, or
+    with `async_op` (output, AllToAllWork) with the output filled by the work's `wait()`."""
     from torch.distributed import distributed_c10d as c10d
 
     pg = c10d._resolve_process_group(group)
@@ -79,9 +82,45 @@ def _exchange(x: torch.Tensor, output_split_sizes: list[int], input_split_sizes:
         codec = "raw"
     rows = sum(output_split_sizes) if output_split_sizes else x.shape[0]
     out = x.new_empty((rows, *x.shape[1:]))
-    _all_to_all_single_into(out, x.contiguous(), output_split_sizes or None, input_split_sizes or None, pg,
-                            wire=codec, scale_mode=scale_mode, check=check or None)
-    return out
+    work = _all_to_all_single_into(out, x.contiguous(), output_split_sizes or None, input_split_sizes or None,
+                                   pg, async_op=async_op, wire=codec, scale_mode=scale_mode, check=check or None)
+    return (out, work) if async_op else out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Eager calls: the result is an AsyncCollectiveTensor, as torch's, waited (and decoded) at first use.
+
+_C10D = torch._C._distributed_c10d
+_CAN_DEFER = hasattr(_C10D, "_register_work") and hasattr(_C10D, "PythonCallbackWork")
+# Where torch's wrapper passes gradients through (`_wrap_tensor_autograd`); elsewhere the autograd form waits at once.
+_CAN_DEFER_AUTOGRAD = _CAN_DEFER and hasattr(funcol, "_wrap_tensor_autograd")
+
+
+def _eager() -> bool:
+    return not funcol._are_we_tracing()
+
+
+def _defer(out: torch.Tensor, work) -> None:
+    """Register `work` as `out`'s pending collective: `wait_tensor(out)` (which an AsyncCollectiveTensor
+    calls at first use) runs `work.wait()`."""
+    _C10D._register_work(out, _C10D.PythonCallbackWork(lambda timeout: work.wait() or True))
+
+
+class _DeferredAllToAll(torch.autograd.Function):
+    """The eager autograd form: forward starts the exchange (waited at first use), backward is the
+    blocking reverse exchange with grad_wire, as the custom op's backward."""
+
+    @staticmethod
+    def forward(ctx, x, out_splits, in_splits, group, wire, grad_wire, scale_mode, raw_fallback, check):
+        out, work = _exchange(x, out_splits, in_splits, group, wire, scale_mode, raw_fallback, check, True)
+        _defer(out, work)
+        ctx.args = (out_splits, in_splits, group, grad_wire, scale_mode, raw_fallback, check)
+        ctx.in_rows = x.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward(ctx, grad)
 
 
 def _fake_out(x: torch.Tensor, output_split_sizes: list[int]) -> torch.Tensor:
@@ -152,16 +191,20 @@ def all_to_all_single(input: torch.Tensor, output_split_sizes: list[int] | None,
             is not a multiple of the block) raises ValueError / TypeError on every rank of a checked call.
             True: such a tensor is sent raw instead (every rank must decide alike: same shapes' rule).
 
-    Returns a finished tensor, not torch's AsyncCollectiveTensor: on a GPU the exchange is queued on
-    the current stream's order (the host is not blocked; a checked call syncs once, see `check`), and
-    later work on that stream waits for it at the call, not at the first use of the result. To
-    overlap compute with the transfer, use the in-place form with `async_op=True` and call `wait()`
-    where torch's result would first be used. Under torch.compile the op is one opaque node that
-    Inductor does not reorder (torch's own collectives can be moved for overlap; these cannot).
+    Returns, in eager mode, torch's `AsyncCollectiveTensor`: the rows are encoded and the transfer
+    started before the call returns (on a GPU: queued, the host not blocked); the first operation on the
+    result (or `torch.ops._c10d_functional.wait_tensor`) waits for the transfer and decodes, so work
+    issued in between overlaps it, as with torch's. Under torch.compile the op is one blocking node that
+    Inductor does not reorder (torch's own collectives can be moved for overlap; these cannot). A torch
+    without `PythonCallbackWork` gets a finished tensor.
     """
-    return torch.ops.mxa2a.all_to_all_single(
-        input, _splits("output_split_sizes", output_split_sizes), _splits("input_split_sizes", input_split_sizes),
-        group_name(group), wire_key(wire), scale_mode, raw_fallback, _check_arg(check))
+    args = (input, _splits("output_split_sizes", output_split_sizes), _splits("input_split_sizes", input_split_sizes),
+            group_name(group), wire_key(wire), scale_mode, raw_fallback, _check_arg(check))
+    if _CAN_DEFER and _eager():
+        out, work = _exchange(*args, async_op=True)
+        _defer(out, work)
+        return funcol.AsyncCollectiveTensor(out)
+    return torch.ops.mxa2a.all_to_all_single(*args)
 
 
 def all_to_all_single_autograd(input: torch.Tensor, output_split_sizes: list[int] | None,
@@ -172,8 +215,11 @@ def all_to_all_single_autograd(input: torch.Tensor, output_split_sizes: list[int
     """Differentiable `all_to_all_single` (torch's `all_to_all_single_autograd`): forward sends `input`
     with `wire`; backward sends the output's gradient the opposite way (splits swapped) with
     `grad_wire` ("raw" by default: the exact gradient of the lossy forward's straight-through estimate).
-    Arguments and return as in `all_to_all_single`; `raw_fallback` applies to both directions.
+    Arguments and return as in `all_to_all_single` (an AsyncCollectiveTensor in eager mode where torch
+    has `_wrap_tensor_autograd`, else a finished tensor); `raw_fallback` applies to both directions.
     """
-    return torch.ops.mxa2a.all_to_all_single_autograd(
-        input, _splits("output_split_sizes", output_split_sizes), _splits("input_split_sizes", input_split_sizes),
-        group_name(group), wire_key(wire), wire_key(grad_wire), scale_mode, raw_fallback, _check_arg(check))
+    args = (input, _splits("output_split_sizes", output_split_sizes), _splits("input_split_sizes", input_split_sizes),
+            group_name(group), wire_key(wire), wire_key(grad_wire), scale_mode, raw_fallback, _check_arg(check))
+    if _CAN_DEFER_AUTOGRAD and _eager():
+        return funcol._maybe_wrap_tensor(_DeferredAllToAll.apply(*args))
+    return torch.ops.mxa2a.all_to_all_single_autograd(*args)

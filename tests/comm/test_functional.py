@@ -57,6 +57,23 @@ def _functional_body(rank: int, world: int, seed: int) -> None:
     assert_same_bits(all_to_all_single(p, None, None, groups["DeviceMesh"], wire="mxfp4", raw_fallback=True),
                      reference_exchange(p, 4, None, None), "raw fallback")
 
+    # Eager results are AsyncCollectiveTensors, as torch's: the exchange is pending until the first use.
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+
+    from mxa2a.comm import functional
+
+    pending = torch._C._distributed_c10d._get_work_registry_size
+    for form, can in ((all_to_all_single, functional._CAN_DEFER),
+                      (all_to_all_single_autograd, functional._CAN_DEFER_AUTOGRAD)):
+        if not can:
+            continue
+        x = torch.randn(2 * world, 64, generator=g)
+        n = pending()
+        y = form(x, None, None, groups["DeviceMesh"], wire="mxfp4")
+        assert isinstance(y, AsyncCollectiveTensor) and pending() == n + 1, (type(y), pending(), n)
+        assert_same_bits(y * 1, reference_exchange(qdq(x, "mxfp4", x.dtype), 2 * world, None, None), "deferred")
+        assert pending() == n
+
     # The autograd form: forward with wire, backward the reverse exchange of the gradient with grad_wire.
     s = split_matrix("uneven", world, seed)
     n_in, n_out, ins, outs = my_splits(s, rank, world, equal_rows=2)
