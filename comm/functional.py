@@ -92,7 +92,8 @@ def _exchange(x: torch.Tensor, output_split_sizes: list[int], input_split_sizes:
 
 _C10D = torch._C._distributed_c10d
 _CAN_DEFER = hasattr(_C10D, "_register_work") and hasattr(_C10D, "PythonCallbackWork")
-# Where torch's wrapper passes gradients through (`_wrap_tensor_autograd`); elsewhere the autograd form waits at once.
+# Where torch's wrapper passes gradients through (`_wrap_tensor_autograd`); elsewhere the autograd form
+# waits at once.
 _CAN_DEFER_AUTOGRAD = _CAN_DEFER and hasattr(funcol, "_wrap_tensor_autograd")
 
 
@@ -198,8 +199,9 @@ def all_to_all_single(input: torch.Tensor, output_split_sizes: list[int] | None,
     Inductor does not reorder (torch's own collectives can be moved for overlap; these cannot). A torch
     without `PythonCallbackWork` gets a finished tensor.
     """
-    args = (input, _splits("output_split_sizes", output_split_sizes), _splits("input_split_sizes", input_split_sizes),
-            group_name(group), wire_key(wire), scale_mode, raw_fallback, _check_arg(check))
+    args = (input, _splits("output_split_sizes", output_split_sizes),
+            _splits("input_split_sizes", input_split_sizes), group_name(group), wire_key(wire), scale_mode,
+            raw_fallback, _check_arg(check))
     if _CAN_DEFER and _eager():
         out, work = _exchange(*args, async_op=True)
         _defer(out, work)
@@ -218,8 +220,9 @@ def all_to_all_single_autograd(input: torch.Tensor, output_split_sizes: list[int
     Arguments and return as in `all_to_all_single` (an AsyncCollectiveTensor in eager mode where torch
     has `_wrap_tensor_autograd`, else a finished tensor); `raw_fallback` applies to both directions.
     """
-    args = (input, _splits("output_split_sizes", output_split_sizes), _splits("input_split_sizes", input_split_sizes),
-            group_name(group), wire_key(wire), wire_key(grad_wire), scale_mode, raw_fallback, _check_arg(check))
+    args = (input, _splits("output_split_sizes", output_split_sizes),
+            _splits("input_split_sizes", input_split_sizes), group_name(group), wire_key(wire),
+            wire_key(grad_wire), scale_mode, raw_fallback, _check_arg(check))
     if _CAN_DEFER_AUTOGRAD and _eager():
         return funcol._maybe_wrap_tensor(_DeferredAllToAll.apply(*args))
     return torch.ops.mxa2a.all_to_all_single_autograd(*args)

@@ -48,7 +48,8 @@ def _cpu_body(rank: int, world: int, seed: int) -> None:
         s = split_matrix(pattern, world, seed)
         n_in, n_out, ins, outs = my_splits(s, rank, world, equal_rows=3)
         x, p = torch.randn(n_in, 256, generator=g), torch.rand(n_in, generator=g)
-        w_t, w_p, w_o = torch.randn(n_out, 256, generator=g), torch.randn(n_out, generator=g), torch.randn(n_in, 256, generator=g)
+        w_t, w_p = torch.randn(n_out, 256, generator=g), torch.randn(n_out, generator=g)
+        w_o = torch.randn(n_in, 256, generator=g)
         d = _cpu_dispatcher(group, ins, outs)
         what = f"{pattern}, rank {rank}, seed {seed}"
         if pattern == "equal":  # Megatron's own path runs on CPU only with equal splits
@@ -62,10 +63,12 @@ def _cpu_body(rank: int, world: int, seed: int) -> None:
         sent = qdq(x, "fp8", x.dtype)
         assert_same_bits(tokens, reference_exchange(sent, n_out, outs, ins), "tokens " + what)
         assert_same_bits(probs, reference_exchange(p, n_out, outs, ins), "probs travel raw " + what)
-        assert_same_bits(back, reference_exchange(qdq(tokens * 3, "mxfp4", x.dtype), n_in, ins, outs), "combined " + what)
+        assert_same_bits(back, reference_exchange(qdq(tokens * 3, "mxfp4", x.dtype), n_in, ins, outs),
+                         "combined " + what)
         # d/d(tokens) = w_t + 3 * (reverse exchange of w_o with combine_grad); back to x with dispatch_grad.
         d_tokens = w_t + 3 * reference_exchange(qdq(w_o, "fp8", x.dtype), n_out, outs, ins)
-        assert_same_bits(gx, reference_exchange(qdq(d_tokens, "mxfp4", x.dtype), n_in, ins, outs), "x grad " + what)
+        assert_same_bits(gx, reference_exchange(qdq(d_tokens, "mxfp4", x.dtype), n_in, ins, outs),
+                         "x grad " + what)
         assert_same_bits(gp, reference_exchange(w_p, n_in, ins, outs), "p grad " + what)
         remove_mxa2a(d)
         assert "token_dispatch" not in d.__dict__
