@@ -23,6 +23,7 @@ import torch.distributed as dist
 from ..quant.formats import FP8Tensor
 from ..quant.wire import RawWire, Rows, WireCodec, get_codec
 from .exchange import AllToAllWork, ExchangePlan
+from .groups import resolve_group
 from .header import USES_SIGNATURES, agree, call_signature, next_call_number, resolve_check
 from .staging import release_staging_buffers
 
@@ -51,11 +52,13 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
         output_split_sizes / input_split_sizes: rows of dim 0 received from / sent to each rank of the
             group; None = equal split (dim 0 divisible by the group size), exactly as in torch.distributed.
             A rank's rows to itself must be as many as its rows from itself (else ValueError).
-        group, async_op: as in torch.distributed. With `async_op=True` returns an `AllToAllWork` whose
+        group, async_op: as in torch.distributed; `group` may also be a 1-D DeviceMesh, a group name or
+            a list of ranks, as torch's functional collectives accept (`mxa2a.comm.groups`). With `async_op=True` returns an `AllToAllWork` whose
             `wait()` also finishes decoding into `output`; else returns None when `output` is ready
             (on a GPU: ready in the current stream's order).
         wire: "raw" (the input's bytes), "bf16", "fp8" (E4M3, 1x128 tiles, UE8M0 scales), "mxfp4" (E2M1,
-            32-blocks, E8M0 scales) or a `mxa2a.quant.wire.WireCodec`. Same on every rank.
+            32-blocks, E8M0 scales) or a `mxa2a.quant.wire.WireCodec`. Same on every rank. Integer and
+            bool tensors always travel "raw", whatever `wire` says (no codec applies to them).
         scale_mode: "rceil" (default) or "floor", the MXFP4 scale rule (ignored by the other wires).
         chunks: None = `DEFAULT_CHUNKS` (1). 1 = one encode launch, one collective, one decode launch.
             c > 1 = pipelined (see the module docstring): own rows encoded and decoded locally, the
@@ -93,6 +96,7 @@ def all_to_all_single(output: torch.Tensor | FP8Tensor, input: torch.Tensor | FP
     host lists, as in torch.distributed. With `chunks > 1` on a CPU and `async_op=True`, decoding
     happens in `wait()`.
     """
+    group = resolve_group(group)
     world = dist.get_world_size(group)
     hint = input.device if isinstance(input, (torch.Tensor, FP8Tensor)) else None
 
@@ -124,6 +128,7 @@ def all_to_all(output_tensor_list: list[torch.Tensor | FP8Tensor],
     must be contiguous. Everything else (wires, bytes on the wire, `check` and host syncs, `chunks`,
     return value) is as in `all_to_all_single`.
     """
+    group = resolve_group(group)
     world = dist.get_world_size(group)
     first = input_tensor_list[0] if isinstance(input_tensor_list, (list, tuple)) and input_tensor_list else None
     hint = first.device if isinstance(first, (torch.Tensor, FP8Tensor)) else None
@@ -166,6 +171,8 @@ def _call(op: str, plan: Callable[[WireCodec, int], ExchangePlan], inputs: Seque
     codec, c, p, local_error = None, chunks, None, None
     try:
         codec = _codec(wire, scale_mode)
+        if _no_codec_applies(inputs):
+            codec = _RAW
         c = _resolve_chunks(chunks)
         p = plan(codec, c)
     except (TypeError, ValueError) as e:
@@ -218,6 +225,16 @@ def _sig_wire(codec: WireCodec | None, wire, scale_mode) -> tuple:
     """(wire, scale_mode) of the call signature: the resolved codec (which holds its scale_mode) when
     there is one, else the arguments as given."""
     return (codec, None) if codec is not None else (wire, scale_mode)
+
+
+_RAW = RawWire()
+
+
+def _no_codec_applies(inputs: Sequence) -> bool:
+    """Integer and bool rows have no lossy encoding: they travel raw whatever the wire (the token counts
+    and indices of a dispatcher go through the same call as its activations)."""
+    return bool(inputs) and all(isinstance(t, torch.Tensor) and not t.dtype.is_floating_point
+                                and not t.dtype.is_complex for t in inputs)
 
 
 def _check_own_rows(in_splits: list[int], out_splits: list[int], me: int) -> None:
