@@ -81,11 +81,12 @@ def align_groups(offsets: torch.Tensor, rows: int, tile: int = FP8_TILE) -> Grou
         return GroupAlignedLayout(offsets, offsets.clone(), torch.full((bound,), -1, dtype=torch.int32, device=dev),
                                   rows, tile)
     ends = offsets.to(torch.int64)
-    sizes = torch.diff(ends, prepend=ends.new_zeros(1))
-    padded_ends = ((sizes + tile - 1) // tile * tile).cumsum(0)
+    sizes = torch.diff(ends, prepend=ends.new_zeros(1)).clamp_(min=0)
+    padded = (sizes + tile - 1) // tile * tile
+    padded_ends = padded.cumsum(0)
     r = torch.arange(bound, device=dev)
     grp = torch.searchsorted(padded_ends, r, right=True).clamp_(max=g - 1)   # (bound,) group of each row
-    local = r - (padded_ends - (sizes + tile - 1) // tile * tile)[grp]
+    local = r - (padded_ends - padded)[grp]
     src = ends[grp] - sizes[grp] + local
     valid = (local < sizes[grp]) & (src >= 0) & (src < rows)
     row_map = torch.where(valid, src, -1).to(torch.int32)

@@ -149,7 +149,7 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
     k = k.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     if ALIGNED:  # start and end are multiples of 128; the clamp keeps a bad layout inside the operands
-        for tb in range(start // STEP_K, tl.minimum(end, T) // STEP_K):
+        for tb in range(tl.maximum(start, 0) // STEP_K, tl.minimum(end, T) // STEP_K):
             acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
                               stride_an, stride_asn, stride_bk, stride_bsk, False)
     else:
