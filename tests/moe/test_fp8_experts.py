@@ -12,7 +12,7 @@ from mxa2a.moe import MoELayer, MoELayerConfig, MoEModel, MoEModelConfig
 from mxa2a.moe.experts import GroupedExperts
 from mxa2a.quant import dequantize_fp8, fp8_rowwise_to_colwise, quantize_fp8
 
-SIZES = [30, 0, 1, 97]  # an empty expert, a 1-row expert, a group crossing a 128-token tile
+SIZES = [30, 0, 1, 97]  # an empty expert, a 1-row expert; packed, all four would share one 128-token tile
 
 
 def _q(x: torch.Tensor) -> torch.Tensor:
