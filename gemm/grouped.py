@@ -3,10 +3,10 @@
 - `grouped_gemm_fp8(a, b, offsets)`: `out[r] = a[r] @ b[g]^T` for the rows of group g. The forward
   GEMMs (x by W_1 = [W_gate | W_up], z by W_down) and the data-gradient GEMMs (dy by the block
   transpose of W_down, dh by that of W_1) are all this call.
-- `grouped_gemm_fp8_wgrad(a_t, b_t, groups)`: `out[g] = a_t[:, group g] @ b_t[:, group g]^T`, the
+- `grouped_gemm_fp8_wgrad(a_t, b_t, offsets)`: `out[g] = a_t[:, group g] @ b_t[:, group g]^T`, the
   weight gradients dW = dy^T z, reducing over the tokens of each group. The operands are column-wise
   (1x128 tiles along tokens), made by `quant.fp8_rowwise_to_colwise` from the row-wise tensors. Fast
-  form: `groups` a `GroupAlignedLayout` and the row-wise tensors first put in that layout by
+  form: `offsets` a `GroupAlignedLayout` and the row-wise tensors first put in that layout by
   `gather_aligned_rows` (`aligned_groups.py`: each group's tokens start at a multiple of 128, so every
   scale tile is one group's). Also taken: packed `offsets` (row count padded to a multiple of 128, rows
   past `offsets[-1]` never read), where a tile may straddle two groups and share its scale (slower).
