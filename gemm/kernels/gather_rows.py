@@ -1,6 +1,6 @@
 """Triton row gather into a group-aligned buffer (`aligned_groups.gather_aligned_rows`).
 
-One program copies `BLOCK_R` destination rows x `BLOCK_C` words: destination row r takes source row
+One program copies `BLOCK_R` destination rows x `BLOCK_C` words (about 16 KiB): destination row r takes source row
 `row_map[r]`, or zeros where `row_map[r] < 0` (the padding rows). One pass: each source byte is read
 once, each destination byte written once, no separate zero fill. The rows are moved as the widest
 integer words their width and alignment allow (8, 4, 2 or 1 bytes), whatever the container's dtype.
@@ -51,7 +51,9 @@ def launch_gather_rows(src: torch.Tensor, dst: torch.Tensor, row_map: torch.Tens
     if rows == 0 or dst.shape[1] == 0:
         return
     s, d = _as_words(src, dst)
-    block_c = max(1, BLOCK_BYTES // s.element_size())
-    grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(d.shape[1], block_c))
+    block_c = min(BLOCK_BYTES // s.element_size(), triton.next_power_of_2(d.shape[1]))
+    # narrow rows (e.g. 11 scale bytes) take more rows a program, so that each still moves ~16 KiB
+    block_r = min(256, max(BLOCK_R, BLOCK_R * BLOCK_BYTES // (block_c * s.element_size())))
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(d.shape[1], block_c))
     _gather_rows_kernel[grid](s, d, row_map, rows, d.shape[1], s.stride(0), d.stride(0),
-                              BLOCK_R=BLOCK_R, BLOCK_C=block_c, num_warps=4)
+                              BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
