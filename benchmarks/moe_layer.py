@@ -33,7 +33,7 @@ import _bench_common as bc  # noqa: E402
 
 ROUTED = re.compile(r"_grouped_gemm_|group", re.I)  # ours, and CUTLASS's GroupProblemShape (torch._grouped_mm)
 GEMM = re.compile(r"gemm|cutlass|nvjet|xmma|wgmma|_mm_", re.I)
-QUANT = re.compile(r"fp8|mxfp4|quantiz|swiglu|transpose|colwise|e4m3", re.I)
+QUANT = re.compile(r"fp8|mxfp4|quantiz|swiglu|transpose|colwise|e4m3|gather_rows", re.I)
 
 
 def build(args, dev):
@@ -138,8 +138,9 @@ def configs_from(path: str, args) -> tuple:
     from mxa2a.gemm import GemmConfig
 
     with open(path) as f:
-        rows = [r for r in json.load(f)["rows"]
-                if (r["H"], r["F"], r["E"]) == (args.hidden, args.d_expert, args.experts)]
+        rows = [r for r in json.load(f)["rows"]  # the layer's wgrad runs on the group-aligned layout
+                if (r["H"], r["F"], r["E"]) == (args.hidden, args.d_expert, args.experts)
+                and r.get("layout") in (None, "aligned")]
     if not rows:
         raise SystemExit(f"{path} has no rows for H={args.hidden}, F={args.d_expert}, E={args.experts}")
     pick = lambda wg: collections.Counter(r["config"] for r in rows if r["kind"].startswith("wgrad") == wg)  # noqa: E731

@@ -5,8 +5,11 @@
   transpose of W_down, dh by that of W_1) are all this call.
 - `grouped_gemm_fp8_wgrad(a_t, b_t, offsets)`: `out[g] = a_t[:, group g] @ b_t[:, group g]^T`, the
   weight gradients dW = dy^T z, reducing over the tokens of each group. The operands are column-wise
-  (1x128 tiles along tokens), made by `quant.fp8_rowwise_to_colwise` from the row-wise tensors, whose
-  row count must therefore be padded to a multiple of 128 (rows past `offsets[-1]` are never read).
+  (1x128 tiles along tokens), made by `quant.fp8_rowwise_to_colwise` from the row-wise tensors. Fast
+  form: `offsets` a `GroupAlignedLayout` and the row-wise tensors first put in that layout by
+  `gather_aligned_rows` (`aligned_groups.py`: each group's tokens start at a multiple of 128, so every
+  scale tile is one group's). Also taken: packed `offsets` (row count padded to a multiple of 128, rows
+  past `offsets[-1]` never read), where a tile may straddle two groups and share its scale (slower).
 `offsets` is the int32 device tensor of cumulative group ends (`torch._grouped_mm`'s `offs`): groups
 may be empty or of any size; nothing reads it on the host. `backend="auto"`: Triton on CUDA, the torch
 reference (`reference.py`, one host sync) elsewhere.
@@ -21,6 +24,7 @@ import torch
 from ..quant.checks import check_container, pick_backend
 from ..quant.formats import FP8_TILE, FP8Tensor
 from . import reference
+from .aligned_groups import GroupAlignedLayout
 
 OUT_DTYPES = (torch.bfloat16, torch.float32)
 
@@ -113,14 +117,19 @@ def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor, *,
     return out
 
 
-def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor, *,
+def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor | GroupAlignedLayout, *,
                            out_dtype: torch.dtype = torch.float32, backend: str = "auto",
                            config: GemmConfig | None = None) -> torch.Tensor:
     """Per-group `a_t[:, s:e] @ b_t[:, s:e]^T`, reducing over the tokens s:e of each group.
 
     Arguments: `a_t` FP8 `[N, T]`, `b_t` FP8 `[K, T]`, both column-wise (1x128 tiles along the token
-    axis T, a multiple of 128, e.g. from `fp8_rowwise_to_colwise`), `offsets` int32 `[G]` (cumulative
-    token ends, at most T). A token tile straddling two groups serves both with its one scale.
+    axis T, a multiple of 128, e.g. from `fp8_rowwise_to_colwise`), and `offsets` either
+    - a `GroupAlignedLayout` (from `align_groups`): the operands' tokens are in its group-aligned
+      layout (`gather_aligned_rows` before the conversion), T == `layout.rows`; group g's tokens are
+      `padded_offsets[g-1]` up to its size, its padding tokens must be zero (the gather makes them so:
+      not checked, the kernel reads them as part of the group's tiles, without masks); or
+    - int32 `[G]` packed cumulative token ends (at most T): a token tile straddling two groups serves
+      both with its one scale (masked first and last tiles, slower).
     Returns `[G, N, K]` in `out_dtype` (fp32 default, or bf16); an empty group gives zeros.
     """
     fn = "grouped_gemm_fp8_wgrad"
@@ -131,12 +140,20 @@ def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor
                          f"{tuple(b_t.shape)}")
     if a_t.device != b_t.device:
         raise ValueError(f"{fn}: a_t is on {a_t.device} but b_t on {b_t.device}")
-    offsets = _check_offsets(offsets, offsets.numel() if isinstance(offsets, torch.Tensor) else 0,
-                             a_t.device, fn)
+    aligned = isinstance(offsets, GroupAlignedLayout)
+    if aligned:
+        layout = offsets
+        if layout.tile != FP8_TILE or layout.rows != a_t.shape[1]:
+            raise ValueError(f"{fn}: a GroupAlignedLayout must have tile {FP8_TILE} and rows == T of the "
+                             f"operands ({a_t.shape[1]}), got tile {layout.tile}, rows {layout.rows}")
+        offsets = _check_offsets(layout.padded_offsets, layout.groups, a_t.device, fn)
+    else:
+        offsets = _check_offsets(offsets, offsets.numel() if isinstance(offsets, torch.Tensor) else 0,
+                                 a_t.device, fn)
     _check_out_dtype(out_dtype, fn)
     if pick_backend(backend, a_t.device, fn) == "torch":
-        return reference.grouped_gemm_fp8_wgrad(a_t, b_t, offsets, out_dtype)
+        return reference.grouped_gemm_fp8_wgrad(a_t, b_t, layout if aligned else offsets, out_dtype)
     from .kernels.grouped_gemm import launch_wgrad
     out = torch.empty(offsets.numel(), a_t.shape[0], b_t.shape[0], dtype=out_dtype, device=a_t.device)
-    launch_wgrad(a_t, b_t, offsets, out, config or WGRAD_CONFIG)
+    launch_wgrad(a_t, b_t, offsets, out, config or WGRAD_CONFIG, aligned=aligned)
     return out

@@ -13,11 +13,18 @@ import torch.nn.functional as F
 
 from ..quant import reference as qref
 from ..quant.formats import FP8Tensor
+from .aligned_groups import GroupAlignedLayout
 
 
 def _bounds(offsets: torch.Tensor) -> list[tuple[int, int]]:
     ends = [int(e) for e in offsets.tolist()]
     return list(zip([0] + ends[:-1], ends))
+
+
+def _aligned_bounds(layout: GroupAlignedLayout) -> list[tuple[int, int]]:
+    sizes = [e - s for s, e in _bounds(layout.offsets)]
+    starts = [s for s, _ in _bounds(layout.padded_offsets)]
+    return [(s, s + n) for s, n in zip(starts, sizes)]
 
 
 def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor,
@@ -32,13 +39,14 @@ def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor,
     return out.to(out_dtype)
 
 
-def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor,
+def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: "torch.Tensor | GroupAlignedLayout",
                            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`out[g] = a_t[:, s:e] @ b_t[:, s:e]^T` over the tokens s:e of group g; a_t `[N, T]`, b_t
-    `[K, T]` (column-wise operands: tiles along tokens) -> `[G, N, K]`."""
+    `[K, T]` (column-wise operands: tiles along tokens) -> `[G, N, K]`. With a `GroupAlignedLayout`,
+    group g's tokens are its real ones in the aligned layout (padding tokens are not read)."""
     av = qref.dequantize_fp8(a_t, torch.float32)
     bv = qref.dequantize_fp8(b_t, torch.float32)
-    bounds = _bounds(offsets)
+    bounds = _aligned_bounds(offsets) if isinstance(offsets, GroupAlignedLayout) else _bounds(offsets)
     out = torch.zeros(len(bounds), a_t.shape[0], b_t.shape[0], dtype=torch.float32, device=av.device)
     for g, (s, e) in enumerate(bounds):
         out[g] = av[:, s:e] @ bv[:, s:e].t()

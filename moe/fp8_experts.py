@@ -6,8 +6,9 @@ GEMMs (forward, data gradient, weight gradient of both projections) run in block
     backward: dyq = Q(dy); dz = dyq W_down (block transpose); dW_down = colwise(dyq)^T colwise(zq)
               dhq = Q(SwiGLU'(h, dz)); dx = dhq W_1 (block transpose); dW_1 = colwise(dhq)^T colwise(xq)
 Q is the FP8 1x128 codec; colwise is `quant.fp8_rowwise_to_colwise` (scaling-aware, never a second
-quantization from BF16). The row-wise FP8 tensors are padded to a multiple of 128 rows (zero rows,
-scale byte 0) so the column-wise conversion applies; the weight-gradient GEMM reads only real rows.
+quantization from BF16) of the rows put in the group-aligned layout (`gemm.gather_aligned_rows`:
+each expert's rows from a multiple of 128, zero rows between), so each 128-token column-wise scale
+tile holds one expert's tokens and the weight-gradient GEMM runs without token masks.
 Saved for backward (RECIPE.md "What must hold"): xq [M, H] and zq [M, F] FP8 (1 B/elem + 1 scale byte
 per 128), h [M, 2F] bf16 (2 B/elem; kept, not recomputed from x: the alternative is not measured yet).
 Until the MXFP4 activations land, x is saved in FP8 (RECIPE.md allows it). `FP8ExpertWeights` keeps
@@ -21,8 +22,9 @@ import functools
 
 import torch
 
-from ..gemm import (GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks_and_transpose,
-                    swiglu_backward_quantize_fp8, swiglu_quantize_fp8)
+from ..gemm import (GemmConfig, GroupAlignedLayout, align_groups, gather_aligned_rows, grouped_gemm_fp8,
+                    grouped_gemm_fp8_wgrad, quantize_fp8_blocks_and_transpose, swiglu_backward_quantize_fp8,
+                    swiglu_quantize_fp8)
 from ..quant import FP8Tensor, fp8_rowwise_to_colwise, quantize_fp8
 from ..quant.formats import E4M3_DTYPE, FP8_TILE
 
@@ -81,6 +83,12 @@ def _quantize_padded(x: torch.Tensor, backend: str) -> FP8Tensor:
     return q
 
 
+def _wgrad_operand(rows: FP8Tensor, layout: GroupAlignedLayout, backend: str) -> FP8Tensor:
+    """The column-wise weight-gradient operand `[W, layout.rows]` of saved row-wise FP8 `rows`
+    (`[M', W]`, M' >= the layout's packed rows): gathered group-aligned, then transposed scaling-aware."""
+    return fp8_rowwise_to_colwise(gather_aligned_rows(rows, layout, backend=backend), backend=backend)
+
+
 class FP8ExpertMLP(torch.autograd.Function):
     """`y = SwiGLU experts(x)` in FP8 on rows grouped by `offsets` (int32 cumulative ends); gradients
     for x and the three master weights (returned in their dtypes). `configs`: the launch
@@ -111,13 +119,14 @@ class FP8ExpertMLP(torch.autograd.Function):
         w_out = torch.bfloat16 if gd == ud == dd == torch.bfloat16 else torch.float32
         gemm = functools.partial(grouped_gemm_fp8, backend=be, config=ctx.configs[0], b_block_scales=True)
         wgrad = functools.partial(grouped_gemm_fp8_wgrad, backend=be, config=ctx.configs[1], out_dtype=w_out)
-        colwise = functools.partial(fp8_rowwise_to_colwise, backend=be)
         m, f = h.shape[0], h.shape[1] // 2
+        layout = align_groups(offsets, m)
+        colwise = functools.partial(_wgrad_operand, layout=layout, backend=be)                  # (W, Ta)
         dyq = _quantize_padded(dy.contiguous(), be)                                           # (Mp, H)
         dz = gemm(_rows(dyq, m), weights.w2_t, offsets, out_dtype=torch.bfloat16)            # (M, F)
-        dw_down = wgrad(colwise(dyq), colwise(zq), offsets)                                   # (E, H, F)
+        dw_down = wgrad(colwise(dyq), colwise(zq), layout)                                    # (E, H, F)
         dhq = _padded_fp8(m, 2 * f, h.device)                                                 # (Mp, 2F)
         swiglu_backward_quantize_fp8(h, dz, backend=be, out=_rows(dhq, m))
         dx = gemm(_rows(dhq, m), weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
-        dw_1 = wgrad(colwise(dhq), colwise(xq), offsets)                                      # (E, 2F, H)
+        dw_1 = wgrad(colwise(dhq), colwise(xq), layout)                                       # (E, 2F, H)
         return dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None, None

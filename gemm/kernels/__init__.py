@@ -1,2 +1,3 @@
-"""Triton kernels of `mxa2a.gemm`: `grouped_gemm.py` (the two grouped GEMM kernels), `swiglu.py`
-(SwiGLU forward / backward fused with FP8 1x128 quantization)."""
+"""Triton kernels of `mxa2a.gemm`: `grouped_gemm.py` (the two grouped GEMM kernels), `gather_rows.py`
+(rows into the group-aligned layout), `swiglu.py` (SwiGLU forward / backward fused with FP8 1x128
+quantization)."""

@@ -11,9 +11,11 @@ promotion, which also keeps Hopper's reduced-precision FP8 MMA accumulation to 1
   the device (each group cut into ceil(rows / BM) tiles, an exclusive cumsum over the groups), so the
   grid is an upper bound, cdiv(M, BM) + G row tiles, and programs past the last tile exit at once.
 - `_grouped_gemm_wgrad_kernel` (weight gradient): the reduction axis is the token axis, split into
-  groups; program (g, n tile, k tile) sums group g's tokens. Token tiles sit at global multiples of
-  128, so a tile may straddle two groups: each group reads its own tokens of it (the others zeroed in
-  registers, in its first and last tile only) with the tile's shared scale. No per-group padding.
+  groups; program (g, n tile, k tile) sums group g's tokens. ALIGNED (the group-aligned layout of
+  `aligned_groups.py`: every group starts at a multiple of 128, padding tokens zero): all of a group's
+  steps run in one software-pipelined loop, no token masks. Packed (any offsets): a token tile may
+  straddle two groups; each group reads its own tokens of it (the others zeroed in registers, in its
+  first and last tile only, outside the pipelined loop) with the tile's shared scale.
 """
 
 from __future__ import annotations
@@ -126,9 +128,10 @@ def _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, 
 
 
 @triton.jit
-def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K,
+def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, T,
                                stride_an, stride_asn, stride_bk, stride_bsk, stride_cg, stride_cn,
-                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_BF16: tl.constexpr):
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_BF16: tl.constexpr,
+                               ALIGNED: tl.constexpr):
     pid = tl.program_id(0)
     tiles_n = tl.cdiv(N, BLOCK_N)
     tiles_k = tl.cdiv(K, BLOCK_K)
@@ -145,17 +148,22 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
     n = n.to(tl.int64)
     k = k.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    first = start // STEP_K
-    last = (end - 1) // STEP_K
-    if end > start:
-        acc = _wgrad_step(acc, first, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                          stride_an, stride_asn, stride_bk, stride_bsk, True)
-        if last > first:
-            acc = _wgrad_step(acc, last, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+    if ALIGNED:  # start and end are multiples of 128; the clamp keeps a bad layout inside the operands
+        for tb in range(tl.maximum(start, 0) // STEP_K, tl.minimum(end, T) // STEP_K):
+            acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                              stride_an, stride_asn, stride_bk, stride_bsk, False)
+    else:
+        first = start // STEP_K
+        last = (end - 1) // STEP_K
+        if end > start:
+            acc = _wgrad_step(acc, first, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
                               stride_an, stride_asn, stride_bk, stride_bsk, True)
-    for tb in range(first + 1, last):
-        acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                          stride_an, stride_asn, stride_bk, stride_bsk, False)
+            if last > first:
+                acc = _wgrad_step(acc, last, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                                  stride_an, stride_asn, stride_bk, stride_bsk, True)
+        for tb in range(first + 1, last):
+            acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                              stride_an, stride_asn, stride_bk, stride_bsk, False)
     c = _bf16_bits(acc) if OUT_BF16 else acc
     c_ptrs = c_ptr + grp.to(tl.int64) * stride_cg + n[:, None] * stride_cn + k[None, :]
     tl.store(c_ptrs, c, mask=nmask[:, None] & kmask[None, :])
@@ -188,15 +196,16 @@ def launch_rows(a, b, offsets, out, config, b_blocks: bool = False) -> None:
         OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks, **_launch_options(config))
 
 
-def launch_wgrad(a_t, b_t, offsets, out, config) -> None:
-    """Launch `_grouped_gemm_wgrad_kernel` on checked operands (see `grouped.grouped_gemm_fp8_wgrad`)."""
+def launch_wgrad(a_t, b_t, offsets, out, config, aligned: bool = False) -> None:
+    """Launch `_grouped_gemm_wgrad_kernel` on checked operands (see `grouped.grouped_gemm_fp8_wgrad`);
+    `aligned`: `offsets` are group-aligned padded offsets (multiples of 128, padding tokens zero)."""
     g, n, k = out.shape
     if g == 0 or n == 0 or k == 0:
         return
     grid = (g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols),)
     _grouped_gemm_wgrad_kernel[grid](
-        a_t.data, a_t.scales, b_t.data, b_t.scales, _store_view(out), offsets, n, k,
+        a_t.data, a_t.scales, b_t.data, b_t.scales, _store_view(out), offsets, n, k, a_t.shape[1],
         a_t.data.stride(0), a_t.scales.stride(0), b_t.data.stride(0), b_t.scales.stride(0),
         out.stride(0), out.stride(1),
         BLOCK_N=config.block_rows, BLOCK_K=config.block_cols,
-        OUT_BF16=out.element_size() == 2, **_launch_options(config))
+        OUT_BF16=out.element_size() == 2, ALIGNED=aligned, **_launch_options(config))

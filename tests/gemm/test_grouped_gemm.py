@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from gemm_data import accumulation_bound, colwise_of, fp8_rows, offsets_of
-from mxa2a.gemm import GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks
+from mxa2a.gemm import (GemmConfig, align_groups, gather_aligned_rows, grouped_gemm_fp8, grouped_gemm_fp8_wgrad,
+                        quantize_fp8_blocks)
 from mxa2a.gemm import reference
-from mxa2a.quant import FP8Tensor, dequantize_fp8, quantize_fp8
+from mxa2a.quant import FP8Tensor, dequantize_fp8, fp8_rowwise_to_colwise, quantize_fp8
 
 SMALL = GemmConfig(block_rows=16, block_cols=32, num_warps=4, num_stages=2)
 WGRAD_SMALL = GemmConfig(block_rows=64, block_cols=64, num_warps=4, num_stages=2)
@@ -117,13 +118,44 @@ def test_wgrad_straddling_tile_reads_only_its_groups_tokens(seed):
     # other group must not leak in (masked), so each group equals its own slice of the oracle.
     x = torch.randn(128, 128)
     y = torch.randn(128, 128)
-    from mxa2a.quant import fp8_rowwise_to_colwise
     a_t, b_t = fp8_rowwise_to_colwise(quantize_fp8(y)), fp8_rowwise_to_colwise(quantize_fp8(x))
     offsets = offsets_of([10, 118])
     out = grouped_gemm_fp8_wgrad(a_t, b_t, offsets, backend="triton", config=SMALL)
     av, bv = dequantize_fp8(a_t, torch.float32), dequantize_fp8(b_t, torch.float32)
     torch.testing.assert_close(out[0], av[:, :10] @ bv[:, :10].t(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out[1], av[:, 10:] @ bv[:, 10:].t(), rtol=1e-5, atol=1e-4)
+
+
+def _aligned_operands(sizes, n, k, device="cpu", nan_row=None):
+    """Column-wise operands of random rows put in the group-aligned layout, and the layout."""
+    m = sum(sizes)
+    layout = align_groups(offsets_of(sizes, device), m)
+    y, x = torch.randn(m, n, device=device), torch.randn(m, k, device=device)
+    if nan_row is not None:
+        x[nan_row, 3] = float("nan")
+    a_t, b_t = (fp8_rowwise_to_colwise(gather_aligned_rows(quantize_fp8(v), layout)) for v in (y, x))
+    return a_t, b_t, layout
+
+
+@pytest.mark.parametrize("sizes", [[5, 0, 1, 100, 30], [0, 0, 256], [1, 0], [129, 127, 0, 128]],
+                         ids=["mixed", "empty_first", "tiny", "around_128"])
+def test_aligned_wgrad_matches_oracle(sizes, seed):
+    a_t, b_t, layout = _aligned_operands(sizes, 256, 128)
+    out = grouped_gemm_fp8_wgrad(a_t, b_t, layout, backend="triton", config=WGRAD_SMALL)
+    ref = reference.grouped_gemm_fp8_wgrad(a_t, b_t, layout)
+    assert out.shape == ref.shape == (len(sizes), 256, 128)
+    av, bv = dequantize_fp8(a_t, torch.float32), dequantize_fp8(b_t, torch.float32)
+    starts = [0] + layout.padded_offsets.tolist()[:-1]
+    for g, (s, n) in enumerate(zip(starts, sizes)):
+        assert ((out[g] - ref[g]).abs() <= accumulation_bound(av[:, s:s + n], bv[:, s:s + n])).all(), f"group {g}"
+        assert (out[g] == 0).all() if n == 0 else ref[g].abs().sum() > 0
+
+
+def test_aligned_wgrad_keeps_a_nan_in_its_group(seed):
+    sizes = [10, 118, 3]  # packed, groups 0 and 1 would share one token tile
+    a_t, b_t, layout = _aligned_operands(sizes, 128, 128, nan_row=12)
+    out = grouped_gemm_fp8_wgrad(a_t, b_t, layout, backend="triton", config=WGRAD_SMALL)
+    assert out[1].isnan().any() and not out[0].isnan().any() and not out[2].isnan().any()
 
 
 def test_bad_arguments_are_clear_errors():
@@ -147,6 +179,9 @@ def test_bad_arguments_are_clear_errors():
         grouped_gemm_fp8_wgrad(colwise_of(128, 128, 8), colwise_of(256, 128, 8), off)
     with pytest.raises(ValueError, match="power of two"):
         GemmConfig(block_rows=96)
+    a_t, b_t, layout = _aligned_operands([4, 4], 128, 128)
+    with pytest.raises(ValueError, match="rows == T"):
+        grouped_gemm_fp8_wgrad(colwise_of(128, 128, 8), colwise_of(128, 128, 8), layout)
 
 
 @pytest.mark.gpu
@@ -171,3 +206,11 @@ def test_gpu_forward_and_wgrad_at_real_shapes(g, n, k, skew, seed):
         err, mag = (wg[i] - wr[i]).abs(), av[:, s:e].abs() @ bv[:, s:e].abs().t()
         assert (err <= accumulation_bound(av[:, s:e], bv[:, s:e], 9)).all(), \
             f"group {i}: max error / sum|ab| = {(err / mag.clamp_min(1e-30)).max().item():.3g}"
+    a_t, b_t, layout = _aligned_operands(sizes, n, k, dev)
+    wg = grouped_gemm_fp8_wgrad(a_t, b_t, layout)
+    wr = reference.grouped_gemm_fp8_wgrad(a_t, b_t, layout)
+    av, bv = dequantize_fp8(a_t, torch.float32), dequantize_fp8(b_t, torch.float32)
+    starts = [0] + layout.padded_offsets.tolist()[:-1]
+    for i, (s, rows) in enumerate(zip(starts, sizes)):
+        err = (wg[i] - wr[i]).abs()
+        assert (err <= accumulation_bound(av[:, s:s + rows], bv[:, s:s + rows], 9)).all(), f"aligned group {i}"

@@ -12,7 +12,7 @@ from mxa2a.moe import MoELayer, MoELayerConfig, MoEModel, MoEModelConfig
 from mxa2a.moe.experts import GroupedExperts
 from mxa2a.quant import dequantize_fp8, fp8_rowwise_to_colwise, quantize_fp8
 
-SIZES = [30, 0, 1, 97]  # an empty expert, a 1-row expert, a group crossing a 128-token tile
+SIZES = [30, 0, 1, 97]  # an empty expert, a 1-row expert; packed, all four would share one 128-token tile
 
 
 def _q(x: torch.Tensor) -> torch.Tensor:
@@ -20,11 +20,17 @@ def _q(x: torch.Tensor) -> torch.Tensor:
 
 
 def _colwise(x: torch.Tensor) -> torch.Tensor:
-    """The recipe's column-wise operand: quantize rows (padded to 128 with zeros), scaling-aware transpose."""
+    """The recipe's column-wise operand of one expert's rows: quantize the rows (padded to 128 with
+    zeros), scaling-aware transpose; each expert's 128-token tiles are its own (group-aligned layout)."""
     pad = torch.zeros(-(-x.shape[0] // 128) * 128, x.shape[1])
     pad[: x.shape[0]] = x
     t = fp8_rowwise_to_colwise(quantize_fp8(pad, backend="torch"), backend="torch")
     return dequantize_fp8(t, torch.float32, backend="torch")[:, : x.shape[0]]
+
+
+def _wgrad(a, b, bounds):
+    """Per expert `colwise(a_g) @ colwise(b_g)^T`, each expert's column-wise tiles from its rows only."""
+    return torch.stack([_colwise(a[s:e]) @ _colwise(b[s:e]).t() for s, e in bounds])
 
 
 def recipe_twin(x, w_gate, w_up, w_down, sizes, dy):
@@ -43,9 +49,7 @@ def recipe_twin(x, w_gate, w_up, w_down, sizes, dy):
     sg = torch.sigmoid(gate)
     dh = _q(torch.cat([dz * up * sg * (1 + gate * (1 - sg)), dz * gate * sg], -1))
     dx = torch.cat([dh[s:e] @ w1[g] for g, (s, e) in enumerate(bounds)])
-    dy_c, z_c, dh_c, x_c = _colwise(dy), _colwise(z), _colwise(dh), _colwise(x)
-    dw2 = torch.stack([dy_c[:, s:e] @ z_c[:, s:e].t() for s, e in bounds])
-    dw1 = torch.stack([dh_c[:, s:e] @ x_c[:, s:e].t() for s, e in bounds])
+    dw2, dw1 = _wgrad(dy, z, bounds), _wgrad(dh, x, bounds)
     return y, dx, dw1[:, :f], dw1[:, f:], dw2
 
 
@@ -74,6 +78,21 @@ def test_fp8_experts_match_the_recipe_twin(backend, seed):
     for name, g, w in zip(["y", "dx", "dw_gate", "dw_up", "dw_down"], got, want):
         assert g.shape == w.shape, name
         err = ((g - w).norm() / w.norm()).item()
+        assert err < 1e-3, (name, err)
+
+
+def test_weight_gradients_take_each_experts_token_tiles_alone(seed):
+    # Experts 0 and 3 share the first 128 tokens; expert 0's output gradients (hence its dh) are 2^10
+    # larger. One shared column-wise scale tile would shift expert 3's dy and dh 10 bits down (into
+    # E4M3's subnormals); the group-aligned layout gives expert 3 its own tiles, as the twin does.
+    ex = _experts("triton")
+    m = sum(SIZES)
+    x, dy = torch.randn(m, 128), torch.randn(m, 128)
+    dy[:30] *= 2.0 ** 10
+    got = _run(ex, x, SIZES, dy)
+    want = recipe_twin(x, ex.w_gate.detach(), ex.w_up.detach(), ex.w_down.detach(), SIZES, dy)
+    for name, g, w in zip(["dw_gate", "dw_up", "dw_down"], got[2:], want[2:]):
+        err = ((g[3] - w[3]).norm() / w[3].norm()).item()
         assert err < 1e-3, (name, err)
 
 
