@@ -33,16 +33,8 @@ def sharpness_mask(v: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, su
     for a stack of E matrices with dims (-2, -1)); the returned factors have their shapes. The mask
     uses the factors as given; the new factors are for the next step. No host sync."""
     dims = tuple(range(v.ndim)) if dims is None else tuple(dims)
-    mean = v.mean(dim=dims, keepdim=True)
-    hi, lo = upper * mean, lower * mean
-    ramp = ((v - lo) / (hi - lo + MASK_EPS)).clamp(0.0, 1.0)
-    p = torch.where(v >= hi, torch.ones_like(v), ramp)
-    frac_sharp = (v >= hi).to(v.dtype).mean(dim=dims, keepdim=True).view_as(upper)
-    frac_any = (v >= lo).to(v.dtype).mean(dim=dims, keepdim=True).view_as(lower)
-    smooth = min(1.0 - subspace_ratio, smooth_ratio)
-    new_upper = upper * torch.where(frac_sharp > subspace_ratio, MASK_GROWTH, MASK_SHRINK)
-    new_lower = lower * torch.where(frac_any > subspace_ratio + smooth, MASK_GROWTH, MASK_SHRINK)
-    return p, new_upper, torch.minimum(new_lower, LOWER_CAP * new_upper)
+    return _mask(v, upper, lower, lambda x: x.mean(dim=dims, keepdim=True), lambda x: x,
+                 subspace_ratio, smooth_ratio)
 
 
 def segment_sharpness_mask(v: torch.Tensor, lengths: Sequence[int], upper: torch.Tensor, lower: torch.Tensor,
@@ -55,14 +47,21 @@ def segment_sharpness_mask(v: torch.Tensor, lengths: Sequence[int], upper: torch
     reuse; None: made here). No host sync once `repeats` is given."""
     if repeats is None:
         repeats = torch.tensor(list(lengths), dtype=torch.int64, device=v.device)
-    sizes = [float(n) for n in lengths]
-    mean = lambda x: torch.stack(torch._foreach_div(torch._foreach_norm(x.split(list(lengths)), 1), sizes))  # noqa: E731
+    sizes, parts = [float(n) for n in lengths], list(lengths)
+    mean = lambda x: torch.stack(torch._foreach_div(torch._foreach_norm(x.split(parts), 1), sizes))  # noqa: E731
     spread = lambda x: torch.repeat_interleave(x, repeats, output_size=v.numel())  # noqa: E731
+    return _mask(v, upper, lower, mean, spread, subspace_ratio, smooth_ratio)
+
+
+def _mask(v, upper, lower, mean, spread, subspace_ratio, smooth_ratio):
+    """The mask of `sharpness_mask` given how to average over a unit (`mean`) and to broadcast a
+    per-unit value back to v's elements (`spread`)."""
     avg = mean(v)
     hi, lo = spread(upper * avg), spread(lower * avg)
     ramp = ((v - lo) / (hi - lo + MASK_EPS)).clamp(0.0, 1.0)
     p = torch.where(v >= hi, torch.ones_like(v), ramp)
-    frac_sharp, frac_any = mean((v >= hi).to(v.dtype)), mean((v >= lo).to(v.dtype))
+    frac_sharp = mean((v >= hi).to(v.dtype)).view_as(upper)
+    frac_any = mean((v >= lo).to(v.dtype)).view_as(lower)
     smooth = min(1.0 - subspace_ratio, smooth_ratio)
     new_upper = upper * torch.where(frac_sharp > subspace_ratio, MASK_GROWTH, MASK_SHRINK)
     new_lower = lower * torch.where(frac_any > subspace_ratio + smooth, MASK_GROWTH, MASK_SHRINK)
