@@ -15,7 +15,9 @@ sweep), PNG. On CUDA the expert GEMMs take bf16 inputs (`--expert-gemm grouped`)
 MoE layer sees the fp32 LayerNorm output and would otherwise run its per-expert loop.
 `--steps 0` (default) picks the step count from a short timed calibration so that sweeps and final runs
 fit in `--budget-s`; a run that would end after `--deadline-s` is skipped (and said so); the JSON and
-PNG are rewritten after every final run. `--quick` is a CPU smoke run of a few seconds.
+PNG are rewritten after every final run. `--extra-variants muon_lite` adds a run "muon_lite+chi1": the
+LITE family with chi `--extra-adamw-chi` (1) on embeddings and norms instead of the published 8, i.e.
+the damping of the matrices alone. `--quick` is a CPU smoke run of a few seconds.
 Run from a checkout: `python benchmarks/optimizers.py --json out.json --png out.png` (puts the checkout
 on the path as `mxa2a` when `import mxa2a` fails).
 """
@@ -54,6 +56,7 @@ QUICK = dict(hidden=32, d_expert=32, experts=4, layers=2, heads=2, seq_len=32, b
              eval_batches=2, data_mb=0.3)
 SWEEP = "adamw:1e-3,2e-3,4e-3;muon:2e-3,4e-3,8e-3;soap:1e-3,2e-3,4e-3"
 LITE_BASE = {"muon_lite": "muon", "soap_lite": "soap"}
+HOST_OVERHEAD = 1.08  # model builds, batches and timing events beyond the calibrated step
 ORDER = ("muon", "muon_lite", "soap", "soap_lite", "adamw")  # the claim's runs first
 
 
@@ -66,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="0: from the calibration and --budget-s")
     p.add_argument("--lite-adamw-chi", type=float, default=8.0,
                    help="chi of the embeddings and norms in the LITE families (8: the published MoE setting)")
+    p.add_argument("--extra-variants", default="", help="LITE families run once more with --extra-adamw-chi")
+    p.add_argument("--extra-adamw-chi", type=float, default=1.0)
     p.add_argument("--budget-s", type=float, default=270.0, help="seconds for calibration, sweep and runs")
     p.add_argument("--deadline-s", type=float, default=0.0, help="skip runs that would end later (0: budget + 30)")
     p.add_argument("--min-steps", type=int, default=100)
@@ -102,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown families {sorted(unknown)}; choose from {FAMILIES}")
     args.grids = parse_sweep(p, args.sweep)
+    args.extra_variants = [f for f in args.extra_variants.split(",") if f]
+    if set(args.extra_variants) - set(LITE_BASE):
+        p.error(f"--extra-variants takes LITE families {sorted(LITE_BASE)}, got {args.extra_variants}")
     args.deadline_s = args.deadline_s or args.budget_s + 30.0
     return args
 
@@ -221,8 +229,9 @@ def train(setup: Setup, family: str, lr: float, steps: int, evals: bool = True, 
     """One run; returns the curve, timings and final loss. `evals=False`: timing only (calibration)."""
     args = setup.args
     model = setup.model()
-    lite = {r: dict(LITE_DEFAULTS[r], chi=args.lite_adamw_chi) for r in ("embedding", "norm")}
-    opts = build_optimizers(model, family, lr, weight_decay=args.weight_decay, lite=lite)
+    base, chi = split_variant(family, args.lite_adamw_chi)
+    lite = {r: dict(LITE_DEFAULTS[r], chi=chi) for r in ("embedding", "norm")}
+    opts = build_optimizers(model, base, lr, weight_decay=args.weight_decay, lite=lite)
     schedule = Schedule(steps, max(1, int(args.warmup_frac * steps)), args.schedule, args.min_lr_ratio)
     stream = batches(setup.train_data, args.batch, args.seq_len, args.seed)
     eval_every = args.eval_every or max(1, steps // evals_per_run)
@@ -262,6 +271,12 @@ def train(setup: Setup, family: str, lr: float, steps: int, evals: bool = True, 
                                  if family != "adamw" else None)}
 
 
+def split_variant(family: str, default_chi: float) -> tuple[str, float]:
+    """"muon_lite+chi1" -> ("muon_lite", 1.0): a LITE family with another chi on embeddings and norms."""
+    base, _, chi = family.partition("+chi")
+    return base, float(chi) if chi else default_chi
+
+
 def plan_runs(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
     """`(kind, family, lr source)` in run order: ("sweep", base, None) before the finals that need it;
     ("final", family, family whose sweep gives its LR)."""
@@ -273,20 +288,29 @@ def plan_runs(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
             runs.append(("sweep", source, None))
             swept.add(source)
         runs.append(("final", family, source))
+        if family in args.extra_variants:
+            runs.append(("final", f"{family}+chi{args.extra_adamw_chi:g}", source))
     return runs
 
 
 def choose_steps(setup: Setup, args: argparse.Namespace, started: float) -> tuple[int, dict]:
     """Time a few steps of every family (this also warms the caches); the largest step count whose
     sweeps and final runs fit in what is left of the budget."""
-    families = sorted({f for _, f, _ in plan_runs(args)})
+    families = sorted({split_variant(f, 0.0)[0] for _, f, _ in plan_runs(args)})
     probe = {f: train(setup, f, args.grids[f][0], 12, evals=False)["step_ms"] for f in families}
+    probe.update({f: probe[split_variant(f, 0.0)[0]] for _, f, _ in plan_runs(args)})
     per_step_s = sum(probe[f] * (args.sweep_frac * len(args.grids[f]) if kind == "sweep" else 1.0)
                      for kind, f, _ in plan_runs(args)) / 1e3
-    overhead = 1.12  # evaluations (args.eval_batches forwards, 40 per final run) and host work
-    left = args.budget_s - (time.perf_counter() - started)
-    steps = int(left / (per_step_s * overhead)) // 50 * 50
+    left = args.budget_s - (time.perf_counter() - started) - sum(
+        eval_cost_s(probe[f], args, len(args.grids[f]) if kind == "sweep" else 1, kind == "sweep")
+        for kind, f, _ in plan_runs(args))
+    steps = int(left / (per_step_s * HOST_OVERHEAD)) // 50 * 50
     return max(args.min_steps, min(args.max_steps, steps)), probe
+
+
+def eval_cost_s(step_ms: float, args: argparse.Namespace, runs: int, sweep: bool) -> float:
+    """Seconds of evaluation of `runs` runs: (10 or 40) x eval_batches forwards of about a third of a step."""
+    return runs * (10 if sweep else 40) * args.eval_batches * step_ms / 3e3
 
 
 def steps_to_reach(curve: list, target: float) -> int | None:
@@ -316,7 +340,8 @@ def main(argv=None) -> int:
     def fits(family: str, n_steps: int, runs: int) -> bool:
         if probe is None:
             return True
-        need = probe[family] / 1e3 * n_steps * runs * 1.12
+        need = (probe[family] / 1e3 * n_steps * runs * HOST_OVERHEAD
+                + eval_cost_s(probe[family], args, runs, n_steps != steps))
         return time.perf_counter() - started + need <= args.deadline_s
 
     for kind, family, source in plan_runs(args):
@@ -337,13 +362,13 @@ def main(argv=None) -> int:
             continue
         if source not in best_lr or not fits(family, steps, 1):
             skipped.append(f"final {family}")
-            print(f"  {family:>10}: skipped (would end after --deadline-s {args.deadline_s:g} s)", flush=True)
+            print(f"  {family:>14}: skipped (would end after --deadline-s {args.deadline_s:g} s)", flush=True)
             continue
         f = finals[family] = train(setup, family, best_lr[source], steps)
         grid = args.grids[source]
         f["lr_from"] = source
         f["lr_at_sweep_edge"] = len(grid) > 2 and f["lr"] in (min(grid), max(grid))
-        print(f"  {family:>10}: lr {f['lr']:g} (from {source}'s sweep) val {f['final_val']:.4f}, "
+        print(f"  {family:>14}: lr {f['lr']:g} (from {source}'s sweep) val {f['final_val']:.4f}, "
               f"{f['step_ms']:.2f} ms/step ({100 * f['opt_share']:.1f} % optimizer) "
               f"[{time.perf_counter() - started:.0f} s]", flush=True)
         report(header, sweep, finals, skipped, final=False)
@@ -357,7 +382,7 @@ def report(header: dict, sweep: list, finals: dict, skipped: list, final: bool) 
     rows = summarize(finals)
     total = time.perf_counter() - header["started"]
     if final:
-        columns = [bc.Column("family", "optimizer", "{}", 10), bc.Column("lr", "lr", "{:g}", 7),
+        columns = [bc.Column("family", "optimizer", "{}", 14), bc.Column("lr", "lr", "{:g}", 7),
                    bc.Column("final_val", "val loss", "{:.4f}", 8),
                    bc.Column("to_muon", "to Muon's", "{}", 9), bc.Column("to_muon_ratio", "x steps", "{:.2f}", 7),
                    bc.Column("to_soap", "to SOAP's", "{}", 9), bc.Column("to_soap_ratio", "x steps", "{:.2f}", 7),
