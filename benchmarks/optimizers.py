@@ -335,7 +335,8 @@ def main(argv=None) -> int:
     sweep, best_lr, finals, skipped = [], {}, {}, []
     header = dict(args=args, steps=steps, sweep_steps=sweep_steps, probe=probe, started=started,
                   device=setup.device, expert_gemm="bf16 grouped" if setup.bf16_experts else (
-                      "loop" + (f" (grouped failed: {setup.expert_gemm_error})" if setup.expert_gemm_error else "")))
+                      "loop" + (f" (grouped failed: {setup.expert_gemm_error})"
+                                if setup.expert_gemm_error else "")))
 
     def fits(family: str, n_steps: int, runs: int) -> bool:
         if probe is None:
@@ -403,7 +404,8 @@ def report(header: dict, sweep: list, finals: dict, skipped: list, final: bool) 
                "steps": steps, "sweep_steps": header["sweep_steps"], "lr_choice": (
                    "AdamW, Muon, SOAP: best of their sweep; Muon-LITE, SOAP-LITE: " +
                    ("their base's best lr (published protocol)" if args.lite_lr == "base" else "their own sweep")),
-               "expert_gemm": header["expert_gemm"], "calibration_ms_per_step": header["probe"], "sweep": sweep, "rows": rows,
+               "expert_gemm": header["expert_gemm"], "calibration_ms_per_step": header["probe"],
+               "sweep": sweep, "rows": rows,
                "curves": {f: r["curve"] for f, r in finals.items()}, "skipped": skipped, "complete": final,
                "total_s": total}
     if args.json:
