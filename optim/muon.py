@@ -122,8 +122,8 @@ class MuonLITE(Muon):
     Extra arguments (per group): b1, b2 (damping, b2 >= b1), chi (>= 1, flat learning-rate ratio),
     subspace_ratio (in (0, 1)); `b2_t` / `chi_t` (the scheduled values, None: b2 / chi). Defaults are
     the published MoE setting for hidden matrices (b1 = 0, b2 = 1, chi = 1, ratio 0.1). Costs three
-    Newton-Schulz calls per step (Muon: one) and three `n x n` products. Extra state: `threshold`
-    (fp32 `[E]`, s per expert)."""
+    Newton-Schulz orthogonalizations per step (Muon: one; NS(M) and NS(g) share one batched call) and
+    three `n x n` products. Extra state: `threshold` (fp32 `[E]`, s per expert)."""
 
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, momentum: float = 0.95,
                  weight_decay: float = 0.1, ns_steps: int = NS_STEPS, b1: float = 0.0, b2: float = 1.0,
@@ -153,7 +153,7 @@ class MuonLITE(Muon):
         b1 = group["b1"]
         b2 = group["b2"] if group["b2_t"] is None else group["b2_t"]
         chi = group["chi"] if group["chi_t"] is None else group["chi_t"]
-        o = newton_schulz(look, steps)
+        o, h = newton_schulz(torch.cat([look, g]), steps).split(look.shape[0])  # NS(M), H = NS(g): one call
         s = extra["threshold"]
         tau = s.view(-1, 1, 1).to(look.dtype) * look.norm(dim=(-2, -1), keepdim=True) + TAU_EPS
         p_sharp = sharp_projector(look, o, tau, steps)
@@ -162,7 +162,6 @@ class MuonLITE(Muon):
         new_s = (s * torch.where(too_many, THRESHOLD_GROWTH, THRESHOLD_SHRINK)).clamp(max=1.0)
         s.copy_(keep_idle(active, new_s, s))
         p_flat = flat_projector(p_sharp)                                            # (E, n, n)
-        h = newton_schulz(g, steps)
         update = o + b1 * h + (b2 - b1) * (h @ p_flat)
         update = update + (chi - 1) * (update @ p_flat)
         flat_decay = (group["lr"] * group["weight_decay"] * (chi - 1)) * (w @ p_flat)
