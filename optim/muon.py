@@ -8,8 +8,9 @@ adaptive threshold), Hessian damping `b1 H + (b2_t - b1) H P_flat` with `H = msi
 learning rate (and weight decay) times `chi_t` along the flat input directions `P_flat`.
 An expert stack is orthogonalized with one batched Newton-Schulz over E and keeps its LITE threshold
 per expert; an expert with an all-zero gradient is idle and keeps its weight and state (`_stacks.py`).
-Within a param group, all parameters whose matrices have the same shape (e.g. the expert stacks of
-every layer) are concatenated and orthogonalized together, so a step costs a few kernels per shape.
+All parameters whose matrices have the same shape and whose groups have the same settings (e.g. the
+expert stacks of every layer and the square attention projections) are concatenated and
+orthogonalized together, so a step costs a few kernels per shape and no host sync.
 `b2_t` and `chi_t` come from the training loop (`schedules.apply_schedule`); without it they equal
 `b2` and `chi`.
 """
@@ -21,7 +22,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ._stacks import active_experts, as_stack, call_closure, keep_idle, params_with_grad
+from ._stacks import (as_stack, bucket_active, buckets, call_closure, concat, copy_rows, keep_idle,
+                      stack_views)
 from .newton_schulz import NS_STEPS, flat_projector, newton_schulz, sharp_projector
 
 TAU_EPS = 1e-9          # tau = s ||M||_F + TAU_EPS
@@ -64,32 +66,25 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = call_closure(closure)
-        for group in self.param_groups:
-            buckets: dict[tuple, list[torch.Tensor]] = {}
-            for p in params_with_grad(group):
-                buckets.setdefault((tuple(p.shape[-2:]), p.dtype, p.device), []).append(p)
-            for params in buckets.values():
-                self._step_bucket(params, group)
+        for group, params in buckets(self.param_groups, lambda p: (tuple(p.shape[-2:]), p.dtype, p.device)):
+            self._step_bucket(params, group)
         return loss
 
     def _step_bucket(self, params: list[torch.Tensor], group: dict) -> None:
-        """One step of every parameter whose matrices have the same shape, as one stack: the matrices
-        of all of them (E of each stack, 1 of each 2-D weight) go through one batched Newton-Schulz."""
+        """One step of every parameter whose matrices have the same shape (and whose groups have the
+        same settings), as one stack: the matrices of all of them (E of each stack, 1 of each 2-D
+        weight) go through one batched Newton-Schulz. No host sync."""
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = 0
                 state["momentum"] = torch.zeros_like(p)
                 self._init_state(state, p)
-        cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts)  # noqa: E731
-        w = cat([as_stack(p) for p in params])                                      # (sum E, m, n)
-        g = cat([as_stack(p.grad) for p in params])
-        mom_old = cat([as_stack(self.state[p]["momentum"]) for p in params])
-        masks = [active_experts(p.grad) for p in params]
-        active = None if all(a is None for a in masks) else cat(
-            [torch.ones(1, 1, 1, dtype=torch.bool, device=p.device) if a is None else a
-             for p, a in zip(params, masks)])
-        extra = {k: cat([self.state[p][k] for p in params]) for k in self._per_expert_state}
+        states = [self.state[p] for p in params]
+        weights, moms = stack_views(params), stack_views([s["momentum"] for s in states])
+        w, g, mom_old = concat(weights), concat(stack_views([p.grad for p in params])), concat(moms)
+        active = bucket_active(params)
+        extra = {k: concat([s[k] for s in states]) for k in self._per_expert_state}
         theta, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
         mom = mom_old * theta + g * (1 - theta)
         look = mom + g * ((1 - theta) / theta)
@@ -97,18 +92,12 @@ class Muon(torch.optim.Optimizer):
         new_w = w * (1 - lr * wd)
         if flat_decay is not None:
             new_w = new_w - flat_decay
-        new_w = keep_idle(active, new_w - (lr * muon_scale(w.shape)) * update, w)
-        mom = keep_idle(active, mom, mom_old)
-        offset = 0
-        for p in params:
-            state, experts = self.state[p], (p.shape[0] if p.ndim == 3 else 1)
-            rows = slice(offset, offset + experts)
-            as_stack(p).copy_(new_w[rows])
-            as_stack(state["momentum"]).copy_(mom[rows])
-            for k in self._per_expert_state:
-                state[k].copy_(extra[k][rows])
-            state["step"] += 1
-            offset += experts
+        copy_rows(weights, keep_idle(active, new_w - (lr * muon_scale(w.shape)) * update, w))
+        copy_rows(moms, keep_idle(active, mom, mom_old))
+        for k in self._per_expert_state:
+            copy_rows([s[k] for s in states], extra[k])
+        for s in states:
+            s["step"] += 1
 
     _per_expert_state: tuple[str, ...] = ()
 
@@ -133,8 +122,8 @@ class MuonLITE(Muon):
     Extra arguments (per group): b1, b2 (damping, b2 >= b1), chi (>= 1, flat learning-rate ratio),
     subspace_ratio (in (0, 1)); `b2_t` / `chi_t` (the scheduled values, None: b2 / chi). Defaults are
     the published MoE setting for hidden matrices (b1 = 0, b2 = 1, chi = 1, ratio 0.1). Costs three
-    Newton-Schulz calls per step (Muon: one) and three `n x n` products. Extra state: `threshold`
-    (fp32 `[E]`, s per expert)."""
+    Newton-Schulz orthogonalizations per step (Muon: one; NS(M) and NS(g) share one batched call) and
+    three `n x n` products. Extra state: `threshold` (fp32 `[E]`, s per expert)."""
 
     def __init__(self, params: Iterable[Any], lr: float = 2e-3, momentum: float = 0.95,
                  weight_decay: float = 0.1, ns_steps: int = NS_STEPS, b1: float = 0.0, b2: float = 1.0,
@@ -164,7 +153,7 @@ class MuonLITE(Muon):
         b1 = group["b1"]
         b2 = group["b2"] if group["b2_t"] is None else group["b2_t"]
         chi = group["chi"] if group["chi_t"] is None else group["chi_t"]
-        o = newton_schulz(look, steps)
+        o, h = newton_schulz(torch.cat([look, g]), steps).split(look.shape[0])  # NS(M), H = NS(g): one call
         s = extra["threshold"]
         tau = s.view(-1, 1, 1).to(look.dtype) * look.norm(dim=(-2, -1), keepdim=True) + TAU_EPS
         p_sharp = sharp_projector(look, o, tau, steps)
@@ -173,7 +162,6 @@ class MuonLITE(Muon):
         new_s = (s * torch.where(too_many, THRESHOLD_GROWTH, THRESHOLD_SHRINK)).clamp(max=1.0)
         s.copy_(keep_idle(active, new_s, s))
         p_flat = flat_projector(p_sharp)                                            # (E, n, n)
-        h = newton_schulz(g, steps)
         update = o + b1 * h + (b2 - b1) * (h @ p_flat)
         update = update + (chi - 1) * (update @ p_flat)
         flat_decay = (group["lr"] * group["weight_decay"] * (chi - 1)) * (w @ p_flat)

@@ -1,8 +1,9 @@
 """Orthogonalization by Newton-Schulz iteration, and the sharp / flat projectors Muon-LITE builds from it.
 
 `newton_schulz(x)` approximates `msign(x) = U V^T` (x = U diag(sigma) V^T) for a matrix or a stack of
-matrices `[..., m, n]` with a few quintic polynomial steps, all matrix products, so a stack of E experts
-is orthogonalized in one batched call. `sharp_projector` and `flat_projector` are the two extra
+matrices `[..., m, n]` with a few quintic polynomial steps, all matrix products (three batched GEMM
+kernels a step, the polynomial's sums folded into them), so a stack of E experts is orthogonalized in
+one batched call. `sharp_projector` and `flat_projector` are the two extra
 operators of Muon-LITE (docs/OPTIM.md, "Muon-LITE as the public code does it"): the partial isometry
 onto the singular directions above a threshold, and the input-side projector onto the rest.
 
@@ -46,10 +47,14 @@ def newton_schulz(x: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
     tall = x.size(-2) > x.size(-1)
     y = x.mT if tall else x
     y = y / (y.norm(dim=(-2, -1), keepdim=True) * NORM_MARGIN + NORM_EPS)
+    shape = y.shape
+    y = y.reshape(-1, *shape[-2:])                        # (batch, min, max)
     for i in range(steps):
         a, b, c = NS_COEFFICIENTS[min(i, len(NS_COEFFICIENTS) - 1)]
-        gram = y @ y.mT                                   # (..., min, min)
-        y = a * y + (b * gram + c * (gram @ gram)) @ y
+        gram = torch.bmm(y, y.mT)                         # (batch, min, min)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)   # b gram + c gram^2, one kernel
+        y = torch.baddbmm(y, poly, y, beta=a)                     # a y + poly y
+    y = y.reshape(shape)
     return y.mT if tall else y
 
 

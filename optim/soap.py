@@ -7,6 +7,8 @@ there and rotates back; every `precondition_frequency` Adam steps the bases are 
 iteration and a QR (columns first sorted by their eigenvalue estimate, v permuted to match). A side
 longer than `max_precond_dim` keeps the identity basis. Per expert of a stack: its own L, R, bases,
 moments, bias-correction step and LITE factors; an idle expert (all-zero gradient) keeps all of them.
+Parameters of one shape, settings and step count are stepped as one concatenated stack (one batched
+rotation, eigh and QR per shape); no host sync.
 
 SOAP-LITE is OUR construction from Algorithm 1 of the LITE paper (docs/OPTIM.md): the paper gives no
 code for it. The choice made: the flat projector Q_k is diagonal in the Kronecker eigenbasis, `1 - p`
@@ -20,11 +22,12 @@ weight decay along flat directions is multiplied by chi_t as in the other LITE p
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from ._stacks import PerParameterOptimizer, active_experts, as_stack, keep_idle
+from ._stacks import (as_stack, bucket_active, buckets, call_closure, concat, copy_rows, keep_idle,
+                      stack_views)
 from .adamw_lite import sharpness_mask
 
 
@@ -61,7 +64,7 @@ def _refresh(stat: torch.Tensor, q: torch.Tensor, v: torch.Tensor, side: int) ->
     return torch.linalg.qr(stat @ q).Q, v
 
 
-class SOAP(PerParameterOptimizer):
+class SOAP(torch.optim.Optimizer):
     """Adam in the Kronecker eigenbasis (see the module docstring for the steps).
 
     Arguments (per group): lr, betas (Adam's, (0.95, 0.95) as in SOAP), shampoo_beta (EMA of L and R),
@@ -87,15 +90,31 @@ class SOAP(PerParameterOptimizer):
             for p in group["params"]:
                 as_stack(p)
 
-    def _step_param(self, p: torch.Tensor, group: dict) -> None:
-        state = self.state[p]
-        g = as_stack(p.grad).float()                                   # (E, m, n)
-        active = active_experts(p.grad)
-        if not state:
-            self._init_state(state, g, group)
-            state["step"] = 1
+    _per_expert_extra: tuple[str, ...] = ()   # SOAP-LITE's mask factors
+    _STATE = ("exp_avg", "exp_avg_sq", "adam_step", "left", "right", "q_left", "q_right")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = call_closure(closure)
+        key = lambda p: (tuple(p.shape[-2:]), p.dtype, p.device, self.state[p].get("step", 0))  # noqa: E731
+        for group, params in buckets(self.param_groups, key):
+            self._step_bucket(params, group)
+        return loss
+
+    def _step_bucket(self, params: list[torch.Tensor], group: dict) -> None:
+        """One step of every parameter of one shape, settings and step count, as one stack."""
+        states = [self.state[p] for p in params]
+        g = concat(stack_views([p.grad for p in params])).float()            # (sum E, m, n)
+        if not states[0]:
+            self._init_bucket(states, g, group, [p.shape[0] if p.ndim == 3 else 1 for p in params])
             return  # the first gradient only builds the bases (as in SOAP)
-        w = as_stack(p)
+        state = {k: None if states[0][k] is None else concat([s[k] for s in states])
+                 for k in self._STATE + self._per_expert_extra}
+        keys = [k for k, v in state.items() if v is not None]
+        state["step"] = states[0]["step"]
+        weights = stack_views(params)
+        w = concat(weights)
+        active = bucket_active(params)
         beta1, beta2 = group["betas"]
         lr, wd = group["lr"], group["weight_decay"]
         ql, qr = state["q_left"], state["q_right"]
@@ -110,11 +129,26 @@ class SOAP(PerParameterOptimizer):
         if flat_decay is not None:
             new_w = new_w - flat_decay
         new_w = new_w - lr * _rotate_back(step_rot, ql, qr)
-        w.copy_(keep_idle(active, new_w.to(w.dtype), w))
+        copy_rows(weights, keep_idle(active, new_w.to(w.dtype), w))
         state["exp_avg"].copy_(keep_idle(active, m, state["exp_avg"]))
         state["adam_step"].copy_(t.view(-1))
         self._update_bases(state, g, v, group, active)
-        state["step"] += 1
+        for k in keys:
+            copy_rows([s[k] for s in states], state[k])
+        for s in states:
+            s["step"] += 1
+
+    def _init_bucket(self, states: list[dict], g: torch.Tensor, group: dict, experts: list[int]) -> None:
+        """Build L, R and their eigenbases for the stacked first gradients, then split per parameter."""
+        built: dict = {}
+        self._init_state(built, g, group)
+        for key, value in built.items():
+            parts = [None] * len(states) if value is None else (
+                [value] if len(states) == 1 else [x.clone() for x in value.split(experts)])
+            for s, part in zip(states, parts):
+                s[key] = part
+        for s in states:
+            s["step"] = 1
 
     def _init_state(self, state: dict, g: torch.Tensor, group: dict) -> None:
         big = group["max_precond_dim"]
@@ -126,6 +160,10 @@ class SOAP(PerParameterOptimizer):
         state["right"] = (1 - group["shampoo_beta"]) * (g.mT @ g) if n <= big else None
         state["q_left"] = _eigenbasis(state["left"]) if m <= big else None
         state["q_right"] = _eigenbasis(state["right"]) if n <= big else None
+        self._init_extra(state, experts, g.device)
+
+    def _init_extra(self, state: dict, experts: int, device: torch.device) -> None:
+        pass
 
     def _update_bases(self, state: dict, g: torch.Tensor, v: torch.Tensor, group: dict,
                       active: torch.Tensor | None) -> None:
@@ -169,11 +207,13 @@ class SOAPLITE(SOAP):
                          max_precond_dim, b1=b1, b2=b2, chi=chi, subspace_ratio=subspace_ratio,
                          smooth_ratio=smooth_ratio, b2_t=b2_t, chi_t=chi_t)
 
+    _per_expert_extra = ("upper", "lower")
+
+    def _init_extra(self, state: dict, experts: int, device: torch.device) -> None:
+        state["upper"] = torch.ones(experts, dtype=torch.float32, device=device)
+        state["lower"] = torch.full((experts,), 0.5, dtype=torch.float32, device=device)
+
     def _lite(self, step_rot, precond_grad, v, w, state, group, active):
-        if "upper" not in state:
-            experts = v.shape[0]
-            state["upper"] = torch.ones(experts, dtype=torch.float32, device=v.device)
-            state["lower"] = torch.full((experts,), 0.5, dtype=torch.float32, device=v.device)
         b1 = group["b1"]
         b2 = group["b2"] if group["b2_t"] is None else group["b2_t"]
         chi = group["chi"] if group["chi_t"] is None else group["chi_t"]

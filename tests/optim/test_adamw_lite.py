@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mxa2a.optim import AdamWLITE, sharpness_mask
+from mxa2a.optim.adamw_lite import segment_sharpness_mask
 
 from optim_oracle import lite_mask, resumes_identically
 
@@ -80,3 +81,14 @@ def test_bad_settings_are_rejected():
         AdamWLITE([torch.nn.Parameter(torch.ones(3))], chi=0.5)
     with pytest.raises(ValueError, match="subspace_ratio"):
         AdamWLITE([torch.nn.Parameter(torch.ones(3))], subspace_ratio=0.0)
+
+
+def test_segment_mask_equals_the_mask_of_each_segment(seed):
+    lengths = [5, 1, 40, 12]
+    v = torch.rand(sum(lengths)) ** 3
+    upper, lower = torch.rand(4) + 0.5, torch.rand(4) * 0.4
+    p, new_upper, new_lower = segment_sharpness_mask(v, lengths, upper, lower, 0.1)
+    for i, (part, alone) in enumerate(zip(p.split(lengths), v.split(lengths))):
+        ref, ref_upper, ref_lower = sharpness_mask(alone, upper[i], lower[i], 0.1)
+        assert torch.allclose(part, ref, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(new_upper[i], ref_upper) and torch.allclose(new_lower[i], ref_lower)
