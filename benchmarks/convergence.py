@@ -73,17 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=0, help="variants trained at once (0: all on CUDA, 1 on CPU)")
     p.add_argument("--time-limit-s", type=float, default=0.0, help="stop each variant after this (0: none)")
-    p.add_argument("--quick", action="store_true", help="tiny CPU smoke configuration")
-    p.add_argument("--json", default=None)
-    p.add_argument("--png", default=None)
-    args = p.parse_args(argv)
-    if args.quick:
-        for k, v in QUICK.items():
-            setattr(args, k, v)
-    args.variants = args.variants.split(",")
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown:
-        p.error(f"unknown variants {sorted(unknown)}; choose from {tuple(VARIANTS)}")
+    args = bc.parse_with_quick(p, argv, QUICK)
+    args.variants = bc.choice_list(p, args.variants, VARIANTS, "variants")
     return args
 
 

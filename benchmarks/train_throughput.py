@@ -52,17 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--emulate-wire", action="store_true", help="apply the wires' codecs at EP size 1")
-    p.add_argument("--quick", action="store_true", help="tiny CPU smoke configuration")
-    p.add_argument("--json", default=None)
-    p.add_argument("--png", default=None)
-    args = p.parse_args(argv)
-    if args.quick:
-        for k, v in QUICK.items():
-            setattr(args, k, v)
-    args.recipes = args.recipes.split(",")
-    unknown = set(args.recipes) - set(RECIPES)
-    if unknown:
-        p.error(f"unknown recipes {sorted(unknown)}; choose from {tuple(RECIPES)}")
+    args = bc.parse_with_quick(p, argv, QUICK)
+    args.recipes = bc.choice_list(p, args.recipes, RECIPES, "recipes")
     return args
 
 

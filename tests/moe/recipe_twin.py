@@ -19,6 +19,19 @@ from mxa2a.quant import (dequantize_fp8, dequantize_mxfp4, fp8_rowwise_to_colwis
                          quantize_mxfp4)
 
 
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def layer_step(layer, x: torch.Tensor, probe: torch.Tensor, **kwargs) -> tuple:
+    """Forward and backward of `sum(layer(x) * probe)`: (y, dx, {parameter name: gradient})."""
+    x = x.clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    y, _ = layer(x, **kwargs)
+    (y * probe).sum().backward()
+    return y.detach(), x.grad, {n: p.grad for n, p in layer.named_parameters()}
+
+
 def q_fp8(x: torch.Tensor) -> torch.Tensor:
     return dequantize_fp8(quantize_fp8(x.float(), backend="torch"), torch.float32, backend="torch")
 

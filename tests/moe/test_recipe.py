@@ -10,13 +10,9 @@ import torch
 from mxa2a.moe import DispatchPlan, MoELayer, MoELayerConfig, MoEModel, MoEModelConfig
 from mxa2a.moe.experts import GroupedExperts
 from mxa2a.moe.recipe import RECIPES
-from recipe_twin import layer_twin
+from recipe_twin import layer_step, layer_twin, rel_error
 
 BASE = dict(hidden=128, d_expert=256, num_experts=4, top_k=2)
-
-
-def _rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def test_each_recipe_fills_its_fields():
@@ -103,12 +99,9 @@ def test_fp8_mxfp4_layer_keeps_no_wide_copy_of_an_expert_activation(seed):
     assert sorted(s for _, s in wide) == sorted([(128, 4), (20, 128), (20, 2), (20, 4), (40, 128), (20, 2)])
 
 
-def _grads(layer, x, probe, **kwargs):
-    x = x.clone().requires_grad_(True)
-    layer.zero_grad(set_to_none=True)
-    y, _ = layer(x, **kwargs)
-    (y * probe).sum().backward()
-    return [y.detach(), x.grad] + [p.grad for _, p in sorted(layer.named_parameters())]
+def _grads(layer, x, probe, **kwargs) -> list:
+    y, dx, grads = layer_step(layer, x, probe, **kwargs)
+    return [y, dx] + [grads[n] for n in sorted(grads)]
 
 
 @pytest.mark.parametrize("recipe,overrides,backend", [
@@ -133,7 +126,7 @@ def test_the_fast_path_matches_the_recipe_twin(recipe, overrides, backend, seed)
     # backend: 0 to 2e-6 (bound 1e-4); the Triton bound, 1e-3, is test_fp8_experts'.
     for name, g, w in zip(names, got, want):
         assert g.shape == w.shape, name
-        assert _rel(g, w) < (1e-3 if backend == "triton" else 1e-4), (name, _rel(g, w))
+        assert rel_error(g, w) < (1e-3 if backend == "triton" else 1e-4), (name, rel_error(g, w))
 
 
 def test_static_plan_and_dynamic_path_are_bit_identical(seed):

@@ -10,23 +10,11 @@ import torch.distributed as dist
 
 from dist_testing import run_distributed
 from mxa2a.moe import DispatchPlan, MoELayer, MoELayerConfig
-from recipe_twin import layer_twin
+from recipe_twin import layer_step, layer_twin, rel_error
 
 TOKENS_PER_RANK = 24
 CASES = [dict(recipe="fp8"), dict(recipe="fp8-mxfp4"),
          dict(recipe="fp8-mxfp4", combine_wire="mxfp4", grad_wire="mxfp4", combine_grad_wire="mxfp4")]
-
-
-def _rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def _grads(layer, x, probe, **kwargs):
-    x = x.clone().requires_grad_(True)
-    layer.zero_grad(set_to_none=True)
-    y, _ = layer(x, **kwargs)
-    (y * probe).sum().backward()
-    return y.detach(), x.grad, {n: p.grad for n, p in layer.named_parameters()}
 
 
 def _body(rank: int, ws: int, seed: int) -> None:
@@ -45,17 +33,17 @@ def _body(rank: int, ws: int, seed: int) -> None:
         xt = x_all.clone().requires_grad_(True)
         y_twin = layer_twin(ref, xt, ep_size=ws)
         (y_twin * probe).sum().backward()
-        dynamic = _grads(ep, x_all[mine], probe[mine])
+        dynamic = layer_step(ep, x_all[mine], probe[mine])
         with torch.no_grad():
             rec = ep.router(x_all[mine])
         plan = DispatchPlan.build(rec.topk_ids, cfg.num_experts, group=dist.group.WORLD, gates=rec.gates)
-        static = _grads(ep, x_all[mine], probe[mine], layout=ep.dispatcher.layout_from_plan(plan))
+        static = layer_step(ep, x_all[mine], probe[mine], layout=ep.dispatcher.layout_from_plan(plan))
         assert torch.equal(dynamic[0], static[0]) and torch.equal(dynamic[1], static[1]), case
         assert all(torch.equal(dynamic[2][n], static[2][n]) for n in dynamic[2]), case
         y, dx, grads = dynamic
         # Same codecs, same row buffers; fp32 summation order may differ (observed 0 to 2e-6 at EP 1).
-        assert _rel(y, y_twin.detach()[mine]) < 1e-4, case
-        assert _rel(dx, xt.grad[mine]) < 1e-4, case
+        assert rel_error(y, y_twin.detach()[mine]) < 1e-4, case
+        assert rel_error(dx, xt.grad[mine]) < 1e-4, case
         for name, p in ref.named_parameters():
             got = grads[name]
             if name.startswith("experts."):
@@ -63,7 +51,7 @@ def _body(rank: int, ws: int, seed: int) -> None:
             else:  # replicated: each rank's gradient covers its tokens; the twin's covers all
                 dist.all_reduce(got)
                 want = p.grad
-            assert _rel(got, want) < 1e-4, (case, name, _rel(got, want))
+            assert rel_error(got, want) < 1e-4, (case, name, rel_error(got, want))
     dist.barrier()
 
 
