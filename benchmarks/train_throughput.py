@@ -2,7 +2,7 @@
 """The MoEModel training step (forward, backward, AdamW step) per recipe (`recipe=`, docs/RECIPE.md),
 same model shape, same initial weights, same batch, same run, one GPU (EP size 1).
 
-Per recipe: ms per step (median of `--iters` CUDA-event timings), tokens/s and its ratio to bf16, peak
+Per recipe (and fp8-mxfp4 with `recompute_h`, h recomputed in backward instead of kept): ms per step (median of `--iters` CUDA-event timings), tokens/s and its ratio to bf16, peak
 memory (max allocated during a step), static memory (weights, gradients, optimizer state and the FP8
 weight caches, allocated between steps), activation memory = peak - static, and the bytes autograd
 keeps for backward in the whole model and in the MoE layers alone (`saved_tensors_hooks`, parameters
@@ -29,7 +29,10 @@ import torch  # noqa: E402
 
 import _bench_common as bc  # noqa: E402
 from mxa2a.moe import MoELayer, MoELayerConfig, MoEModel, MoEModelConfig  # noqa: E402
-from mxa2a.moe.recipe import RECIPES  # noqa: E402
+
+# The rows: a recipe each, and fp8-mxfp4 with h recomputed in backward instead of kept in MXFP4.
+SETTINGS = {"bf16": dict(recipe="bf16"), "fp8": dict(recipe="fp8"), "fp8-mxfp4": dict(recipe="fp8-mxfp4"),
+            "fp8-mxfp4-recompute": dict(recipe="fp8-mxfp4", recompute_h=True)}
 
 QUICK = dict(layers=1, hidden=128, d_expert=128, experts=4, top_k=2, shared=1, heads=2, seq_len=32,
              batch=2, vocab=256, iters=2, warmup=1)
@@ -38,7 +41,7 @@ BATCH_TRIES = (8, 4, 2, 1)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--recipes", default=",".join(SETTINGS), help=f"rows, from {tuple(SETTINGS)}")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--d-expert", type=int, default=1408)
@@ -53,13 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--emulate-wire", action="store_true", help="apply the wires' codecs at EP size 1")
     args = bc.parse_with_quick(p, argv, QUICK)
-    args.recipes = bc.choice_list(p, args.recipes, RECIPES, "recipes")
+    args.recipes = bc.choice_list(p, args.recipes, SETTINGS, "recipes")
     return args
 
 
 def model_config(args, recipe: str) -> MoEModelConfig:
     moe = MoELayerConfig(hidden=args.hidden, d_expert=args.d_expert, num_experts=args.experts,
-                         top_k=args.top_k, n_shared=args.shared, recipe=recipe, emulate_wire=args.emulate_wire)
+                         top_k=args.top_k, n_shared=args.shared, emulate_wire=args.emulate_wire,
+                         **SETTINGS[recipe])
     return MoEModelConfig(moe=moe, vocab_size=args.vocab, seq_len=args.seq_len, n_layers=args.layers,
                           n_heads=args.heads)
 
@@ -179,7 +183,7 @@ def largest_batch(args, dev: torch.device) -> int:
     raise SystemExit("even batch 1 does not fit: pass a smaller model (--layers, --experts, --seq-len)")
 
 
-COLUMNS = [bc.Column("recipe", "recipe", "{}", 10), bc.Column("batch", "batch", "{}", 5),
+COLUMNS = [bc.Column("recipe", "recipe", "{}", 19), bc.Column("batch", "batch", "{}", 5),
            bc.Column("ms", "ms/step", "{:.1f}", 9), bc.Column("tokens_per_s", "tokens/s", "{:.0f}", 10),
            bc.Column("speedup", "x bf16", "{:.3f}", 7), bc.Column("peak_gb", "peak GB", "{:.2f}", 8),
            bc.Column("static_gb", "static GB", "{:.2f}", 9), bc.Column("activation_gb", "act GB", "{:.2f}", 7),

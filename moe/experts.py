@@ -43,14 +43,15 @@ class GroupedExperts(nn.Module):
     of 128). `fp8_backend`: "auto" (Triton on CUDA, the torch reference elsewhere), "triton", "torch";
     `fp8_gemm_configs`: launch configurations `(GemmConfig | None, GemmConfig | None)` of the
     row-grouped and the weight-gradient GEMMs (None: `mxa2a.gemm`'s defaults). `saved_activations`
-    ("fp8" / "mxfp4", fp8 only; "bf16" for bf16) and `scale_mode`: what the FP8 MLP keeps for backward.
+    ("fp8" / "mxfp4", fp8 only; "bf16" for bf16), `scale_mode`, `recompute_h`: what the FP8 MLP keeps
+    for backward (`fp8_experts.py`).
     `forward(..., x_fp8=rows)` (fp8 only): the rows already in FP8 (`dispatch_fp8`), x their autograd link.
     """
 
     def __init__(self, num_local: int, hidden: int, d_expert: int, *,
                  use_grouped_mm: bool | None = None, precision: str = "bf16",
                  fp8_backend: str = "auto", saved_activations: str | None = None,
-                 scale_mode: str = "rceil") -> None:
+                 scale_mode: str = "rceil", recompute_h: bool = False) -> None:
         super().__init__()
         if precision not in EXPERT_PRECISIONS:
             raise ValueError(f"expert_precision must be one of {EXPERT_PRECISIONS}, got {precision!r}")
@@ -62,7 +63,10 @@ class GroupedExperts(nn.Module):
         if saved_activations not in allowed:
             raise ValueError(f"saved_activations must be one of {allowed} with precision={precision!r}, "
                              f"got {saved_activations!r}")
-        self.saved_activations, self.scale_mode = saved_activations, scale_mode
+        if recompute_h and precision != "fp8":
+            raise ValueError("recompute_h (recompute the FP8 MLP's GEMM-1 output in backward) needs "
+                             "precision='fp8'")
+        self.saved_activations, self.scale_mode, self.recompute_h = saved_activations, scale_mode, recompute_h
         self.num_local, self.hidden, self.d_expert = num_local, hidden, d_expert
         self.use_grouped_mm = use_grouped_mm
         self.precision, self.fp8_backend = precision, fp8_backend
@@ -121,7 +125,8 @@ class GroupedExperts(nn.Module):
             offsets = torch.tensor(list(tokens_per_expert), device=x.device).cumsum(0).to(torch.int32)
         weights = self.fp8_weights.get(self.w_gate, self.w_up, self.w_down)
         y = FP8ExpertMLP.apply(x, self.w_gate, self.w_up, self.w_down, offsets, weights, self.fp8_backend,
-                               self.fp8_gemm_configs, x_fp8, self.saved_activations, self.scale_mode)
+                               self.fp8_gemm_configs, x_fp8, self.saved_activations, self.scale_mode,
+                               self.recompute_h)
         return y, None
 
     def refresh_fp8_weights(self) -> None:

@@ -11,8 +11,10 @@ Q is the FP8 1x128 codec, skipped for x when the dispatcher already sent FP8 row
 BF16. Saved rows are padded to a multiple of 128 (zero rows) so the column-wise conversion applies.
 Saved for backward (`saved`): "fp8": x, z FP8 (1 B/elem + 1 byte per 128), h bf16 (2 B/elem);
 "mxfp4": x, z as `fp8_to_mxfp4` of their FP8 rows and h as MXFP4 (0.53 B/elem each), so no bf16
-activation outlives the forward pass (h is decoded to bf16 only inside backward). Recomputing h from x
-instead is the documented alternative (README "Recipes"), not implemented. `FP8ExpertWeights` keeps
+activation outlives the forward pass (h is decoded to bf16 only inside backward). `recompute_h`: keep
+no h; backward recomputes it by GEMM 1 from the kept x (MXFP4 rows through `mxfp4_to_fp8`): one more
+GEMM, 2F elements less kept per row; equal to the forward's h when x's values are MXFP4 values (an
+MXFP4 dispatch wire), else computed from the MXFP4-rounded x. `FP8ExpertWeights` keeps
 the quantized weights and their block transposes between steps (about 1 B per weight element each).
 """
 
@@ -25,7 +27,7 @@ import torch
 from ..gemm import (GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks_and_transpose,
                     swiglu_backward_quantize_fp8, swiglu_quantize_fp8)
 from ..quant import (FP8Tensor, MXFP4Tensor, dequantize_mxfp4, fp8_rowwise_to_colwise, fp8_to_mxfp4,
-                     mxfp4_rowwise_to_fp8_colwise, quantize_fp8, quantize_mxfp4)
+                     mxfp4_rowwise_to_fp8_colwise, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4)
 from ..quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK
 
 SAVED_FORMATS = ("fp8", "mxfp4")
@@ -151,12 +153,14 @@ class FP8ExpertMLP(torch.autograd.Function):
     configurations of the row-grouped and the weight-gradient GEMMs (None: the defaults).
     `xq`: the rows already in FP8 (`ExpertParallelDispatcher.dispatch_fp8`); x is then only the
     autograd link (its dtype is dx's) and the rows enter GEMM 1 as they are. `saved`: "fp8" or
-    "mxfp4" (module docstring); `scale_mode`: the MXFP4 scale rule of the saved rows."""
+    "mxfp4" (module docstring); `scale_mode`: the MXFP4 scale rule of the saved rows; `recompute_h`:
+    keep no h, recompute it in backward (module docstring)."""
 
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down, offsets, weights: FP8ExpertWeights, backend: str,
                 configs: tuple[GemmConfig | None, GemmConfig | None] = (None, None),
-                xq: FP8Tensor | None = None, saved: str = "fp8", scale_mode: str = "rceil"):
+                xq: FP8Tensor | None = None, saved: str = "fp8", scale_mode: str = "rceil",
+                recompute_h: bool = False):
         m, f = x.shape[0], w_gate.shape[1]
         gemm = functools.partial(grouped_gemm_fp8, backend=backend, config=configs[0], b_block_scales=True)
         if xq is None:
@@ -166,10 +170,13 @@ class FP8ExpertMLP(torch.autograd.Function):
         swiglu_quantize_fp8(h, backend=backend, out=_rows(zq, m))
         y = gemm(_rows(zq, m), weights.w2, offsets, out_dtype=x.dtype)                        # (M, H)
         keep = functools.partial(_keep_rows, m=m, saved=saved, scale_mode=scale_mode, backend=backend)
-        h_kept = quantize_mxfp4(h, scale_mode=scale_mode, backend=backend) if saved == "mxfp4" else h
+        if recompute_h:
+            h_kept = None
+        else:
+            h_kept = quantize_mxfp4(h, scale_mode=scale_mode, backend=backend) if saved == "mxfp4" else h
         tensors, ctx.kinds = _flatten(keep(xq), h_kept, keep(zq))
         ctx.save_for_backward(*tensors, offsets)
-        ctx.weights, ctx.backend, ctx.x_dtype, ctx.configs = weights, backend, x.dtype, configs
+        ctx.weights, ctx.backend, ctx.x_dtype, ctx.configs, ctx.m = weights, backend, x.dtype, configs, m
         ctx.w_dtypes = (w_gate.dtype, w_up.dtype, w_down.dtype)
         return y
 
@@ -177,17 +184,21 @@ class FP8ExpertMLP(torch.autograd.Function):
     def backward(ctx, dy):
         *tensors, offsets = ctx.saved_tensors
         x_kept, h, z_kept = _unflatten(tensors, ctx.kinds)
-        weights, be = ctx.weights, ctx.backend
-        if isinstance(h, MXFP4Tensor):
+        weights, be, m = ctx.weights, ctx.backend, ctx.m
+        gemm = functools.partial(grouped_gemm_fp8, backend=be, config=ctx.configs[0], b_block_scales=True)
+        if h is None:  # recompute_h: GEMM 1 again, from the kept x
+            x_rows = _rows(x_kept, m)
+            x_rows = mxfp4_to_fp8(x_rows, backend=be) if isinstance(x_rows, MXFP4Tensor) else x_rows
+            h = gemm(x_rows, weights.w1, offsets, out_dtype=torch.bfloat16)                  # (M, 2F)
+        elif isinstance(h, MXFP4Tensor):
             h = dequantize_mxfp4(h, torch.bfloat16, backend=be)                              # (M, 2F)
         gd, ud, dd = ctx.w_dtypes
         # The weight gradients leave the kernel in the weights' dtype when that is bf16 (one rounding of
         # the fp32 accumulator, as a cast would do), else in fp32.
         w_out = torch.bfloat16 if gd == ud == dd == torch.bfloat16 else torch.float32
-        gemm = functools.partial(grouped_gemm_fp8, backend=be, config=ctx.configs[0], b_block_scales=True)
         wgrad = functools.partial(grouped_gemm_fp8_wgrad, backend=be, config=ctx.configs[1], out_dtype=w_out)
         colwise = functools.partial(wgrad_operand, backend=be)
-        m, f = h.shape[0], h.shape[1] // 2
+        f = h.shape[1] // 2
         dyq = _quantize_padded(dy.contiguous(), be)                                           # (Mp, H)
         dz = gemm(_rows(dyq, m), weights.w2_t, offsets, out_dtype=torch.bfloat16)            # (M, F)
         dw_down = wgrad(colwise(dyq), colwise(z_kept), offsets)                               # (E, H, F)
@@ -196,4 +207,4 @@ class FP8ExpertMLP(torch.autograd.Function):
         dx = gemm(_rows(dhq, m), weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
         dw_1 = wgrad(colwise(dhq), colwise(x_kept), offsets)                                  # (E, 2F, H)
         return (dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None, None,
-                None, None, None)
+                None, None, None, None)

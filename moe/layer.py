@@ -43,6 +43,8 @@ class MoELayerConfig:
       (wire "fp8" or "mxfp4") straight into the FP8 expert GEMMs (needs expert_precision="fp8").
     - `saved_activations`: what the FP8 expert MLP keeps for backward: "fp8" (x, z in FP8; h bf16) or
       "mxfp4" (x, z and h in MXFP4); "bf16" for the bf16 experts (what autograd keeps).
+      `recompute_h`: the FP8 MLP keeps no h and recomputes it in backward (one more GEMM; not part of
+      any recipe).
     - `emulate_wire`: with EP size 1, quantize-dequantize where the all-to-alls would be.
     - `wire_check`: comm's `check` for the all-to-alls: None (default) = comm's policy (the format is
       verified on the first call of each signature, then no per-call host sync), True = every call
@@ -76,6 +78,7 @@ class MoELayerConfig:
     return_intermediates: bool = False
     use_grouped_mm: bool | None = None
     expert_precision: str | None = None
+    recompute_h: bool = False
     _recipe_filled: tuple = field(default=(), repr=False, compare=False)  # see moe/recipe.py
 
     def __post_init__(self) -> None:
@@ -85,6 +88,9 @@ class MoELayerConfig:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_recipe_filled", filled)
         check_recipe_fields(fields)
+        if self.recompute_h is True and self.expert_precision != "fp8":
+            raise ValueError(f"recompute_h=True recomputes the FP8 expert MLP's GEMM-1 output: it needs "
+                             f"expert_precision='fp8', got {self.expert_precision!r}")
         for name in ("hidden", "d_expert", "num_experts", "top_k"):
             check_int(getattr(self, name), name)
         check_int(self.n_shared, "n_shared", minimum=0)
@@ -93,7 +99,7 @@ class MoELayerConfig:
         if self.router_mode not in ROUTER_MODES:
             raise ValueError(f"router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}")
         check_number(self.scaling_factor, "scaling_factor")
-        for name in ("shared_gate", "expert_bias", "emulate_wire", "return_intermediates"):
+        for name in ("shared_gate", "expert_bias", "emulate_wire", "return_intermediates", "recompute_h"):
             check_bool(getattr(self, name), name)
         for name in ("wire_check", "use_grouped_mm"):
             check_bool(getattr(self, name), name, allow_none=True)
@@ -128,7 +134,7 @@ class MoELayer(nn.Module):
                                       use_grouped_mm=config.use_grouped_mm,
                                       precision=config.expert_precision,
                                       saved_activations=config.saved_activations,
-                                      scale_mode=config.scale_mode)
+                                      scale_mode=config.scale_mode, recompute_h=config.recompute_h)
         self.shared = (SharedExperts(config.hidden, config.n_shared * config.d_expert,
                                      gated=config.shared_gate) if config.n_shared else None)
 

@@ -79,7 +79,7 @@ class _Experts(torch.autograd.Function):
     """The FP8 expert MLP of one rank: rows `x [M, H]` grouped by `sizes`."""
 
     @staticmethod
-    def forward(ctx, x, w_gate, w_up, w_down, sizes, saved, out_dtype):
+    def forward(ctx, x, w_gate, w_up, w_down, sizes, saved, out_dtype, recompute_h=False):
         ends = torch.tensor(sizes).cumsum(0).tolist()
         bounds = list(zip([0] + ends[:-1], ends))
         w1 = dequantize_fp8(quantize_fp8_blocks(torch.cat([w_gate, w_up], 1)), torch.float32)   # (E, 2F, H)
@@ -90,7 +90,11 @@ class _Experts(torch.autograd.Function):
         z = q_fp8(F.silu(gate) * up)
         y = torch.cat([z[s:e] @ w2[g].t() for g, (s, e) in enumerate(bounds)])
         keep = q_mxfp4 if saved == "mxfp4" else (lambda t: t)
-        ctx.kept = (keep(xq), keep(h).bfloat16().float(), keep(z))
+        h_kept = keep(h).bfloat16().float()
+        if recompute_h:  # GEMM 1 again, on the kept x
+            x_k = q_fp8(keep(xq))
+            h_kept = torch.cat([x_k[s:e] @ w1[g].t() for g, (s, e) in enumerate(bounds)]).bfloat16().float()
+        ctx.kept = (keep(xq), h_kept, keep(z))
         ctx.w, ctx.bounds, ctx.saved, ctx.f, ctx.x_dtype = (w1, w2), bounds, saved, w_gate.shape[1], x.dtype
         return y.to(out_dtype)
 
@@ -109,7 +113,7 @@ class _Experts(torch.autograd.Function):
         dw2 = torch.stack([dy_c[:, s:e] @ z_c[:, s:e].t() for s, e in bounds])
         dw1 = torch.stack([dh_c[:, s:e] @ x_c[:, s:e].t() for s, e in bounds])
         f = ctx.f
-        return dx.to(ctx.x_dtype), dw1[:, :f], dw1[:, f:], dw2, None, None, None
+        return dx.to(ctx.x_dtype), dw1[:, :f], dw1[:, f:], dw2, None, None, None, None
 
 
 def layer_twin(layer, x: torch.Tensor, ep_size: int = 1, weights=None) -> torch.Tensor:
@@ -125,7 +129,10 @@ def layer_twin(layer, x: torch.Tensor, ep_size: int = 1, weights=None) -> torch.
     flat = rec.topk_ids.reshape(-1)
     owner = torch.arange(t * k) // k * ep_size // t                     # rank that holds each row's token
     order = torch.argsort(flat * ep_size + owner, stable=True)           # by expert, then source rank
-    rows = _Wire.apply(xs[order // k], cfg.wire, cfg.grad_wire)          # (T * k, H) by expert
+    sent = cfg.emulate_wire or ep_size > 1                              # EP 1 without emulation: no wire
+    names = ("wire", "grad_wire", "combine_wire", "combine_grad_wire")
+    w = {n: (getattr(cfg, n) if sent else "raw") for n in names}
+    rows = _Wire.apply(xs[order // k], w["wire"], w["grad_wire"])      # (T * k, H) by expert
     counts = torch.bincount(flat, minlength=e_all).tolist()
     n_loc, outs, start = e_all // ep_size, [], 0
     for r in range(ep_size):
@@ -133,9 +140,9 @@ def layer_twin(layer, x: torch.Tensor, ep_size: int = 1, weights=None) -> torch.
         part = rows[start:start + sum(sizes)]
         sl = slice(r * n_loc, (r + 1) * n_loc)
         outs.append(_Experts.apply(part, w_gate[sl], w_up[sl], w_down[sl], sizes, cfg.saved_activations,
-                                   x.dtype))
+                                   x.dtype, cfg.recompute_h))
         start += sum(sizes)
-    y_rows = _Wire.apply(torch.cat(outs), cfg.combine_wire, cfg.combine_grad_wire)
+    y_rows = _Wire.apply(torch.cat(outs), w["combine_wire"], w["combine_grad_wire"])
     back = torch.empty_like(order)
     back[order] = torch.arange(order.numel())
     y = (y_rows[back].view(t, k, -1).float() * rec.gates.float().unsqueeze(-1)).sum(1).to(x.dtype)

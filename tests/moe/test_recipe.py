@@ -47,6 +47,8 @@ def test_fields_set_by_hand_win_and_survive_a_recipe_change():
     (dict(expert_precision="fp4"), ValueError, "expert_precision must be one of"),
     (dict(recipe="fp8", fp8_dispatch=1), TypeError, "fp8_dispatch must be a bool"),
     (dict(combine_grad_wire="fp6"), ValueError, "combine_grad_wire must be one of"),
+    (dict(recompute_h=True), ValueError, "recompute_h=True recomputes"),
+    (dict(recipe="fp8", recompute_h=1), TypeError, "recompute_h must be a bool"),
 ])
 def test_bad_recipe_fields_are_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -67,21 +69,24 @@ def _saved_tensors(fn):
     return out, kept
 
 
-@pytest.mark.parametrize("recipe", ["fp8", "fp8-mxfp4"])
+@pytest.mark.parametrize("recipe", ["fp8", "fp8-mxfp4", "fp8-mxfp4 recompute_h"])
 def test_the_expert_mlp_keeps_only_quantized_rows(recipe, seed):
     """fp8-mxfp4: x, z, h kept as MXFP4 (uint8 codes + E8M0 bytes), no float tensor at all; fp8: x and z
     FP8, h bf16. The rows are padded to 128 (M = 40 -> 128); h is not (no column-wise use)."""
-    cfg = MoELayerConfig(**BASE, recipe=recipe, emulate_wire=True)
+    recompute = recipe.endswith("recompute_h")
+    cfg = MoELayerConfig(**BASE, recipe=recipe.split()[0], emulate_wire=True, recompute_h=recompute)
     layer = MoELayer(cfg)
     x = torch.randn(20, 128)
     layout = layer.dispatcher.plan(layer.router(x).topk_ids)
     x_link, x_fp8 = layer.dispatcher.dispatch_fp8(x, layout, backend="torch")
     _, kept = _saved_tensors(lambda: layer.experts(x_link, layout.tokens_per_local_expert, x_fp8=x_fp8))
     h, f, m = 128, 256, 40
-    if recipe == "fp8-mxfp4":
+    if recipe.startswith("fp8-mxfp4"):
         want = [(torch.uint8, (128, h // 2)), (torch.uint8, (128, h // 32)),          # x
                 (torch.uint8, (m, f)), (torch.uint8, (m, 2 * f // 32)),              # h [M, 2F]
                 (torch.uint8, (128, f // 2)), (torch.uint8, (128, f // 32))]         # z
+        if recompute:
+            del want[2:4]
     else:
         want = [(torch.float8_e4m3fn, (128, h)), (torch.uint8, (128, 1)), (torch.bfloat16, (m, 2 * f)),
                 (torch.float8_e4m3fn, (128, f)), (torch.uint8, (128, 2))]
@@ -109,9 +114,12 @@ def _grads(layer, x, probe, **kwargs) -> list:
     ("fp8-mxfp4", {}, "torch"),
     ("fp8-mxfp4", {}, "triton"),
     ("fp8-mxfp4", dict(combine_wire="mxfp4", grad_wire="mxfp4", combine_grad_wire="mxfp4"), "torch"),
+    ("fp8-mxfp4", dict(recompute_h=True), "torch"),
+    ("fp8-mxfp4", dict(recompute_h=True, emulate_wire=False), "torch"),  # x not MXFP4 values: h differs
+    ("fp8", dict(recompute_h=True), "torch"),
 ])
 def test_the_fast_path_matches_the_recipe_twin(recipe, overrides, backend, seed):
-    cfg = MoELayerConfig(**BASE, n_shared=1, recipe=recipe, emulate_wire=True, **overrides)
+    cfg = MoELayerConfig(**BASE, n_shared=1, recipe=recipe, **{"emulate_wire": True, **overrides})
     layer = MoELayer(cfg)
     layer.experts.fp8_backend = backend  # "triton": the kernels under the interpreter
     x, probe = torch.randn(48, 128) * 2, torch.randn(48, 128)
