@@ -154,7 +154,7 @@ def measure(args, recipe: str, batch: int, dev: torch.device) -> dict:
     row = {"recipe": recipe, "batch": batch, "ms": ms, "tokens_per_s": batch * args.seq_len / (ms / 1e3),
            "peak_gb": peak / 2**30, "static_gb": static / 2**30, "activation_gb": (peak - static) / 2**30,
            "saved_mb": total_mb, "moe_saved_mb": moe_mb, "times_ms": times_ms}
-    del run
+    del run, step
     if cuda:
         torch.cuda.empty_cache()
     return row
