@@ -167,6 +167,29 @@ def spawn_local(nproc: int, argv: Sequence[str] | None = None, *, grace_s: float
     return bad[0] if bad else 0
 
 
+def parse_with_quick(parser: "argparse.ArgumentParser", argv: Sequence[str] | None,
+                     quick: dict[str, Any]) -> "argparse.Namespace":
+    """Add `--quick` (a tiny CPU smoke configuration: `quick`'s values replace the parsed ones),
+    `--json PATH` and `--png PATH`, then parse `argv`."""
+    parser.add_argument("--quick", action="store_true", help="tiny CPU smoke configuration (seconds)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--png", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        for k, v in quick.items():
+            setattr(args, k, v)
+    return args
+
+
+def choice_list(parser: "argparse.ArgumentParser", text: str, known: Iterable[str], what: str) -> list[str]:
+    """`"a,b"` -> `["a", "b"]`, a usage error unless every name is in `known`."""
+    names, known = text.split(","), tuple(known)
+    unknown = set(names) - set(known)
+    if unknown:
+        parser.error(f"unknown {what} {sorted(unknown)}; choose from {known}")
+    return names
+
+
 # --- timing ------------------------------------------------------------------------------------------
 
 def median(values: Iterable[float]) -> float:

@@ -65,11 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_corpus(megabytes: float) -> torch.Tensor:
-    """uint8 bytes of the stdlib's top-level .py files, in sorted order (the same on every rank)."""
+def load_corpus(megabytes: float, recursive: bool = False) -> torch.Tensor:
+    """uint8 bytes of the stdlib's top-level .py files (all of its .py files, site-packages excluded,
+    with `recursive`), in sorted order (the same on every rank)."""
     root = sysconfig.get_paths()["stdlib"]
     chunks, total = [], 0
-    for path in sorted(glob.glob(os.path.join(root, "*.py"))):
+    pattern = os.path.join(root, "**", "*.py") if recursive else os.path.join(root, "*.py")
+    for path in sorted(p for p in glob.glob(pattern, recursive=recursive) if "site-packages" not in p):
         with open(path, "rb") as f:
             chunks.append(f.read())
         total += len(chunks[-1])

@@ -7,6 +7,7 @@ training losses and a small MoE language model (`docs/MOE.md`).
   (`expert_precision="fp8"`, docs/RECIPE.md), on the GEMMs of `mxa2a.gemm`.
 - `dispatch`: `ExpertParallelDispatcher` (plan / dispatch / combine) and `DispatchLayout`.
 - `layer`: `MoELayerConfig` and `MoELayer`.
+- `recipe`: the `recipe=` presets ("bf16", "fp8", "fp8-mxfp4") and the checks of their fields.
 - `losses`: balancing, z-loss, specialization, coupling, bias update and routing metrics.
 - `model`: `MoEModelConfig` and `MoEModel`, a small decoder-only MoE LM.
 - `grouter`: `Grouter` / `GrouterConfig` (frozen routing from token ids), `load_grouter`.

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..comm import all_to_all_autograd
-from ..quant import dequantize_fp8, dequantize_mxfp4, quantize_fp8, quantize_mxfp4
-from ..quant.formats import FP8_TILE, MXFP4_BLOCK
+from ..comm import all_to_all_autograd, all_to_all_single
+from ..quant import dequantize_fp8, dequantize_mxfp4, fp8_to_mxfp4, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4
+from ..quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor
 from .weighted_unpermute import weighted_unpermute
 
 WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")
@@ -93,6 +93,29 @@ class _GatherTokenRows(torch.autograd.Function):
         return grad_x, None, None, None
 
 
+class _FP8DispatchGrad(torch.autograd.Function):
+    """The autograd link of `dispatch_fp8`: forward returns a zero-stride `[N_local, H]` placeholder of
+    x's dtype (no memory; the FP8 rows travel beside it); backward takes the gradient of the expert
+    rows back as `dispatch`'s backward does: ungroup, reverse all-to-all with `grad_wire`, and the sum
+    of each token's k rows in slot order (the quantization's gradient is the identity)."""
+
+    @staticmethod
+    def forward(ctx, x, dispatcher, layout):
+        ctx.dispatcher, ctx.layout = dispatcher, layout
+        return x.new_zeros(()).expand(layout.num_local_rows, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        d, layout = ctx.dispatcher, ctx.layout
+        g = d.send_grad(d.ungroup(grad_rows.contiguous(), layout), layout)     # (T * k, H) send order
+        g = g.index_select(0, layout.inverse_permutation).view(layout.num_tokens, layout.top_k, -1)
+        return g.sum(1), None, None
+
+
+def _index_rows(t: FP8Tensor, index: torch.Tensor) -> FP8Tensor:
+    return FP8Tensor(t.data.index_select(0, index), t.scales.index_select(0, index))
+
+
 @dataclass(frozen=True)
 class DispatchLayout:
     """Where each (token, slot) row of one micro-batch goes, for one EP rank.
@@ -143,15 +166,17 @@ class ExpertParallelDispatcher:
 
     `num_experts` E must be divisible by the group size; rank `r` owns experts
     `[r * E_local, (r + 1) * E_local)`. `wire` / `grad_wire` / `scale_mode` are passed to
-    `mxa2a.comm.all_to_all_autograd` for both all-to-alls of a step (dispatch and combine); each
-    moves `N` rows of `H` elements, i.e. `N * row_bytes(wire, H)` bytes per direction.
+    `mxa2a.comm.all_to_all_autograd` for the dispatch all-to-all, `combine_wire` / `combine_grad_wire`
+    (None: the same as `wire` / `grad_wire`) for the combine; each moves `N` rows of `H` elements, i.e.
+    `N * row_bytes(wire, H)` bytes per direction. `dispatch_fp8` sends FP8 rows (wire "fp8"/"mxfp4").
     `wire_check` is comm's `check`: None (default) uses comm's policy, which verifies the format once
     per call signature (no per-call host sync); True checks every call (a host sync each: debug);
     False never checks. Static layouts never check.
     """
 
     def __init__(self, num_experts: int, hidden: int, group: Any = None, *, wire: Any = "raw",
-                 grad_wire: Any = "raw", scale_mode: str = "rceil", emulate_wire: bool = False,
+                 grad_wire: Any = "raw", combine_wire: Any = None, combine_grad_wire: Any = None,
+                 scale_mode: str = "rceil", emulate_wire: bool = False,
                  wire_check: bool | None = None) -> None:
         self.group = group
         self.ep_size = dist.get_world_size(group) if group is not None else 1
@@ -159,15 +184,20 @@ class ExpertParallelDispatcher:
         if num_experts % self.ep_size != 0:
             raise ValueError(f"num_experts ({num_experts}) must be divisible by the EP group size "
                              f"({self.ep_size})")
-        check_wire(wire, hidden, "wire")
-        check_wire(grad_wire, hidden, "grad_wire")
+        combine_wire = wire if combine_wire is None else combine_wire
+        combine_grad_wire = grad_wire if combine_grad_wire is None else combine_grad_wire
+        wires = dict(wire=wire, grad_wire=grad_wire, combine_wire=combine_wire,
+                     combine_grad_wire=combine_grad_wire)
+        for name, w in wires.items():
+            check_wire(w, hidden, name)
         if emulate_wire and self.ep_size != 1:
             raise ValueError("emulate_wire is for EP size 1 only (with EP > 1 the wire is real)")
-        if emulate_wire and not (isinstance(wire, str) and isinstance(grad_wire, str)):
+        if emulate_wire and not all(isinstance(w, str) for w in wires.values()):
             raise ValueError(f"emulate_wire needs wire names from {WIRE_NAMES}, not codec objects")
         self.num_experts, self.hidden = num_experts, hidden
         self.num_local = num_experts // self.ep_size
         self.wire, self.grad_wire, self.scale_mode = wire, grad_wire, scale_mode
+        self.combine_wire, self.combine_grad_wire = combine_wire, combine_grad_wire
         self.emulate_wire, self.wire_check = emulate_wire, wire_check
 
     @property
@@ -271,6 +301,54 @@ class ExpertParallelDispatcher:
         """Received rows (by source rank) -> rows grouped by local expert."""
         return rows if layout.regroup is None else rows.index_select(0, layout.regroup)
 
+    # -- 2'. FP8-native dispatch (docs/RECIPE.md, forward steps 2-3) -----------------------------
+    def dispatch_fp8(self, x: torch.Tensor, layout: DispatchLayout, *,
+                     backend: str = "auto") -> tuple[torch.Tensor, FP8Tensor]:
+        """x `[T, H]` -> (`grad_link`, FP8 rows `[N_local, H]` grouped by local expert).
+
+        x is quantized to FP8 1x128 once (T rows, before the permute); the FP8 rows (data and scales)
+        are permuted, sent with `wire` ("fp8", or "mxfp4": FP8 -> MXFP4 on the wire -> FP8 by the
+        direct conversions; with EP size 1 only under `emulate_wire`) and regrouped, never widened.
+        `grad_link` is a zero-stride `[N_local, H]` tensor of x's dtype that ties the rows into
+        autograd: hand it to the experts with the rows; the gradient they return for it goes back as
+        `dispatch`'s does (`grad_wire`). No host sync (none at all with a static layout)."""
+        if self.wire not in ("fp8", "mxfp4"):
+            raise ValueError(f"dispatch_fp8 moves FP8 rows: the dispatcher's wire must be 'fp8' or 'mxfp4', "
+                             f"got {self.wire!r}")
+        if x.dim() != 2 or x.shape[0] != layout.num_tokens or x.shape[1] != self.hidden:
+            raise ValueError(f"x must be [T={layout.num_tokens}, H={self.hidden}], got {tuple(x.shape)}")
+        index = layout.token_index if layout.token_index is not None else layout.permutation // layout.top_k
+        with torch.no_grad():
+            rows = _index_rows(quantize_fp8(x.detach().contiguous(), backend=backend), index)  # (T * k, H)
+            rows = self._send_fp8(rows, layout)                                               # by source
+            if layout.regroup is not None:
+                rows = _index_rows(rows, layout.regroup)                                      # by expert
+        return _FP8DispatchGrad.apply(x, self, layout), rows
+
+    def _send_fp8(self, rows: FP8Tensor, layout: DispatchLayout) -> FP8Tensor:
+        if self.ep_size == 1:
+            if self.emulate_wire and self.wire == "mxfp4":
+                return mxfp4_to_fp8(fp8_to_mxfp4(rows, scale_mode=self.scale_mode))
+            return rows
+        n, h = layout.num_local_rows, self.hidden
+        out = FP8Tensor(torch.empty(n, h, dtype=E4M3_DTYPE, device=rows.device),
+                        torch.empty(n, h // FP8_TILE, dtype=torch.uint8, device=rows.device))
+        all_to_all_single(out, rows, list(layout.recv_splits), list(layout.send_splits), self.group,
+                          wire=self.wire, scale_mode=self.scale_mode,
+                          check=False if layout.static else self.wire_check)
+        return out
+
+    def send_grad(self, grad_rows: torch.Tensor, layout: DispatchLayout) -> torch.Tensor:
+        """The backward of `send`, outside autograd: received-row gradients (by source rank)
+        `[N_local, H]` -> `[T * k, H]` in send order, sent with `grad_wire`."""
+        if self.ep_size == 1:
+            return wire_roundtrip(grad_rows, self.grad_wire, self.scale_mode) if self.emulate_wire else grad_rows
+        out = grad_rows.new_empty(layout.num_tokens * layout.top_k, grad_rows.shape[1])
+        all_to_all_single(out, grad_rows, list(layout.send_splits), list(layout.recv_splits), self.group,
+                          wire=self.grad_wire, scale_mode=self.scale_mode,
+                          check=False if layout.static else self.wire_check)
+        return out
+
     # -- 3. combine -------------------------------------------------------------------------------
     def combine(self, y_local: torch.Tensor, layout: DispatchLayout, gates: torch.Tensor
                 ) -> torch.Tensor:
@@ -304,7 +382,9 @@ class ExpertParallelDispatcher:
     def send_back(self, rows: torch.Tensor, layout: DispatchLayout, *, wire: Any = None,
                   grad_wire: Any = None) -> torch.Tensor:
         """The combine all-to-all (encode + transfer + decode): rows by source rank -> `[T * k, D]`
-        in send order."""
+        in send order. `wire` / `grad_wire` default to the combine wires."""
+        wire = self.combine_wire if wire is None else wire
+        grad_wire = self.combine_grad_wire if grad_wire is None else grad_wire
         return self._exchange(rows, layout.send_splits, layout.recv_splits, wire=wire, grad_wire=grad_wire,
                               static=layout.static)
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fp8_experts import FP8ExpertMLP, FP8ExpertWeights
+from ..quant import FP8Tensor
+from .fp8_experts import SAVED_FORMATS, FP8ExpertMLP, FP8ExpertWeights
 
 EXPERT_PRECISIONS = ("bf16", "fp8")
 
@@ -41,18 +42,31 @@ class GroupedExperts(nn.Module):
     128x128-block weights, quantized once per weight update and cached; hidden and d_expert multiples
     of 128). `fp8_backend`: "auto" (Triton on CUDA, the torch reference elsewhere), "triton", "torch";
     `fp8_gemm_configs`: launch configurations `(GemmConfig | None, GemmConfig | None)` of the
-    row-grouped and the weight-gradient GEMMs (None: `mxa2a.gemm`'s defaults).
+    row-grouped and the weight-gradient GEMMs (None: `mxa2a.gemm`'s defaults). `saved_activations`
+    ("fp8" / "mxfp4", fp8 only; "bf16" for bf16), `scale_mode`, `recompute_h`: what the FP8 MLP keeps
+    for backward (`fp8_experts.py`).
+    `forward(..., x_fp8=rows)` (fp8 only): the rows already in FP8 (`dispatch_fp8`), x their autograd link.
     """
 
     def __init__(self, num_local: int, hidden: int, d_expert: int, *,
                  use_grouped_mm: bool | None = None, precision: str = "bf16",
-                 fp8_backend: str = "auto") -> None:
+                 fp8_backend: str = "auto", saved_activations: str | None = None,
+                 scale_mode: str = "rceil", recompute_h: bool = False) -> None:
         super().__init__()
         if precision not in EXPERT_PRECISIONS:
             raise ValueError(f"expert_precision must be one of {EXPERT_PRECISIONS}, got {precision!r}")
         if precision == "fp8" and (hidden % 128 or d_expert % 128):
             raise ValueError(f"expert_precision='fp8' needs hidden and d_expert to be multiples of 128 "
                              f"(128x128 weight blocks), got hidden={hidden}, d_expert={d_expert}")
+        saved_activations = saved_activations or ("fp8" if precision == "fp8" else "bf16")
+        allowed = SAVED_FORMATS if precision == "fp8" else ("bf16",)
+        if saved_activations not in allowed:
+            raise ValueError(f"saved_activations must be one of {allowed} with precision={precision!r}, "
+                             f"got {saved_activations!r}")
+        if recompute_h and precision != "fp8":
+            raise ValueError("recompute_h (recompute the FP8 MLP's GEMM-1 output in backward) needs "
+                             "precision='fp8'")
+        self.saved_activations, self.scale_mode, self.recompute_h = saved_activations, scale_mode, recompute_h
         self.num_local, self.hidden, self.d_expert = num_local, hidden, d_expert
         self.use_grouped_mm = use_grouped_mm
         self.precision, self.fp8_backend = precision, fp8_backend
@@ -66,13 +80,16 @@ class GroupedExperts(nn.Module):
         nn.init.normal_(self.w_down, std=d_expert ** -0.5)
 
     def forward(self, x: torch.Tensor, tokens_per_expert: Sequence[int], *,
-                offsets: torch.Tensor | None = None,
-                return_intermediates: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                offsets: torch.Tensor | None = None, return_intermediates: bool = False,
+                x_fp8: FP8Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if len(tokens_per_expert) != self.num_local:
             raise ValueError(f"tokens_per_expert must have {self.num_local} entries (one per local "
                              f"expert), got {len(tokens_per_expert)}")
+        if x_fp8 is not None and (self.precision != "fp8" or tuple(x_fp8.shape) != tuple(x.shape)):
+            raise ValueError(f"x_fp8 (FP8 rows {tuple(x_fp8.shape)}) needs precision='fp8' and the shape of "
+                             f"x {tuple(x.shape)}; this module has precision={self.precision!r}")
         if self.precision == "fp8":
-            return self._forward_fp8(x, tokens_per_expert, offsets, return_intermediates)
+            return self._forward_fp8(x, tokens_per_expert, offsets, return_intermediates, x_fp8)
         use_gmm = self.use_grouped_mm if self.use_grouped_mm is not None else _grouped_mm_available(
             x, self.hidden, self.d_expert)
         if use_gmm:
@@ -100,7 +117,7 @@ class GroupedExperts(nn.Module):
         return y, (z if return_intermediates else None)
 
 
-    def _forward_fp8(self, x, tokens_per_expert, offsets, return_intermediates):
+    def _forward_fp8(self, x, tokens_per_expert, offsets, return_intermediates, x_fp8=None):
         if return_intermediates:
             raise ValueError("return_intermediates is not supported with expert_precision='fp8' (the SwiGLU "
                              "output exists only as FP8 inside the expert MLP)")
@@ -108,7 +125,8 @@ class GroupedExperts(nn.Module):
             offsets = torch.tensor(list(tokens_per_expert), device=x.device).cumsum(0).to(torch.int32)
         weights = self.fp8_weights.get(self.w_gate, self.w_up, self.w_down)
         y = FP8ExpertMLP.apply(x, self.w_gate, self.w_up, self.w_down, offsets, weights, self.fp8_backend,
-                               self.fp8_gemm_configs)
+                               self.fp8_gemm_configs, x_fp8, self.saved_activations, self.scale_mode,
+                               self.recompute_h)
         return y, None
 
     def refresh_fp8_weights(self) -> None:

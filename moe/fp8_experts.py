@@ -3,17 +3,21 @@ GEMMs (forward, data gradient, weight gradient of both projections) run in block
 
     x --Q--> xq [M, H] --GEMM 1 (W_1 = [W_gate | W_up], 128x128)--> h [M, 2F] bf16
       --SwiGLU + Q--> zq [M, F] --GEMM 2 (W_down)--> y [M, H]
-    backward: dyq = Q(dy); dz = dyq W_down (block transpose); dW_down = colwise(dyq)^T colwise(zq)
-              dhq = Q(SwiGLU'(h, dz)); dx = dhq W_1 (block transpose); dW_1 = colwise(dhq)^T colwise(xq)
-Q is the FP8 1x128 codec; colwise is `quant.fp8_rowwise_to_colwise` (scaling-aware, never a second
-quantization from BF16) of the rows put in the group-aligned layout (`gemm.gather_aligned_rows`:
-each expert's rows from a multiple of 128, zero rows between), so each 128-token column-wise scale
-tile holds one expert's tokens and the weight-gradient GEMM runs without token masks.
-Saved for backward (RECIPE.md "What must hold"): xq [M, H] and zq [M, F] FP8 (1 B/elem + 1 scale byte
-per 128), h [M, 2F] bf16 (2 B/elem; kept, not recomputed from x: the alternative is not measured yet).
-Until the MXFP4 activations land, x is saved in FP8 (RECIPE.md allows it). `FP8ExpertWeights` keeps
-the quantized weights and their block transposes between steps (4 FP8 copies' worth: W_1, W_down, and
-their transposes, about 1 B per weight element each).
+    backward: dyq = Q(dy); dz = dyq W_down (block transpose); dW_down = colwise(dyq)^T colwise(z)
+              dhq = Q(SwiGLU'(h, dz)); dx = dhq W_1 (block transpose); dW_1 = colwise(dhq)^T colwise(x)
+Q is the FP8 1x128 codec, skipped for x when the dispatcher already sent FP8 rows (`xq`). colwise
+(`wgrad_operand`, the one place it happens) puts the rows in the group-aligned layout
+(`gemm.gather_aligned_rows`: each expert's rows from a multiple of 128, zero rows between, so each
+128-token column-wise scale tile holds one expert's tokens and the weight-gradient GEMM needs no token
+masks), then `fp8_rowwise_to_colwise` of FP8 rows or `mxfp4_rowwise_to_fp8_colwise` of saved MXFP4
+rows: scaling-aware, never a second quantization from BF16.
+Saved for backward (`saved`): "fp8": x, z FP8 (1 B/elem + 1 byte per 128), h bf16 (2 B/elem);
+"mxfp4": x, z as `fp8_to_mxfp4` of their FP8 rows and h as MXFP4 (0.53 B/elem each), so no bf16
+activation outlives the forward pass (h is decoded to bf16 only inside backward). `recompute_h`: keep
+no h; backward recomputes it by GEMM 1 from the kept x (MXFP4 rows through `mxfp4_to_fp8`): one more
+GEMM, 2F elements less kept per row; equal to the forward's h when x's values are MXFP4 values (an
+MXFP4 dispatch wire), else computed from the MXFP4-rounded x. `FP8ExpertWeights` keeps
+the quantized weights and their block transposes between steps (about 1 B per weight element each).
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ import torch
 from ..gemm import (GemmConfig, GroupAlignedLayout, align_groups, gather_aligned_rows, grouped_gemm_fp8,
                     grouped_gemm_fp8_wgrad, quantize_fp8_blocks_and_transpose, swiglu_backward_quantize_fp8,
                     swiglu_quantize_fp8)
-from ..quant import FP8Tensor, fp8_rowwise_to_colwise, quantize_fp8
-from ..quant.formats import E4M3_DTYPE, FP8_TILE
+from ..quant import (FP8Tensor, MXFP4Tensor, dequantize_mxfp4, fp8_rowwise_to_colwise, fp8_to_mxfp4,
+                     mxfp4_rowwise_to_fp8_colwise, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4)
+from ..quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK
+
+SAVED_FORMATS = ("fp8", "mxfp4")
 
 
 class FP8ExpertWeights:
@@ -73,8 +80,18 @@ def _padded_fp8(m: int, width: int, device: torch.device) -> FP8Tensor:
     return FP8Tensor(data, scales)
 
 
-def _rows(t: FP8Tensor, m: int) -> FP8Tensor:
-    return FP8Tensor(t.data[:m], t.scales[:m])
+def _padded_mxfp4(m: int, width: int, device: torch.device, scale_mode: str) -> MXFP4Tensor:
+    """An MXFP4 buffer of `ceil(m / 128) * 128` rows whose rows past m are zero."""
+    rows = -(-m // FP8_TILE) * FP8_TILE
+    data = torch.empty(rows, width // 2, dtype=torch.uint8, device=device)
+    scales = torch.empty(rows, width // MXFP4_BLOCK, dtype=torch.uint8, device=device)
+    data[m:].zero_()
+    scales[m:].zero_()
+    return MXFP4Tensor(data, scales, scale_mode)
+
+
+def _rows(t, m: int):
+    return type(t)(t.data[:m], t.scales[:m], *((t.scale_mode,) if isinstance(t, MXFP4Tensor) else ()))
 
 
 def _quantize_padded(x: torch.Tensor, backend: str) -> FP8Tensor:
@@ -83,50 +100,117 @@ def _quantize_padded(x: torch.Tensor, backend: str) -> FP8Tensor:
     return q
 
 
-def _wgrad_operand(rows: FP8Tensor, layout: GroupAlignedLayout, backend: str) -> FP8Tensor:
-    """The column-wise weight-gradient operand `[W, layout.rows]` of saved row-wise FP8 `rows`
-    (`[M', W]`, M' >= the layout's packed rows): gathered group-aligned, then transposed scaling-aware."""
-    return fp8_rowwise_to_colwise(gather_aligned_rows(rows, layout, backend=backend), backend=backend)
+def _keep_rows(q: FP8Tensor, m: int, saved: str, scale_mode: str, backend: str) -> FP8Tensor | MXFP4Tensor:
+    """What backward keeps of the FP8 rows `q[:m]`, padded to a multiple of 128 rows: the FP8 rows (no
+    copy when `q` is padded already) or, with `saved="mxfp4"`, their MXFP4 form by `fp8_to_mxfp4`."""
+    width = q.shape[1]
+    if saved == "fp8":
+        if q.shape[0] == -(-m // FP8_TILE) * FP8_TILE:
+            return q
+        out = _padded_fp8(m, width, q.device)
+        _rows(out, m).data.copy_(q.data[:m])
+        _rows(out, m).scales.copy_(q.scales[:m])
+        return out
+    out = _padded_mxfp4(m, width, q.device, scale_mode)
+    fp8_to_mxfp4(_rows(q, m), scale_mode=scale_mode, backend=backend, out=_rows(out, m))
+    return out
+
+
+def wgrad_operand(rows: FP8Tensor | MXFP4Tensor, layout: GroupAlignedLayout, backend: str) -> FP8Tensor:
+    """The column-wise FP8 operand `[K, layout.rows]` of a weight-gradient GEMM from row-wise rows
+    `[M', K]` (M' >= the layout's packed rows): a saved activation (FP8 or MXFP4 rows) or an FP8
+    gradient, gathered group-aligned, then transposed scaling-aware. The one place the recipe turns
+    rows into columns (docs/RECIPE.md "Backward")."""
+    aligned = gather_aligned_rows(rows, layout, backend=backend)
+    if isinstance(aligned, MXFP4Tensor):
+        return mxfp4_rowwise_to_fp8_colwise(aligned, backend=backend)
+    return fp8_rowwise_to_colwise(aligned, backend=backend)
+
+
+def _flatten(*ts) -> tuple[list[torch.Tensor], list]:
+    """Containers -> (tensors for save_for_backward, how to rebuild them)."""
+    tensors, kinds = [], []
+    for t in ts:
+        if isinstance(t, (FP8Tensor, MXFP4Tensor)):
+            tensors += [t.data, t.scales]
+            kinds.append((type(t), getattr(t, "scale_mode", None)))
+        else:
+            tensors.append(t)
+            kinds.append(None)
+    return tensors, kinds
+
+
+def _unflatten(tensors, kinds) -> list:
+    out, it = [], iter(tensors)
+    for kind in kinds:
+        if kind is None:
+            out.append(next(it))
+        elif kind[0] is MXFP4Tensor:
+            out.append(MXFP4Tensor(next(it), next(it), kind[1]))
+        else:
+            out.append(FP8Tensor(next(it), next(it)))
+    return out
 
 
 class FP8ExpertMLP(torch.autograd.Function):
     """`y = SwiGLU experts(x)` in FP8 on rows grouped by `offsets` (int32 cumulative ends); gradients
     for x and the three master weights (returned in their dtypes). `configs`: the launch
-    configurations of the row-grouped and the weight-gradient GEMMs (None: the defaults)."""
+    configurations of the row-grouped and the weight-gradient GEMMs (None: the defaults).
+    `xq`: the rows already in FP8 (`ExpertParallelDispatcher.dispatch_fp8`); x is then only the
+    autograd link (its dtype is dx's) and the rows enter GEMM 1 as they are. `saved`: "fp8" or
+    "mxfp4" (module docstring); `scale_mode`: the MXFP4 scale rule of the saved rows; `recompute_h`:
+    keep no h, recompute it in backward (module docstring)."""
 
     @staticmethod
     def forward(ctx, x, w_gate, w_up, w_down, offsets, weights: FP8ExpertWeights, backend: str,
-                configs: tuple[GemmConfig | None, GemmConfig | None] = (None, None)):
+                configs: tuple[GemmConfig | None, GemmConfig | None] = (None, None),
+                xq: FP8Tensor | None = None, saved: str = "fp8", scale_mode: str = "rceil",
+                recompute_h: bool = False):
         m, f = x.shape[0], w_gate.shape[1]
         gemm = functools.partial(grouped_gemm_fp8, backend=backend, config=configs[0], b_block_scales=True)
-        xq = _quantize_padded(x, backend)                                                    # (Mp, H)
+        if xq is None:
+            xq = _quantize_padded(x, backend)                                                # (Mp, H)
         h = gemm(_rows(xq, m), weights.w1, offsets, out_dtype=torch.bfloat16)                # (M, 2F)
         zq = _padded_fp8(m, f, x.device)                                                      # (Mp, F)
         swiglu_quantize_fp8(h, backend=backend, out=_rows(zq, m))
         y = gemm(_rows(zq, m), weights.w2, offsets, out_dtype=x.dtype)                        # (M, H)
-        ctx.save_for_backward(xq.data, xq.scales, h, zq.data, zq.scales, offsets)
-        ctx.weights, ctx.backend, ctx.x_dtype, ctx.configs = weights, backend, x.dtype, configs
+        keep = functools.partial(_keep_rows, m=m, saved=saved, scale_mode=scale_mode, backend=backend)
+        if recompute_h:
+            h_kept = None
+        else:
+            h_kept = quantize_mxfp4(h, scale_mode=scale_mode, backend=backend) if saved == "mxfp4" else h
+        tensors, ctx.kinds = _flatten(keep(xq), h_kept, keep(zq))
+        ctx.save_for_backward(*tensors, offsets)
+        ctx.weights, ctx.backend, ctx.x_dtype, ctx.configs, ctx.m = weights, backend, x.dtype, configs, m
         ctx.w_dtypes = (w_gate.dtype, w_up.dtype, w_down.dtype)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        xd, xs, h, zd, zs, offsets = ctx.saved_tensors
-        xq, zq, weights, be = FP8Tensor(xd, xs), FP8Tensor(zd, zs), ctx.weights, ctx.backend
+        *tensors, offsets = ctx.saved_tensors
+        x_kept, h, z_kept = _unflatten(tensors, ctx.kinds)
+        weights, be, m = ctx.weights, ctx.backend, ctx.m
+        gemm = functools.partial(grouped_gemm_fp8, backend=be, config=ctx.configs[0], b_block_scales=True)
+        if h is None:  # recompute_h: GEMM 1 again, from the kept x
+            x_rows = _rows(x_kept, m)
+            x_rows = mxfp4_to_fp8(x_rows, backend=be) if isinstance(x_rows, MXFP4Tensor) else x_rows
+            h = gemm(x_rows, weights.w1, offsets, out_dtype=torch.bfloat16)                  # (M, 2F)
+        elif isinstance(h, MXFP4Tensor):
+            h = dequantize_mxfp4(h, torch.bfloat16, backend=be)                              # (M, 2F)
         gd, ud, dd = ctx.w_dtypes
         # The weight gradients leave the kernel in the weights' dtype when that is bf16 (one rounding of
         # the fp32 accumulator, as a cast would do), else in fp32.
         w_out = torch.bfloat16 if gd == ud == dd == torch.bfloat16 else torch.float32
-        gemm = functools.partial(grouped_gemm_fp8, backend=be, config=ctx.configs[0], b_block_scales=True)
         wgrad = functools.partial(grouped_gemm_fp8_wgrad, backend=be, config=ctx.configs[1], out_dtype=w_out)
-        m, f = h.shape[0], h.shape[1] // 2
+        f = h.shape[1] // 2
         layout = align_groups(offsets, m)
-        colwise = functools.partial(_wgrad_operand, layout=layout, backend=be)                  # (W, Ta)
+        colwise = functools.partial(wgrad_operand, layout=layout, backend=be)                   # (W, Ta)
         dyq = _quantize_padded(dy.contiguous(), be)                                           # (Mp, H)
         dz = gemm(_rows(dyq, m), weights.w2_t, offsets, out_dtype=torch.bfloat16)            # (M, F)
-        dw_down = wgrad(colwise(dyq), colwise(zq), layout)                                    # (E, H, F)
+        dw_down = wgrad(colwise(dyq), colwise(z_kept), layout)                                # (E, H, F)
         dhq = _padded_fp8(m, 2 * f, h.device)                                                 # (Mp, 2F)
         swiglu_backward_quantize_fp8(h, dz, backend=be, out=_rows(dhq, m))
         dx = gemm(_rows(dhq, m), weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
-        dw_1 = wgrad(colwise(dhq), colwise(xq), layout)                                       # (E, 2F, H)
-        return dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None, None
+        dw_1 = wgrad(colwise(dhq), colwise(x_kept), layout)                                   # (E, 2F, H)
+        return (dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None, None,
+                None, None, None, None)

@@ -7,7 +7,7 @@ only part that knows about ranks (`docs/MOE.md`, "Reference MoE layer").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 from ..quant.formats import check_scale_mode
 from .checks import check_bool, check_int, check_number
 from .dispatch import DispatchLayout, ExpertParallelDispatcher, check_wire
+from .recipe import RECIPE_FIELDS, check_recipe_fields, resolve_recipe
 from .experts import GroupedExperts, SharedExperts
 from .router import ROUTER_MODES, RoutingRecord, TopKRouter
 
@@ -31,8 +32,19 @@ class MoELayerConfig:
       optionally gated by `sigmoid(x w_s)` (`shared_gate`).
     - `router_mode` "softmax" or "sigmoid"; `scaling_factor` multiplies the gates; `expert_bias`
       enables the aux-loss-free selection bias (sigmoid mode only).
-    - `wire` / `grad_wire` / `scale_mode`: what the expert-parallel all-to-alls send (see
-      `mxa2a.comm`); the hidden size must suit them (multiple of 32 for mxfp4, 128 for fp8).
+    - `recipe`: "bf16" (default), "fp8" or "fp8-mxfp4" (docs/RECIPE.md; table in `moe/recipe.py`):
+      fills each of the seven fields below that is left None; a field given by hand wins.
+      `dataclasses.replace(cfg, recipe=...)` moves the fields the old recipe filled to the new one's.
+    - `wire` / `grad_wire`: what the dispatch all-to-all sends forward / its gradient backward (dx);
+      `combine_wire` / `combine_grad_wire`: the same for the combine all-to-all (its gradient is dy,
+      sent to the experts). `scale_mode`: the MXFP4 scale rule. See `mxa2a.comm`; the hidden size must
+      suit the wires (multiple of 32 for mxfp4, 128 for fp8).
+    - `fp8_dispatch`: quantize the tokens to FP8 1x128 once, before the permute, and dispatch FP8 rows
+      (wire "fp8" or "mxfp4") straight into the FP8 expert GEMMs (needs expert_precision="fp8").
+    - `saved_activations`: what the FP8 expert MLP keeps for backward: "fp8" (x, z in FP8; h bf16) or
+      "mxfp4" (x, z and h in MXFP4); "bf16" for the bf16 experts (what autograd keeps).
+      `recompute_h`: the FP8 MLP keeps no h and recomputes it in backward (one more GEMM; not part of
+      any recipe).
     - `emulate_wire`: with EP size 1, quantize-dequantize where the all-to-alls would be.
     - `wire_check`: comm's `check` for the all-to-alls: None (default) = comm's policy (the format is
       verified on the first call of each signature, then no per-call host sync), True = every call
@@ -53,16 +65,32 @@ class MoELayerConfig:
     router_mode: str = "softmax"
     scaling_factor: float = 1.0
     expert_bias: bool = False
-    wire: Any = "raw"
-    grad_wire: Any = "raw"
+    recipe: str = "bf16"
+    wire: Any = None
+    grad_wire: Any = None
+    combine_wire: Any = None
+    combine_grad_wire: Any = None
+    fp8_dispatch: bool | None = None
+    saved_activations: str | None = None
     scale_mode: str = "rceil"
     emulate_wire: bool = False
     wire_check: bool | None = None
     return_intermediates: bool = False
     use_grouped_mm: bool | None = None
-    expert_precision: str = "bf16"
+    expert_precision: str | None = None
+    recompute_h: bool = False
+    _recipe_filled: tuple = field(default=(), repr=False, compare=False)  # see moe/recipe.py
 
     def __post_init__(self) -> None:
+        fields, filled = resolve_recipe(self.recipe, {n: getattr(self, n) for n in RECIPE_FIELDS},
+                                        self._recipe_filled)
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_recipe_filled", filled)
+        check_recipe_fields(fields)
+        if self.recompute_h is True and self.expert_precision != "fp8":
+            raise ValueError(f"recompute_h=True recomputes the FP8 expert MLP's GEMM-1 output: it needs "
+                             f"expert_precision='fp8', got {self.expert_precision!r}")
         for name in ("hidden", "d_expert", "num_experts", "top_k"):
             check_int(getattr(self, name), name)
         check_int(self.n_shared, "n_shared", minimum=0)
@@ -71,15 +99,15 @@ class MoELayerConfig:
         if self.router_mode not in ROUTER_MODES:
             raise ValueError(f"router_mode must be one of {ROUTER_MODES}, got {self.router_mode!r}")
         check_number(self.scaling_factor, "scaling_factor")
-        for name in ("shared_gate", "expert_bias", "emulate_wire", "return_intermediates"):
+        for name in ("shared_gate", "expert_bias", "emulate_wire", "return_intermediates", "recompute_h"):
             check_bool(getattr(self, name), name)
         for name in ("wire_check", "use_grouped_mm"):
             check_bool(getattr(self, name), name, allow_none=True)
         if self.expert_bias and self.router_mode != "sigmoid":
             raise ValueError("expert_bias (aux-loss-free balancing) requires router_mode='sigmoid'")
         check_scale_mode(self.scale_mode)
-        check_wire(self.wire, self.hidden, "wire")
-        check_wire(self.grad_wire, self.hidden, "grad_wire")
+        for name in ("wire", "grad_wire", "combine_wire", "combine_grad_wire"):
+            check_wire(getattr(self, name), self.hidden, name)
 
 
 class MoELayer(nn.Module):
@@ -96,6 +124,7 @@ class MoELayer(nn.Module):
         self.config = config
         self.dispatcher = ExpertParallelDispatcher(
             config.num_experts, config.hidden, group, wire=config.wire, grad_wire=config.grad_wire,
+            combine_wire=config.combine_wire, combine_grad_wire=config.combine_grad_wire,
             scale_mode=config.scale_mode, emulate_wire=config.emulate_wire,
             wire_check=config.wire_check)
         self.router = TopKRouter(config.hidden, config.num_experts, config.top_k,
@@ -103,7 +132,9 @@ class MoELayer(nn.Module):
                                  expert_bias=config.expert_bias)
         self.experts = GroupedExperts(self.dispatcher.num_local, config.hidden, config.d_expert,
                                       use_grouped_mm=config.use_grouped_mm,
-                                      precision=config.expert_precision)
+                                      precision=config.expert_precision,
+                                      saved_activations=config.saved_activations,
+                                      scale_mode=config.scale_mode, recompute_h=config.recompute_h)
         self.shared = (SharedExperts(config.hidden, config.n_shared * config.d_expert,
                                      gated=config.shared_gate) if config.n_shared else None)
 
@@ -132,10 +163,13 @@ class MoELayer(nn.Module):
         record = self.router(x) if routing is None else routing
         if layout is None:
             layout = self.dispatcher.plan(record.topk_ids)
-        x_local = self.dispatcher.dispatch(x, layout)                   # (N_local, H) by local expert
+        if cfg.fp8_dispatch:  # FP8 rows into the FP8 GEMMs; x_local is their autograd link
+            x_local, x_fp8 = self.dispatcher.dispatch_fp8(x, layout, backend=self.experts.fp8_backend)
+        else:
+            x_local, x_fp8 = self.dispatcher.dispatch(x, layout), None  # (N_local, H) by local expert
         y_local, z_local = self.experts(x_local, layout.tokens_per_local_expert,
                                         offsets=layout.expert_offsets,
-                                        return_intermediates=cfg.return_intermediates)
+                                        return_intermediates=cfg.return_intermediates, x_fp8=x_fp8)
         y = self.dispatcher.combine(y_local, layout, record.gates)      # (T, H)
         if cfg.return_intermediates:
             z = self.dispatcher.return_rows(z_local, layout, wire="raw", grad_wire="raw")  # (T, k, d_expert)

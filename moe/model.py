@@ -25,13 +25,16 @@ from torch import nn
 from . import losses
 from .checks import check_int, check_number
 from .layer import MoELayer, MoELayerConfig
+from .recipe import check_recipe
 from .router import RoutingRecord
 
 
 @dataclass(frozen=True)
 class MoEModelConfig:
     """Model shape (`moe.hidden` is the model width) and the weights of the auxiliary losses
-    (0 turns a loss off; `specialization_weight > 0` makes the layers return their intermediates)."""
+    (0 turns a loss off; `specialization_weight > 0` makes the layers return their intermediates).
+    `recipe` ("bf16", "fp8", "fp8-mxfp4"; None = the one `moe` names) sets the layers' recipe, as
+    `replace(moe, recipe=...)` does: fields set by hand on `moe` keep their value."""
 
     moe: MoELayerConfig
     vocab_size: int = 256
@@ -43,10 +46,13 @@ class MoEModelConfig:
     z_weight: float = 0.0
     specialization_weight: float = 0.0
     coupling_weight: float = 0.0
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.moe, MoELayerConfig):
             raise TypeError(f"moe must be a MoELayerConfig, got {type(self.moe).__name__}")
+        if self.recipe is not None and self.recipe != self.moe.recipe:
+            object.__setattr__(self, "moe", replace(self.moe, recipe=check_recipe(self.recipe)))
         for name in ("vocab_size", "seq_len", "n_layers", "n_heads"):
             check_int(getattr(self, name), name)
         for name in ("lb_weight", "seq_lb_weight", "z_weight", "specialization_weight", "coupling_weight"):

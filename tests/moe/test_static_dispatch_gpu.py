@@ -24,6 +24,8 @@ CASES = [  # (config kwargs, dtype)
     (dict(num_experts=8, top_k=3, use_grouped_mm=False), torch.float32),    # expert loop on host counts
     (dict(num_experts=8, top_k=2, wire="mxfp4", grad_wire="fp8", emulate_wire=True), torch.bfloat16),
     (dict(num_experts=8, top_k=2, n_shared=1, expert_precision="fp8"), torch.bfloat16),  # FP8 experts
+    (dict(num_experts=8, top_k=2, n_shared=1, recipe="fp8", emulate_wire=True), torch.bfloat16),
+    (dict(num_experts=8, top_k=2, n_shared=1, recipe="fp8-mxfp4", emulate_wire=True), torch.bfloat16),
 ]
 
 
