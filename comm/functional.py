@@ -77,6 +77,10 @@ def _exchange(x: torch.Tensor, output_split_sizes: list[int], input_split_sizes:
     from torch.distributed import distributed_c10d as c10d
 
     pg = c10d._resolve_process_group(group)
+    if isinstance(x, funcol.AsyncCollectiveTensor):
+        # The result of an earlier eager call, not waited yet: view ops such as detach() keep the wrapper,
+        # whose data pointer is not the rows' (a Triton kernel reading it faults). Wait, take the rows.
+        x = x.wait()
     codec = _wire(wire)
     if raw_fallback and x.dtype.is_floating_point and not _encodable(get_codec(codec, scale_mode), x):
         codec = "raw"

@@ -91,6 +91,37 @@ def test_functional_matches_torch_exchange_of_quantized_rows(seed):
     run_distributed(_functional_body, 2, seed, timeout_s=240)
 
 
+def _pending_input_body(rank: int, world: int, seed: int) -> None:
+    import mxa2a.comm.functional as F
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+
+    mesh = _groups(world)["DeviceMesh"]
+    seen = []
+    into = F._all_to_all_single_into
+
+    def recording(out, inp, *args, **kwargs):
+        seen.append(type(inp))
+        return into(out, inp, *args, **kwargs)
+
+    F._all_to_all_single_into = recording
+    try:
+        x = torch.randn(2 * world, 128, generator=torch.Generator().manual_seed(seed + rank))
+        y = F.all_to_all_single(x, None, None, mesh, wire="fp8")
+        pending = y.detach()  # a view op: still an AsyncCollectiveTensor, not waited
+        assert isinstance(pending, AsyncCollectiveTensor)
+        z = F.all_to_all_single(pending, None, None, mesh, wire="raw") + 0
+        want = F.all_to_all_single(y + 0, None, None, mesh, wire="raw") + 0  # of the waited rows
+        assert_same_bits(z, want, f"exchange of a pending result, rank {rank}, seed {seed}")
+    finally:
+        F._all_to_all_single_into = into
+    # The codec kernels read the rows' data pointer: they must get the waited rows, never the wrapper.
+    assert seen == [torch.Tensor] * 3, seen
+
+
+def test_pending_result_as_input_is_waited_first(seed):
+    run_distributed(_pending_input_body, 2, seed, timeout_s=120)
+
+
 def _compile_body(rank: int, world: int, seed: int, backend: str, device_type: str = "cpu") -> None:
     from mxa2a.comm.functional import all_to_all_single, all_to_all_single_autograd
 
