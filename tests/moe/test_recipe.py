@@ -173,7 +173,8 @@ def test_gpu_fast_path_matches_the_recipe_twin(recipe, seed):
     x, probe = torch.randn(300, 256) * 2, torch.randn(300, 256)
     xt = x.clone().requires_grad_(True)
     (layer_twin(layer, xt) * probe).sum().backward()
-    want = [layer_twin(layer, x).detach(), xt.grad] + [p.grad for _, p in sorted(layer.named_parameters())]
+    # clones: layer.cuda() below moves each parameter's .grad to the GPU in place
+    want = [layer_twin(layer, x).detach(), xt.grad] + [p.grad.clone() for _, p in sorted(layer.named_parameters())]
     got = _grads(layer.cuda(), x.cuda(), probe.cuda())
     names = ["y", "dx"] + [n for n, _ in sorted(layer.named_parameters())]
     for name, g, w in zip(names, got, want):
