@@ -83,6 +83,8 @@ def main() -> None:
         if info.rank == 0:
             print(f"{'compiled, last setting':28s} output rel. error {rel(out, exact[0]):.2e}   "
                   f"input grad {rel(grad, exact[1]):.2e}")
+    # Both ranks done before either tears gloo down (a rank leaving first can abort its peer's teardown).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
