@@ -2,10 +2,12 @@
 # Everything that needs a GPU, in one go: the CUDA tests, then the benchmarks, results into OUTDIR.
 #
 #   benchmarks/run_gpu_suite.sh OUTDIR [tests] [codec] [convert] [a2a] [a2a-quick] [probe] [fp8-tests] [gemm] [layer]
+#       [recipe-tests] [train] [convergence] [optim]
 #   default: tests codec convert a2a. The FP8 expert-compute phases (issue 19): probe (does torch's
 #   scaled_grouped_mm take 1x128 / 128x128 block scales), fp8-tests (the GPU tests of mxa2a.gemm and
 #   the FP8 experts only), gemm (gemm_throughput.py --sweep), layer (moe_layer.py, with gemm's fastest
-#   launch configurations when gemm ran first).
+#   launch configurations when gemm ran first); recipe-tests, train
+#   (train_throughput.py per recipe), convergence (convergence.py, 6 variants), optim (optimizers.py).
 #
 # Works from a checkout without installing: if `import mxa2a` fails, a link to the checkout is put on
 # PYTHONPATH. Each phase's log goes to OUTDIR/<phase>.log; a short table of every phase ends the output.
@@ -57,6 +59,15 @@ for phase in "${phases[@]}"; do
         layer)     cfg=(); [[ -f "$out/gemm_throughput.json" ]] && cfg=(--configs-from "$out/gemm_throughput.json")
                    run_phase layer timeout "${LAYER_TIMEOUT:-600}" "$py" "$here/moe_layer.py" ${cfg[@]+"${cfg[@]}"} \
                        --json "$out/moe_layer.json" ;;
+        recipe-tests) run_phase recipe-tests "$py" -m pytest -q -m gpu -p no:cacheprovider \
+                       "$root/tests/moe/test_recipe.py" "$root/tests/moe/test_static_dispatch_gpu.py" -k "not ep2" ;;
+        train)     run_phase train timeout "${TRAIN_TIMEOUT:-170}" "$py" "$here/train_throughput.py" --iters 5 --warmup 2 \
+                       --json "$out/train_throughput.json" --png "$out/train_throughput.png" ${TRAIN_ARGS:-} ;;
+        convergence) run_phase convergence timeout "${CONVERGENCE_TIMEOUT:-300}" "$py" "$here/convergence.py" \
+                       --time-limit-s "${CONVERGENCE_LIMIT_S:-230}" --json "$out/convergence.json" \
+                       --png "$out/convergence.png" ${CONVERGENCE_ARGS:-} ;;
+        optim)     run_phase optim timeout "${OPTIM_TIMEOUT:-325}" "$py" "$here/optimizers.py" --budget-s 260 \
+                       --deadline-s 290 --json "$out/optimizers.json" --png "$out/optimizers.png" ${OPTIM_ARGS:-} ;;
         *) echo "unknown phase $phase" >&2; exit 2 ;;
     esac
 done
