@@ -174,6 +174,12 @@ def _backward(ctx, grad: torch.Tensor):
 
 _op_autograd.register_autograd(_backward, setup_context=_setup_context)
 
+# A collective has an effect its schema cannot show: every rank must run it. Marked side-effectful, the
+# compiler keeps it where its result is unused or empty on this rank (Inductor dropped the backward
+# exchange of a rank with no input rows, and its peers failed in that exchange).
+torch.fx.node.has_side_effect(torch.ops.mxa2a.all_to_all_single.default)
+torch.fx.node.has_side_effect(torch.ops.mxa2a.all_to_all_single_autograd.default)
+
 
 def all_to_all_single(input: torch.Tensor, output_split_sizes: list[int] | None,
                       input_split_sizes: list[int] | None, group=None, tag: str = "", *,
