@@ -137,6 +137,10 @@ def _compile_body(rank: int, world: int, seed: int, backend: str, device_type: s
         z = all_to_all_single(y.detach(), ins, outs, mesh, wire="fp8")
         return y, z, c
 
+    # No compiled code from an earlier run of this machine: Inductor's FX graph and AOTAutograd caches do
+    # not key on the ops' side-effect mark, and served a backward without the exchange after it changed.
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     compiled = torch.compile(step, fullgraph=True, backend=backend)
     g = torch.Generator().manual_seed(seed * 13 + rank)
     x0, w = torch.randn(n_in, 128, generator=g).to(device), torch.randn(n_out, 128, generator=g).to(device)
