@@ -95,13 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--expert-gemm", default="grouped", choices=["grouped", "loop"],
                    help="CUDA: grouped = bf16 inputs to the experts (one grouped GEMM per projection)")
-    p.add_argument("--quick", action="store_true", help="tiny CPU smoke configuration (seconds)")
-    p.add_argument("--json", default=None)
-    p.add_argument("--png", default=None)
-    args = p.parse_args(argv)
-    if args.quick:
-        for k, v in QUICK.items():
-            setattr(args, k, v)
+    args = bc.parse_with_quick(p, argv, QUICK)
     args.families = args.families.split(",")
     unknown = set(args.families) - set(FAMILIES)
     if unknown:
