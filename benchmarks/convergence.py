@@ -122,6 +122,8 @@ def train(args, variant: str) -> dict:
         out_of_time = args.time_limit_s and time.perf_counter() - t0 > args.time_limit_s
         if (step + 1) % args.eval_every == 0 or last or out_of_time:
             curve.append((step + 1, evaluate(model, val, autocast)))
+            print(f"{variant} step {step + 1}: val {curve[-1][1]:.4f} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
             if not math.isfinite(curve[-1][1]) or out_of_time:
                 break
     tail = [v for _, v in curve[-args.final_evals:]]
