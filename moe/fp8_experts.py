@@ -31,7 +31,6 @@ from ..gemm import (GemmConfig, GroupAlignedLayout, align_groups, gather_aligned
                     swiglu_quantize_fp8)
 from ..quant import (FP8Tensor, MXFP4Tensor, dequantize_mxfp4, fp8_rowwise_to_colwise, fp8_to_mxfp4,
                      mxfp4_rowwise_to_fp8_colwise, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4)
-from ..quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK
 
 SAVED_FORMATS = ("fp8", "mxfp4")
 
@@ -70,50 +69,17 @@ class FP8ExpertWeights:
                 setattr(self, name, t)
 
 
-def _padded_fp8(m: int, width: int, device: torch.device) -> FP8Tensor:
-    """An FP8 buffer of `ceil(m / 128) * 128` rows whose rows past m are zero (data and scale bytes)."""
-    rows = -(-m // FP8_TILE) * FP8_TILE
-    data = torch.empty(rows, width, dtype=E4M3_DTYPE, device=device)
-    scales = torch.empty(rows, width // FP8_TILE, dtype=torch.uint8, device=device)
-    data.view(torch.uint8)[m:].zero_()
-    scales[m:].zero_()
-    return FP8Tensor(data, scales)
-
-
-def _padded_mxfp4(m: int, width: int, device: torch.device, scale_mode: str) -> MXFP4Tensor:
-    """An MXFP4 buffer of `ceil(m / 128) * 128` rows whose rows past m are zero."""
-    rows = -(-m // FP8_TILE) * FP8_TILE
-    data = torch.empty(rows, width // 2, dtype=torch.uint8, device=device)
-    scales = torch.empty(rows, width // MXFP4_BLOCK, dtype=torch.uint8, device=device)
-    data[m:].zero_()
-    scales[m:].zero_()
-    return MXFP4Tensor(data, scales, scale_mode)
-
-
 def _rows(t, m: int):
     return type(t)(t.data[:m], t.scales[:m], *((t.scale_mode,) if isinstance(t, MXFP4Tensor) else ()))
 
 
-def _quantize_padded(x: torch.Tensor, backend: str) -> FP8Tensor:
-    q = _padded_fp8(x.shape[0], x.shape[1], x.device)
-    quantize_fp8(x, backend=backend, out=_rows(q, x.shape[0]))
-    return q
-
-
 def _keep_rows(q: FP8Tensor, m: int, saved: str, scale_mode: str, backend: str) -> FP8Tensor | MXFP4Tensor:
-    """What backward keeps of the FP8 rows `q[:m]`, padded to a multiple of 128 rows: the FP8 rows (no
-    copy when `q` is padded already) or, with `saved="mxfp4"`, their MXFP4 form by `fp8_to_mxfp4`."""
-    width = q.shape[1]
+    """What backward keeps of the FP8 rows `q[:m]`: those rows (a view, no copy) or, with
+    `saved="mxfp4"`, their MXFP4 form by `fp8_to_mxfp4`. Row-wise, any row count: `wgrad_operand`
+    reads them through the group-aligned row map."""
     if saved == "fp8":
-        if q.shape[0] == -(-m // FP8_TILE) * FP8_TILE:
-            return q
-        out = _padded_fp8(m, width, q.device)
-        _rows(out, m).data.copy_(q.data[:m])
-        _rows(out, m).scales.copy_(q.scales[:m])
-        return out
-    out = _padded_mxfp4(m, width, q.device, scale_mode)
-    fp8_to_mxfp4(_rows(q, m), scale_mode=scale_mode, backend=backend, out=_rows(out, m))
-    return out
+        return _rows(q, m)
+    return fp8_to_mxfp4(_rows(q, m), scale_mode=scale_mode, backend=backend)
 
 
 def wgrad_operand(rows: FP8Tensor | MXFP4Tensor, layout: GroupAlignedLayout, backend: str) -> FP8Tensor:
@@ -169,11 +135,10 @@ class FP8ExpertMLP(torch.autograd.Function):
         m, f = x.shape[0], w_gate.shape[1]
         gemm = functools.partial(grouped_gemm_fp8, backend=backend, config=configs[0], b_block_scales=True)
         if xq is None:
-            xq = _quantize_padded(x, backend)                                                # (Mp, H)
+            xq = quantize_fp8(x, backend=backend)                                            # (M, H)
         h = gemm(_rows(xq, m), weights.w1, offsets, out_dtype=torch.bfloat16)                # (M, 2F)
-        zq = _padded_fp8(m, f, x.device)                                                      # (Mp, F)
-        swiglu_quantize_fp8(h, backend=backend, out=_rows(zq, m))
-        y = gemm(_rows(zq, m), weights.w2, offsets, out_dtype=x.dtype)                        # (M, H)
+        zq = swiglu_quantize_fp8(h, backend=backend)                                         # (M, F)
+        y = gemm(zq, weights.w2, offsets, out_dtype=x.dtype)                        # (M, H)
         keep = functools.partial(_keep_rows, m=m, saved=saved, scale_mode=scale_mode, backend=backend)
         if recompute_h:
             h_kept = None
@@ -205,12 +170,11 @@ class FP8ExpertMLP(torch.autograd.Function):
         f = h.shape[1] // 2
         layout = align_groups(offsets, m)
         colwise = functools.partial(wgrad_operand, layout=layout, backend=be)                   # (W, Ta)
-        dyq = _quantize_padded(dy.contiguous(), be)                                           # (Mp, H)
-        dz = gemm(_rows(dyq, m), weights.w2_t, offsets, out_dtype=torch.bfloat16)            # (M, F)
+        dyq = quantize_fp8(dy.contiguous(), backend=be)                                       # (M, H)
+        dz = gemm(dyq, weights.w2_t, offsets, out_dtype=torch.bfloat16)            # (M, F)
         dw_down = wgrad(colwise(dyq), colwise(z_kept), layout)                                # (E, H, F)
-        dhq = _padded_fp8(m, 2 * f, h.device)                                                 # (Mp, 2F)
-        swiglu_backward_quantize_fp8(h, dz, backend=be, out=_rows(dhq, m))
-        dx = gemm(_rows(dhq, m), weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
+        dhq = swiglu_backward_quantize_fp8(h, dz, backend=be)                                 # (M, 2F)
+        dx = gemm(dhq, weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
         dw_1 = wgrad(colwise(dhq), colwise(x_kept), layout)                                   # (E, 2F, H)
         return (dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None, None,
                 None, None, None, None)

@@ -72,7 +72,8 @@ def _saved_tensors(fn):
 @pytest.mark.parametrize("recipe", ["fp8", "fp8-mxfp4", "fp8-mxfp4 recompute_h"])
 def test_the_expert_mlp_keeps_only_quantized_rows(recipe, seed):
     """fp8-mxfp4: x, z, h kept as MXFP4 (uint8 codes + E8M0 bytes), no float tensor at all; fp8: x and z
-    FP8, h bf16. The rows are padded to 128 (M = 40 -> 128); h is not (no column-wise use)."""
+    FP8, h bf16. Every kept tensor has the M = 40 rows (no padding: the weight-gradient operands are
+    gathered group-aligned in backward)."""
     recompute = recipe.endswith("recompute_h")
     cfg = MoELayerConfig(**BASE, recipe=recipe.split()[0], emulate_wire=True, recompute_h=recompute)
     layer = MoELayer(cfg)
@@ -82,14 +83,14 @@ def test_the_expert_mlp_keeps_only_quantized_rows(recipe, seed):
     _, kept = _saved_tensors(lambda: layer.experts(x_link, layout.tokens_per_local_expert, x_fp8=x_fp8))
     h, f, m = 128, 256, 40
     if recipe.startswith("fp8-mxfp4"):
-        want = [(torch.uint8, (128, h // 2)), (torch.uint8, (128, h // 32)),          # x
+        want = [(torch.uint8, (m, h // 2)), (torch.uint8, (m, h // 32)),              # x
                 (torch.uint8, (m, f)), (torch.uint8, (m, 2 * f // 32)),              # h [M, 2F]
-                (torch.uint8, (128, f // 2)), (torch.uint8, (128, f // 32))]         # z
+                (torch.uint8, (m, f // 2)), (torch.uint8, (m, f // 32))]             # z
         if recompute:
             del want[2:4]
     else:
-        want = [(torch.float8_e4m3fn, (128, h)), (torch.uint8, (128, 1)), (torch.bfloat16, (m, 2 * f)),
-                (torch.float8_e4m3fn, (128, f)), (torch.uint8, (128, 2))]
+        want = [(torch.float8_e4m3fn, (m, h)), (torch.uint8, (m, 1)), (torch.bfloat16, (m, 2 * f)),
+                (torch.float8_e4m3fn, (m, f)), (torch.uint8, (m, 2))]
     assert kept == want + [(torch.int32, (4,))]
 
 
