@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..quant.kernels.minifloat import bf16_bits
+
 _BLOCK_H = 1024
 
 
@@ -60,14 +62,7 @@ def _weighted_unpermute_kernel(rows_ptr, inv_ptr, gates_ptr, y_ptr, H, stride_ro
         row = tl.load(inv_ptr + t * TOP_K + s)
         acc += tl.load(rows_ptr + row * stride_rows + cols, mask=mask, other=0).to(tl.float32) * \
             tl.load(gates_ptr + t * TOP_K + s)
-    if OUT_BF16:
-        # fp32 -> bf16 rounded to nearest even from the bits (y_ptr is the int16 view of y): the
-        # Triton interpreter truncates in `.to(tl.bfloat16)`. NaN becomes the quiet NaN 0x7FC0.
-        bits = acc.to(tl.int32, bitcast=True)
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        out = tl.where(acc != acc, 0x7FC0, rounded).to(tl.int16)
-    else:
-        out = acc.to(y_ptr.dtype.element_ty)
+    out = bf16_bits(acc) if OUT_BF16 else acc.to(y_ptr.dtype.element_ty)  # y_ptr: int16 view for bf16
     tl.store(y_ptr + t * stride_y + cols, out, mask=mask)
 
 

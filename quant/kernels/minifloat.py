@@ -1,5 +1,6 @@
 """Bit-level helpers of the conversion kernels: E4M3 / E2M1 decoding and rounding in fp32 registers, and
-the packed-word helpers that several conversions share.
+the packed-word helpers that several conversions share; `bf16_bits`, fp32 -> bf16 on the bits (also
+used by `moe/`'s gather kernels, since the interpreter's bf16 cast truncates).
 
 Each conversion decodes its input to the exact fp32 values the two-step path would hold (a code's bits
 dropped into an fp32 pattern and multiplied by powers of two: exact products, Inf from 2^128 on, as in
@@ -59,6 +60,16 @@ def e4m3_round(y):
     c_bits = g * 8388608 + 0x49C00000
     n = (y + c_bits.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True) - c_bits
     return ((g + 7) << 3) + n - 8
+
+
+@triton.jit
+def bf16_bits(x):
+    """fp32 -> the bf16 bit pattern (int16), round to nearest even, NaN kept NaN (quiet, sign kept).
+    Done on the bits because the interpreter's fp32 -> bf16 cast truncates, unlike the GPU's."""
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, (bits >> 16) | 0x40, rounded)
+    return rounded.to(tl.int16)
 
 
 # --- shared by several conversions: packed-word decoding, row loads, alignment ----------------------
