@@ -25,6 +25,7 @@ import torch.distributed as dist
 from ..comm import all_to_all_autograd, all_to_all_single
 from ..quant import dequantize_fp8, dequantize_mxfp4, fp8_to_mxfp4, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4
 from ..quant.formats import E4M3_DTYPE, FP8_TILE, MXFP4_BLOCK, FP8Tensor
+from .gather_sum import gather_sum
 from .weighted_unpermute import weighted_unpermute
 
 WIRE_NAMES = ("raw", "bf16", "fp8", "mxfp4")
@@ -76,21 +77,20 @@ class _WireLoopback(torch.autograd.Function):
 
 class _GatherTokenRows(torch.autograd.Function):
     """`x [T, H] -> x[token_index] [T * k, H]` whose backward sums each token's k row gradients in slot
-    order. (The backward of `index_select`, `index_add_`, sums them with atomics on CUDA, in an order
-    that changes from run to run: input gradients would not be reproducible bit for bit.)"""
+    order (`moe/gather_sum.py`). (The backward of `index_select`, `index_add_`, sums them with atomics on
+    CUDA, in an order that changes from run to run: input gradients would not be reproducible bit for bit.)"""
 
     @staticmethod
     def forward(ctx, x, token_index, inverse_permutation, top_k):
         ctx.save_for_backward(inverse_permutation)
-        ctx.shape = (x.shape[0], top_k, x.shape[1])
+        ctx.top_k = top_k
         return x.index_select(0, token_index)
 
     @staticmethod
     def backward(ctx, grad_rows):
         (inverse_permutation,) = ctx.saved_tensors
         # Row t * k + s (token t, slot s) was sent at position inverse_permutation[t * k + s].
-        grad_x = grad_rows.index_select(0, inverse_permutation).view(ctx.shape).sum(1)
-        return grad_x, None, None, None
+        return gather_sum(grad_rows, inverse_permutation, ctx.top_k), None, None, None
 
 
 class _FP8DispatchGrad(torch.autograd.Function):
@@ -108,8 +108,7 @@ class _FP8DispatchGrad(torch.autograd.Function):
     def backward(ctx, grad_rows):
         d, layout = ctx.dispatcher, ctx.layout
         g = d.send_grad(d.ungroup(grad_rows.contiguous(), layout), layout)     # (T * k, H) send order
-        g = g.index_select(0, layout.inverse_permutation).view(layout.num_tokens, layout.top_k, -1)
-        return g.sum(1), None, None
+        return gather_sum(g, layout.inverse_permutation, layout.top_k), None, None
 
 
 def _index_rows(t: FP8Tensor, index: torch.Tensor) -> FP8Tensor:

@@ -29,7 +29,8 @@ def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
     a, b = a.cpu(), b.cpu()
     assert a.dtype == b.dtype and a.shape == b.shape
     assert torch.equal(torch.isnan(a), torch.isnan(b)), "NaN positions differ"
-    ia, ib = (t.view(torch.int16 if t.element_size() == 2 else torch.int32)[~torch.isnan(t)] for t in (a, b))
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    ia, ib = (t.view(bits)[~torch.isnan(t)] for t in (a, b))
     assert torch.equal(ia, ib), f"{(ia != ib).sum().item()} elements differ"
 
 
