@@ -1,16 +1,19 @@
-"""The fused gate-weighted unpermute (`moe/weighted_unpermute.py`): Triton kernel against its torch
-reference bit for bit (interpreter on CPU, the real kernel on CUDA), the definition itself checked by a
-slot-by-slot float64-free recomputation, and the backward against autograd through the reference."""
+"""The fused gate-weighted unpermute (`moe/weighted_unpermute.py`): Triton kernels against their torch
+references (interpreter on CPU, the real kernels on CUDA): the forward and `grad_rows` bit for bit,
+`grad_gates` within the fp32-accumulation bound of two H-term sums; the forward definition checked by a
+slot-by-slot recomputation, and the backward against autograd through the gather and sum."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mxa2a.moe.weighted_unpermute import (weighted_unpermute, weighted_unpermute_reference,
+from mxa2a.moe.weighted_unpermute import (weighted_unpermute, weighted_unpermute_backward_reference,
+                                          weighted_unpermute_backward_triton, weighted_unpermute_reference,
                                           weighted_unpermute_triton)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+U32 = 2.0 ** -24  # fp32 unit roundoff
 
 
 def routed_rows(num_tokens: int, top_k: int, hidden: int, dtype: torch.dtype, device: str = "cpu"):
@@ -21,6 +24,12 @@ def routed_rows(num_tokens: int, top_k: int, hidden: int, dtype: torch.dtype, de
     inverse[permutation] = torch.arange(permutation.numel())
     gates = torch.rand(num_tokens, top_k)
     return (rows.to(dtype).to(device), inverse.to(device), permutation.to(device), gates.to(device))
+
+
+def token_grads(num_tokens: int, hidden: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    """grad_y `[T, H]`: normal values scaled by a power of two per token."""
+    scale = torch.exp2(torch.randint(-20, 20, (num_tokens, 1)).float())
+    return (torch.randn(num_tokens, hidden) * scale).to(dtype).to(device)
 
 
 def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -90,3 +99,90 @@ def test_bad_input_names_the_argument():
         weighted_unpermute_reference(rows[:-1], inverse, gates)
     with pytest.raises(ValueError, match="contiguous last dimension"):
         weighted_unpermute_reference(rows.t(), inverse, gates)
+
+
+def assert_grad_gates_within_bound(got: torch.Tensor, want: torch.Tensor, rows: torch.Tensor,
+                                   inverse: torch.Tensor, grad_y: torch.Tensor) -> None:
+    """Both sides add the same H fp32 products, each in its own order, so each is within gamma_H of the
+    exact sum of them times sum |product| (as `tests/gemm/gemm_data.accumulation_bound`); non-finite
+    entries must agree exactly (NaN as NaN)."""
+    got, want, rows, inverse, grad_y = (t.cpu() for t in (got, want, rows, inverse, grad_y))
+    num_tokens, top_k = want.shape
+    hidden = rows.shape[1]
+    products = rows.index_select(0, inverse).view(num_tokens, top_k, hidden).float() * grad_y.float().unsqueeze(1)
+    gamma = hidden * U32 / (1 - hidden * U32)
+    bound = 2 * gamma * products.abs().sum(-1)
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)), "NaN positions differ"
+    assert torch.equal(got[~finite & ~torch.isnan(want)], want[~finite & ~torch.isnan(want)])
+    excess = (got[finite] - want[finite]).abs() - bound[finite]
+    assert (excess <= 0).all(), f"{(excess > 0).sum().item()} grad_gates beyond the bound"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(0, 2, 64), (5, 1, 64), (7, 3, 1024 + 96), (4, 6, 2048)])
+def test_backward_kernel_equals_reference(seed, dtype, shape):
+    rows, inverse, permutation, gates = routed_rows(*shape, dtype, DEVICE)
+    grad_y = token_grads(shape[0], shape[2], dtype, DEVICE)
+    got_rows, got_gates = weighted_unpermute_backward_triton(grad_y, rows, inverse, gates)
+    want_rows, want_gates = weighted_unpermute_backward_reference(grad_y.cpu(), rows.cpu(), inverse.cpu(),
+                                                                  permutation.cpu(), gates.cpu())
+    assert_same_bits(got_rows, want_rows)
+    assert_grad_gates_within_bound(got_gates, want_gates, rows, inverse, grad_y)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_backward_special_values_keep_their_meaning(seed, dtype):
+    rows, inverse, permutation, gates = routed_rows(4, 3, 96, dtype, DEVICE)
+    grad_y = token_grads(4, 96, dtype, DEVICE)
+    grad_y[0, 5] = float("nan")                 # token 0: every slot's row gradient and gate gradient NaN
+    grad_y[1, :] = -0.0                         # token 1: row gradients -0, gate gradients 0
+    rows[inverse[2 * 3 + 1], 7] = float("inf")  # token 2, slot 1: its gate gradient +-Inf
+    rows[inverse[3 * 3 + 2], 9] = float("nan")  # token 3, slot 2: its gate gradient NaN, row gradients finite
+    got_rows, got_gates = (t.cpu() for t in weighted_unpermute_backward_triton(grad_y, rows, inverse, gates))
+    inv = inverse.cpu()
+    assert torch.isnan(got_rows[inv[0:3], 5]).all() and torch.isnan(got_gates[0]).all()
+    assert torch.equal(torch.signbit(got_rows[inv[3:6]]), torch.ones(3, 96, dtype=torch.bool))
+    assert torch.equal(got_gates[1], torch.zeros(3))
+    assert torch.isinf(got_gates[2, 1]) and torch.isfinite(got_gates[2, [0, 2]]).all()
+    assert torch.isnan(got_gates[3, 2]) and torch.isfinite(got_rows[inv[9:12]]).all()
+    want_rows, want_gates = weighted_unpermute_backward_reference(grad_y.cpu(), rows.cpu(), inv,
+                                                                  permutation.cpu(), gates.cpu())
+    assert_same_bits(got_rows, want_rows)
+    assert_grad_gates_within_bound(got_gates, want_gates, rows, inverse, grad_y)
+
+
+def test_backward_kernel_computes_only_what_is_asked(seed):
+    rows, inverse, _, gates = routed_rows(3, 2, 64, torch.bfloat16, DEVICE)
+    grad_y = token_grads(3, 64, torch.bfloat16, DEVICE)
+    both = weighted_unpermute_backward_triton(grad_y, rows, inverse, gates)
+    rows_only = weighted_unpermute_backward_triton(grad_y, rows, inverse, gates, need_gates=False)
+    gates_only = weighted_unpermute_backward_triton(grad_y, rows, inverse, gates, need_rows=False)
+    assert rows_only[1] is None and gates_only[0] is None
+    assert_same_bits(rows_only[0], both[0])
+    assert torch.equal(gates_only[1], both[1])
+
+
+def test_backward_kernel_reads_strided_grad(seed):
+    rows, inverse, permutation, gates = routed_rows(5, 2, 64, torch.float32, DEVICE)
+    wide = token_grads(5, 128, torch.float32, DEVICE)
+    grad_y = wide[:, ::2]                       # column stride 2
+    got_rows, _ = weighted_unpermute_backward_triton(grad_y, rows, inverse, gates)
+    want_rows, _ = weighted_unpermute_backward_reference(grad_y.cpu(), rows.cpu(), inverse.cpu(),
+                                                         permutation.cpu(), gates.cpu())
+    assert_same_bits(got_rows, want_rows)
+
+
+@pytest.mark.gpu
+def test_backward_kernel_at_layer_shape_on_gpu(seed):
+    rows, inverse, permutation, gates = routed_rows(4096, 6, 2048, torch.bfloat16, "cuda")
+    grad_y = token_grads(4096, 2048, torch.bfloat16, "cuda")
+    want_rows, want_gates = weighted_unpermute_backward_reference(grad_y, rows, inverse, permutation, gates)
+    got_rows, got_gates = weighted_unpermute_backward_triton(grad_y, rows, inverse, gates)
+    assert_same_bits(got_rows, want_rows)
+    assert_grad_gates_within_bound(got_gates, want_gates, rows, inverse, grad_y)
+    rows.requires_grad_(True)
+    gates.requires_grad_(True)
+    weighted_unpermute(rows, inverse, permutation, gates).backward(grad_y)
+    assert_same_bits(rows.grad, want_rows)
+    assert torch.equal(gates.grad, got_gates)
