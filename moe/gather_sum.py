@@ -48,17 +48,25 @@ def gather_sum_reference(rows: torch.Tensor, inverse_permutation: torch.Tensor, 
 
 
 @triton.jit
+def _widen(x, F64: tl.constexpr):
+    if F64:
+        return x.to(tl.float64)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
 def _gather_sum_kernel(rows_ptr, inv_ptr, out_ptr, H, stride_rows, stride_cols, stride_out,
-                       TOP_K: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr, OUT_BF16: tl.constexpr):
+                       TOP_K: tl.constexpr, BLOCK_H: tl.constexpr, F64: tl.constexpr, OUT_BF16: tl.constexpr):
     # One program: token t = program_id(0), columns [BLOCK_H * program_id(1), +BLOCK_H).
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < H
     offs = cols.to(tl.int64) * stride_cols
-    acc = tl.load(rows_ptr + tl.load(inv_ptr + t * TOP_K) * stride_rows + offs, mask=mask, other=0).to(ACC)
+    acc = _widen(tl.load(rows_ptr + tl.load(inv_ptr + t * TOP_K) * stride_rows + offs, mask=mask, other=0), F64)
     for s in tl.static_range(1, TOP_K):
         row = tl.load(inv_ptr + t * TOP_K + s)
-        acc += tl.load(rows_ptr + row * stride_rows + offs, mask=mask, other=0).to(ACC)
+        acc += _widen(tl.load(rows_ptr + row * stride_rows + offs, mask=mask, other=0), F64)
     out = bf16_bits(acc) if OUT_BF16 else acc.to(out_ptr.dtype.element_ty)  # out_ptr: int16 view for bf16
     tl.store(out_ptr + t * stride_out + cols, out, mask=mask)
 
@@ -72,11 +80,10 @@ def gather_sum_triton(rows: torch.Tensor, inverse_permutation: torch.Tensor, top
     if num_tokens == 0 or hidden == 0:
         return out
     out_bf16 = rows.dtype == torch.bfloat16
-    acc = tl.float64 if rows.dtype == torch.float64 else tl.float32
     grid = (num_tokens, triton.cdiv(hidden, _BLOCK_H))
     _gather_sum_kernel[grid](rows, inverse_permutation, out.view(torch.int16) if out_bf16 else out, hidden,
                              rows.stride(0), rows.stride(1), out.stride(0), TOP_K=top_k, BLOCK_H=_BLOCK_H,
-                             ACC=acc, OUT_BF16=out_bf16, num_warps=4)
+                             F64=rows.dtype == torch.float64, OUT_BF16=out_bf16, num_warps=4)
     return out
 
 

@@ -174,9 +174,10 @@ def test_backward_kernel_reads_strided_grad(seed):
 
 
 @pytest.mark.gpu
-def test_backward_kernel_at_layer_shape_on_gpu(seed):
-    rows, inverse, permutation, gates = routed_rows(4096, 6, 2048, torch.bfloat16, "cuda")
-    grad_y = token_grads(4096, 2048, torch.bfloat16, "cuda")
+@pytest.mark.parametrize("shape", [(4096, 6, 2048), (257, 1, 2048 + 96)])
+def test_backward_kernel_at_layer_shape_on_gpu(seed, shape):
+    rows, inverse, permutation, gates = routed_rows(*shape, torch.bfloat16, "cuda")
+    grad_y = token_grads(shape[0], shape[2], torch.bfloat16, "cuda")
     want_rows, want_gates = weighted_unpermute_backward_reference(grad_y, rows, inverse, permutation, gates)
     got_rows, got_gates = weighted_unpermute_backward_triton(grad_y, rows, inverse, gates)
     assert_same_bits(got_rows, want_rows)
