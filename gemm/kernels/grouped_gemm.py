@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...quant.kernels.minifloat import bf16_bits
+
 STEP_K = tl.constexpr(128)  # the scale tile along the reduction axis (docs/FORMATS.md "FP8")
 
 
@@ -33,16 +35,6 @@ def _e8m0_to_f32(b):
     b = b.to(tl.int32)
     bits = tl.where(b == 0, 0x400000, b << 23)
     return tl.where(b == 255, 0x7FC00000, bits).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _bf16_bits(x):
-    # fp32 -> bf16 bit pattern (int16), round to nearest even, NaN kept NaN. Done on the bits because
-    # the interpreter's fp32 -> bf16 cast truncates, unlike the GPU's.
-    bits = x.to(tl.int32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    rounded = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, (bits >> 16) | 0x40, rounded)
-    return rounded.to(tl.int16)
 
 
 @triton.jit
@@ -132,7 +124,7 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
             acc += tl.dot(a0, tl.trans(b0)) * _rows_step_scale(
                 as_ptrs, bs_ptrs, bs_block, steps - 1, rmask, cmask, pid_n, N, stride_ask, stride_bsn, stride_bsk,
                 BLOCK_N, B_BLOCKS)
-        c = _bf16_bits(acc) if OUT_BF16 else acc
+        c = bf16_bits(acc) if OUT_BF16 else acc
         tl.store(c_ptr + rows[:, None] * stride_cm + cols[None, :], c, mask=rmask[:, None] & cmask[None, :])
 
 
@@ -218,7 +210,7 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
         for tb in range(first + 1, last):
             acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
                               stride_an, stride_asn, stride_bk, stride_bsk, False)
-    c = _bf16_bits(acc) if OUT_BF16 else acc
+    c = bf16_bits(acc) if OUT_BF16 else acc
     c_ptrs = c_ptr + grp.to(tl.int64) * stride_cg + n[:, None] * stride_cn + k[None, :]
     tl.store(c_ptrs, c, mask=nmask[:, None] & kmask[None, :])
 
