@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -112,7 +113,10 @@ def saved_mb(model: MoEModel, ids, targets) -> tuple[float, float]:
         s = t.untyped_storage()
         if s.data_ptr() not in skip:
             seen.setdefault(s.data_ptr(), (s.nbytes(), inside[0]))
-        return t
+        # A detached alias keeps the storage alive for the forward (distinct storages, distinct
+        # pointers) without the reference cycle that returning a node's own output would make
+        # (grad_fn -> saved tensor -> grad_fn: the graph, weights included, would outlive `out`).
+        return t.detach()
     hooks = []
     for m in model.modules():
         if isinstance(m, MoELayer):
@@ -155,6 +159,7 @@ def measure(args, recipe: str, batch: int, dev: torch.device) -> dict:
            "peak_gb": peak / 2**30, "static_gb": static / 2**30, "activation_gb": (peak - static) / 2**30,
            "saved_mb": total_mb, "moe_saved_mb": moe_mb, "times_ms": times_ms}
     del run, step
+    gc.collect()
     if cuda:
         torch.cuda.empty_cache()
     return row
@@ -179,6 +184,7 @@ def largest_batch(args, dev: torch.device) -> int:
             print(f"batch {b}: out of memory")
         finally:
             run = None
+            gc.collect()
             torch.cuda.empty_cache()
     raise SystemExit("even batch 1 does not fit: pass a smaller model (--layers, --experts, --seq-len)")
 

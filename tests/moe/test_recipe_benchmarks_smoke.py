@@ -44,3 +44,26 @@ def test_convergence_quick_trains_every_variant(tmp_path):
         assert "error" not in r and r["steps"] == 20 and len(r["curve"]) == 4
         assert r["curve"][-1][1] < r["curve"][0][1]  # the loss falls
     assert png.stat().st_size > 0
+
+
+def test_counting_the_kept_bytes_leaves_no_model_alive():
+    """`saved_mb` runs a forward without backward under saved-tensor hooks: the graph must not outlive
+    it (a pack hook returning a node's own output makes a cycle through autograd that gc cannot see;
+    on a GPU the next recipe then ran beside this one's weights and went out of memory)."""
+    import gc
+    import weakref
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_throughput as tt
+
+    args = tt.parse_args(["--quick"])
+    run = tt.Run(args, "fp8-mxfp4", torch.device("cpu"))
+    alive = weakref.ref(next(run.model.parameters()))
+    rows = torch.randint(0, args.vocab, (2, args.seq_len + 1))
+    total_mb, moe_mb = tt.saved_mb(run.model, rows[:, :-1], rows[:, 1:])
+    assert total_mb > moe_mb > 0
+    del run
+    gc.collect()
+    assert alive() is None
