@@ -192,31 +192,6 @@ def choice_list(parser: "argparse.ArgumentParser", text: str, known: Iterable[st
 
 # --- timing ------------------------------------------------------------------------------------------
 
-GEMM_CONFIG_FORM = "BMxBNxWxS[xR][uU]"  # tile rows x cols x warps x stages [x register cap] [u K unroll]
-
-
-def gemm_config(text: str):
-    """`mxa2a.gemm.GemmConfig` from its text form `GEMM_CONFIG_FORM`, e.g. "64x128x4x4", "64x128x4x4u2"
-    (argparse type: a bad text is an ArgumentTypeError naming the form)."""
-    from mxa2a.gemm import GemmConfig
-
-    m = re.fullmatch(r"(\d+)x(\d+)x(\d+)x(\d+)(?:x(\d+))?(?:u(\d+))?", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"a GEMM config is {GEMM_CONFIG_FORM}, e.g. 64x128x4x3, got {text!r}")
-    bm, bn, w, st, reg, unroll = m.groups()
-    try:
-        return GemmConfig(int(bm), int(bn), int(w), int(st), int(reg) if reg else None, int(unroll or 1))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def gemm_config_text(cfg) -> str:
-    """The text form of a `GemmConfig` (inverse of `gemm_config`)."""
-    text = f"{cfg.block_rows}x{cfg.block_cols}x{cfg.num_warps}x{cfg.num_stages}"
-    text += f"x{cfg.max_registers}" if cfg.max_registers else ""
-    return text + (f"u{cfg.k_unroll}" if cfg.k_unroll != 1 else "")
-
-
 def median(values: Iterable[float]) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -35,9 +35,9 @@ import _bench_common as bc  # noqa: E402
 
 SHAPES = [  # (H, F, E, top_k): DeepSeek-V2-Lite-like and DeepSeek-V3-like layers
     (2048, 1408, 64, 6), (2048, 1408, 256, 8), (7168, 2048, 64, 6), (7168, 2048, 256, 8)]
-CONFIGS = ["64x128x4x4", "64x128x4x3", "64x128x4x2", "64x256x8x2", "64x256x8x3", "128x128x8x2", "128x128x8x2x128",
-           "64x64x4x3", "128x128x8x3", "128x256x8x3", "64x128x4x4u2", "64x128x4x3u2", "128x128x8x3u2"]
-# bc.GEMM_CONFIG_FORM: block rows x block cols x warps x stages [x register cap] [u K steps per iteration]
+CONFIGS = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 128, 4, 2), (64, 256, 8, 2), (64, 256, 8, 3), (128, 128, 8, 2),
+           (128, 128, 8, 2, 128), (64, 64, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3)]
+# (block rows, block cols, warps, stages[, register cap])
 LAYOUTS = ("packed", "aligned")
 KINDS = ("fwd1", "fwd2", "dgrad1", "dgrad2", "wgrad1", "wgrad2")
 
@@ -63,11 +63,11 @@ def make_calls(kind: str, m: int, e: int, n: int, k: int, offsets: torch.Tensor,
                layout: str | None = None):
     """(fp8 call, bf16 call, prep call or None) of one GEMM kind on fresh random operands; `layout`
     ("packed" / "aligned") for wgrad kinds, prep = the aligned layout's gather of both operands."""
-    from mxa2a.gemm import (align_groups, gather_aligned_rows, grouped_gemm_fp8,
+    from mxa2a.gemm import (GemmConfig, align_groups, gather_aligned_rows, grouped_gemm_fp8,
                             grouped_gemm_fp8_wgrad, quantize_fp8_blocks)
     from mxa2a.quant import fp8_rowwise_to_colwise, quantize_fp8
 
-    cfg = config
+    cfg = GemmConfig(*config)
     if kind.startswith("wgrad"):
         mp = -(-m // 128) * 128
         a = torch.randn(mp, n, device=dev, dtype=torch.bfloat16)
@@ -111,6 +111,16 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return h, f, e, top_k
 
 
+def _config(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split("x"))
+    except ValueError:
+        values = ()
+    if len(values) not in (4, 5):
+        raise argparse.ArgumentTypeError(f"a config is BMxBNxWxS[xR], e.g. 64x128x4x3, got {text!r}")
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
     dev = torch.device("cuda")
     gen = torch.Generator().manual_seed(0)
@@ -119,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     def save() -> None:  # after every row: a run cut short still leaves its rows
         if args.json:
-            bc.write_json(args.json, {"machine": bc.machine_description(),
-                                      "config": dict(vars(args), configs=[bc.gemm_config_text(c) for c in args.configs]),
+            bc.write_json(args.json, {"machine": bc.machine_description(), "config": vars(args),
                                       "rows": rows, "sweep": sweep_rows})
     for h, f, e, top_k in args.shapes:
         m = args.tokens * top_k
@@ -141,16 +150,16 @@ def run(args: argparse.Namespace) -> int:
                                 print(f"# config {config} failed for {kind}: {type(exc).__name__}: {exc}"[:300])
                                 continue
                             timings.append((us, config))
-                            sweep_rows.append(dict(H=h, F=f, E=e, kind=kind, layout=layout, config=bc.gemm_config_text(config),
+                            sweep_rows.append(dict(H=h, F=f, E=e, kind=kind, layout=layout, config=list(config),
                                                    us=us, tflops=tflops(m, n, k, us)))
                             del fp8
                         if timings:
-                            best[key] = min(timings, key=lambda t: t[0])[1]
+                            best[key] = min(timings)[1]
                     config = best.get(key, args.configs[0])
                     fp8, bf16, prep = make_calls(kind, m, e, n, k, offsets, dev, config, layout)
                     us8, us16 = (_median_us(fn, args, label) for fn, label in ((fp8, "fp8"), (bf16, "bf16")))
                     row = dict(H=h, F=f, E=e, top_k=top_k, M=m, dist=dist, kind=kind, layout=layout, N=n, K=k,
-                               config=bc.gemm_config_text(config), fp8_us=us8, bf16_us=us16,
+                               config="x".join(map(str, config)), fp8_us=us8, bf16_us=us16,
                                prep_us=_median_us(prep, args, "prep") if prep else None,
                                fp8_tflops=tflops(m, n, k, us8) if us8 else None,
                                bf16_tflops=tflops(m, n, k, us16) if us16 else None,
@@ -168,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
 COLUMNS = [bc.Column("H", "H", "{}", 5), bc.Column("F", "F", "{}", 5), bc.Column("E", "E", "{}", 4),
            bc.Column("dist", "dist", "{}", 8), bc.Column("kind", "kind", "{}", 7),
-           bc.Column("layout", "layout", "{}", 8), bc.Column("config", "config", "{}", 15),
+           bc.Column("layout", "layout", "{}", 8), bc.Column("config", "BMxBNxWxS[xR]", "{}", 15),
            bc.Column("fp8_us", "fp8 us", "{:.0f}", 8), bc.Column("bf16_us", "bf16 us", "{:.0f}", 8),
            bc.Column("prep_us", "prep us", "{:.0f}", 8),
            bc.Column("fp8_tflops", "fp8 TF/s", "{:.0f}", 9), bc.Column("bf16_tflops", "bf16 TF/s", "{:.0f}", 9),
@@ -182,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--shapes", nargs="+", type=_shape, default=SHAPES, help="HxFxExTOPK, e.g. 2048x1408x64x6")
     p.add_argument("--wgrad-layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS)
-    p.add_argument("--configs", nargs="+", type=bc.gemm_config, default=[bc.gemm_config(c) for c in CONFIGS],
-                   help=f"launch configurations {bc.GEMM_CONFIG_FORM} to sweep (the first is the default without --sweep)")
+    p.add_argument("--configs", nargs="+", type=_config, default=CONFIGS,
+                   help="launch configurations BMxBNxWxS[xR] to sweep (the first is the default without --sweep)")
     p.add_argument("--sweep", action="store_true", help="pick the fastest launch configuration per GEMM kind")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)

@@ -135,6 +135,7 @@ def kernel_breakdown(step, steps: int) -> tuple[dict[str, float], list[tuple[str
 def configs_from(path: str, args) -> tuple:
     """The fastest FP8 launch configurations for this layer's shape in a gemm_throughput.py JSON:
     (row-grouped, weight-gradient), each the one most often fastest over its GEMM kinds."""
+    from mxa2a.gemm import GemmConfig
 
     with open(path) as f:
         rows = [r for r in json.load(f)["rows"]  # the layer's wgrad runs on the group-aligned layout
@@ -143,7 +144,7 @@ def configs_from(path: str, args) -> tuple:
     if not rows:
         raise SystemExit(f"{path} has no rows for H={args.hidden}, F={args.d_expert}, E={args.experts}")
     pick = lambda wg: collections.Counter(r["config"] for r in rows if r["kind"].startswith("wgrad") == wg)  # noqa: E731
-    return tuple(bc.gemm_config(pick(wg).most_common(1)[0][0]) for wg in (False, True))
+    return tuple(GemmConfig(*map(int, pick(wg).most_common(1)[0][0].split("x"))) for wg in (False, True))
 
 
 def run(args) -> int:

@@ -32,26 +32,20 @@ OUT_DTYPES = (torch.bfloat16, torch.float32)
 @dataclass(frozen=True)
 class GemmConfig:
     """Launch configuration of one grouped GEMM kernel: the output tile `block_rows x block_cols`
-    (powers of two >= 16), warps per program, software-pipeline stages, optionally a register
-    cap per thread (`max_registers`, so that more programs fit on an SM), and `k_unroll` (1 or 2): the
-    128-wide reduction steps per loop iteration; with 2 both steps' MMAs are issued before the first
-    promotion waits on its result (same arithmetic, same order: the same bits; the weight-gradient
-    kernel unrolls its group-aligned loop only)."""
+    (powers of two >= 16), warps per program, software-pipeline stages, and optionally a register
+    cap per thread (`max_registers`, so that more programs fit on an SM)."""
 
     block_rows: int = 64
     block_cols: int = 128
     num_warps: int = 4
     num_stages: int = 4
     max_registers: int | None = None
-    k_unroll: int = 1
 
     def __post_init__(self) -> None:
         for name in ("block_rows", "block_cols"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 16 or v & (v - 1):
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v!r}")
-        if self.k_unroll not in (1, 2):
-            raise ValueError(f"GemmConfig.k_unroll must be 1 or 2, got {self.k_unroll!r}")
 
 
 # The fastest swept configurations on one H100 over the expert shapes of benchmarks/gemm_throughput.py

@@ -55,30 +55,11 @@ def _row_tile(offs_ptr, G, pid_m, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
-def _rows_step_scale(as_ptrs, bs_ptrs, bs_block, kt, rmask, cmask, pid_n, N, stride_ask, stride_bsn, stride_bsk,
-                     BLOCK_N: tl.constexpr, B_BLOCKS: tl.constexpr):
-    """2^ka * 2^kb of K step `kt`, to multiply its `[BLOCK_M, BLOCK_N]` dot with."""
-    sa = _e8m0_to_f32(tl.load(as_ptrs + kt * stride_ask, mask=rmask, other=127))
-    if B_BLOCKS:  # b's scales are constant over each 128 rows: one or two blocks per tile
-        sb0 = _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
-        if BLOCK_N <= STEP_K:
-            return (sa * sb0)[:, None]
-        else:  # BLOCK_N == 256
-            sb1 = _e8m0_to_f32(tl.load(bs_block + STEP_K * stride_bsn + kt * stride_bsk,
-                                       mask=pid_n * BLOCK_N + STEP_K < N, other=127))
-            sbv = tl.where(tl.arange(0, BLOCK_N) < STEP_K, sb0, sb1)
-            return sa[:, None] * sbv[None, :]
-    else:
-        sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
-        return sa[:, None] * sb[None, :]
-
-
-@triton.jit
 def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, G,
                               stride_am, stride_asm, stride_ask, stride_bg, stride_bn,
                               stride_bsg, stride_bsn, stride_bsk, stride_cm,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                              OUT_BF16: tl.constexpr, B_BLOCKS: tl.constexpr, K_UNROLL: tl.constexpr):
+                              OUT_BF16: tl.constexpr, B_BLOCKS: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
     pid_m = pid // n_tiles
@@ -98,46 +79,26 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
         bs_ptrs = bs_ptr + g64 * stride_bsg + cols * stride_bsn
         bs_block = bs_ptr + g64 * stride_bsg + (pid_n * BLOCK_N) * stride_bsn  # B_BLOCKS: one scale a step
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        steps = K // STEP_K
-        for kp in range(0, steps // K_UNROLL):
-            kt = kp * K_UNROLL
-            a0 = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
-            b0 = tl.load(b_ptrs, mask=cmask[:, None], other=0.0)
-            if K_UNROLL == 2:  # both MMAs issued before either promotion waits on its result
-                a1 = tl.load(a_ptrs + STEP_K, mask=rmask[:, None], other=0.0)
-                b1 = tl.load(b_ptrs + STEP_K, mask=cmask[:, None], other=0.0)
-                d0 = tl.dot(a0, tl.trans(b0))
-                d1 = tl.dot(a1, tl.trans(b1))
-                acc += d0 * _rows_step_scale(as_ptrs, bs_ptrs, bs_block, kt, rmask, cmask, pid_n, N, stride_ask,
-                                             stride_bsn, stride_bsk, BLOCK_N, B_BLOCKS)
-                acc += d1 * _rows_step_scale(as_ptrs, bs_ptrs, bs_block, kt + 1, rmask, cmask, pid_n, N,
-                                             stride_ask, stride_bsn, stride_bsk, BLOCK_N, B_BLOCKS)
+        for kt in range(0, K // STEP_K):
+            a = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=cmask[:, None], other=0.0)
+            sa = _e8m0_to_f32(tl.load(as_ptrs + kt * stride_ask, mask=rmask, other=127))
+            if B_BLOCKS:  # b's scales are constant over each 128 rows: one or two blocks per tile
+                sb0 = _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
+                if BLOCK_N <= STEP_K:
+                    acc += tl.dot(a, tl.trans(b)) * (sa * sb0)[:, None]
+                else:  # BLOCK_N == 256
+                    sb1 = _e8m0_to_f32(tl.load(bs_block + STEP_K * stride_bsn + kt * stride_bsk,
+                                               mask=pid_n * BLOCK_N + STEP_K < N, other=127))
+                    sbv = tl.where(tl.arange(0, BLOCK_N) < STEP_K, sb0, sb1)
+                    acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sbv[None, :])
             else:
-                acc += tl.dot(a0, tl.trans(b0)) * _rows_step_scale(
-                    as_ptrs, bs_ptrs, bs_block, kt, rmask, cmask, pid_n, N, stride_ask, stride_bsn, stride_bsk,
-                    BLOCK_N, B_BLOCKS)
-            a_ptrs += STEP_K * K_UNROLL
-            b_ptrs += STEP_K * K_UNROLL
-        if K_UNROLL == 2 and steps % 2 == 1:  # the odd last step
-            a0 = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
-            b0 = tl.load(b_ptrs, mask=cmask[:, None], other=0.0)
-            acc += tl.dot(a0, tl.trans(b0)) * _rows_step_scale(
-                as_ptrs, bs_ptrs, bs_block, steps - 1, rmask, cmask, pid_n, N, stride_ask, stride_bsn, stride_bsk,
-                BLOCK_N, B_BLOCKS)
+                sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
+                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+            a_ptrs += STEP_K
+            b_ptrs += STEP_K
         c = bf16_bits(acc) if OUT_BF16 else acc
         tl.store(c_ptr + rows[:, None] * stride_cm + cols[None, :], c, mask=rmask[:, None] & cmask[None, :])
-
-
-@triton.jit
-def _wgrad_tile(tb, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask, stride_an, stride_asn, stride_bk,
-                stride_bsk):
-    """Token tile `tb` of both operands and its `[BLOCK_N, BLOCK_K]` scale product."""
-    t = tb * STEP_K + tl.arange(0, STEP_K)
-    a = tl.load(a_ptr + n[:, None] * stride_an + t[None, :], mask=nmask[:, None], other=0.0)
-    b = tl.load(b_ptr + k[:, None] * stride_bk + t[None, :], mask=kmask[:, None], other=0.0)
-    sa = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
-    sb = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
-    return a, b, sa[:, None] * sb[None, :]
 
 
 @triton.jit
@@ -146,21 +107,23 @@ def _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, 
     # One 128-token step. Interior tiles load whole 128-byte runs (vectorized, pipelined); the first
     # and last tile of a group zero the other groups' tokens in registers (MASKED), both operands so
     # that a NaN of a neighbour's token cannot reach this group through 0 * NaN.
-    a, b, s = _wgrad_tile(tb, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask, stride_an, stride_asn,
-                          stride_bk, stride_bsk)
+    t = tb * STEP_K + tl.arange(0, STEP_K)
+    a = tl.load(a_ptr + n[:, None] * stride_an + t[None, :], mask=nmask[:, None], other=0.0)
+    b = tl.load(b_ptr + k[:, None] * stride_bk + t[None, :], mask=kmask[:, None], other=0.0)
     if MASKED:
-        t = tb * STEP_K + tl.arange(0, STEP_K)
         inside = ((t >= start) & (t < end))[None, :]
         a = tl.where(inside, a, 0.0)
         b = tl.where(inside, b, 0.0)
-    return acc + tl.dot(a, tl.trans(b)) * s
+    sa = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
+    sb = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
+    return acc + tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
 
 
 @triton.jit
 def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, T,
                                stride_an, stride_asn, stride_bk, stride_bsk, stride_cg, stride_cn,
                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_BF16: tl.constexpr,
-                               ALIGNED: tl.constexpr, K_UNROLL: tl.constexpr):
+                               ALIGNED: tl.constexpr):
     pid = tl.program_id(0)
     tiles_n = tl.cdiv(N, BLOCK_N)
     tiles_k = tl.cdiv(K, BLOCK_K)
@@ -178,26 +141,9 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
     k = k.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     if ALIGNED:  # start and end are multiples of 128; the clamp keeps a bad layout inside the operands
-        t0 = tl.maximum(start, 0) // STEP_K
-        t1 = tl.minimum(end, T) // STEP_K
-        if K_UNROLL == 2:  # two token tiles an iteration: both MMAs issued before either promotion
-            for tp in range(0, (t1 - t0) // 2):
-                tb = t0 + 2 * tp
-                a0, b0, s0 = _wgrad_tile(tb, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                                         stride_an, stride_asn, stride_bk, stride_bsk)
-                a1, b1, s1 = _wgrad_tile(tb + 1, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                                         stride_an, stride_asn, stride_bk, stride_bsk)
-                d0 = tl.dot(a0, tl.trans(b0))
-                d1 = tl.dot(a1, tl.trans(b1))
-                acc += d0 * s0
-                acc += d1 * s1
-            if (t1 - t0) % 2 == 1:
-                acc = _wgrad_step(acc, t1 - 1, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                                  stride_an, stride_asn, stride_bk, stride_bsk, False)
-        else:
-            for tb in range(t0, t1):
-                acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                                  stride_an, stride_asn, stride_bk, stride_bsk, False)
+        for tb in range(tl.maximum(start, 0) // STEP_K, tl.minimum(end, T) // STEP_K):
+            acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                              stride_an, stride_asn, stride_bk, stride_bsk, False)
     else:
         first = start // STEP_K
         last = (end - 1) // STEP_K
@@ -239,7 +185,7 @@ def launch_rows(a, b, offsets, out, config, b_blocks: bool = False) -> None:
         a.data.stride(0), a.scales.stride(0), a.scales.stride(1), b.data.stride(0), b.data.stride(1),
         b.scales.stride(0), b.scales.stride(1), b.scales.stride(2), out.stride(0),
         BLOCK_M=config.block_rows, BLOCK_N=config.block_cols, BLOCK_G=max(16, triton.next_power_of_2(g)),
-        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks, K_UNROLL=config.k_unroll, **_launch_options(config))
+        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks, **_launch_options(config))
 
 
 def launch_wgrad(a_t, b_t, offsets, out, config, aligned: bool = False) -> None:
@@ -254,4 +200,4 @@ def launch_wgrad(a_t, b_t, offsets, out, config, aligned: bool = False) -> None:
         a_t.data.stride(0), a_t.scales.stride(0), b_t.data.stride(0), b_t.scales.stride(0),
         out.stride(0), out.stride(1),
         BLOCK_N=config.block_rows, BLOCK_K=config.block_cols,
-        OUT_BF16=out.element_size() == 2, ALIGNED=aligned, K_UNROLL=config.k_unroll, **_launch_options(config))
+        OUT_BF16=out.element_size() == 2, ALIGNED=aligned, **_launch_options(config))

@@ -158,28 +158,6 @@ def test_aligned_wgrad_keeps_a_nan_in_its_group(seed):
     assert out[1].isnan().any() and not out[0].isnan().any() and not out[2].isnan().any()
 
 
-@pytest.mark.parametrize("k,block_cols", [(384, 32), (512, 256)], ids=["odd_steps", "even_steps_256_cols"])
-@pytest.mark.parametrize("b_blocks", [False, True])
-def test_k_unroll_2_gives_the_bits_of_k_unroll_1(k, block_cols, b_blocks, seed):
-    """Two reduction steps per iteration: the same promotions in the same order, so the same bits
-    (odd step counts end with one single step)."""
-    sizes = [9, 0, 70, 1]
-    offsets = offsets_of(sizes)
-    a, b = fp8_rows(sum(sizes), k), quantize_fp8_blocks(torch.randn(4, 256, k))
-    outs = [grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, backend="triton", b_block_scales=b_blocks,
-                             config=GemmConfig(block_rows=16, block_cols=block_cols, k_unroll=u)) for u in (1, 2)]
-    assert torch.equal(outs[0], outs[1])
-
-
-@pytest.mark.parametrize("sizes", [[5, 0, 1, 300, 30], [129, 127, 0, 128]], ids=["odd_tiles", "even_tiles"])
-def test_aligned_wgrad_k_unroll_2_gives_the_bits_of_k_unroll_1(sizes, seed):
-    a_t, b_t, layout = _aligned_operands(sizes, 128, 128)
-    outs = [grouped_gemm_fp8_wgrad(a_t, b_t, layout, backend="triton",
-                                   config=GemmConfig(block_rows=64, block_cols=64, num_stages=2, k_unroll=u))
-            for u in (1, 2)]
-    assert torch.equal(outs[0], outs[1])
-
-
 def test_bad_arguments_are_clear_errors():
     a, b = fp8_rows(8, 256), _weights(2, 32, 256)
     off = offsets_of([4, 4])
@@ -201,8 +179,6 @@ def test_bad_arguments_are_clear_errors():
         grouped_gemm_fp8_wgrad(colwise_of(128, 128, 8), colwise_of(256, 128, 8), off)
     with pytest.raises(ValueError, match="power of two"):
         GemmConfig(block_rows=96)
-    with pytest.raises(ValueError, match="k_unroll must be 1 or 2"):
-        GemmConfig(k_unroll=4)
     a_t, b_t, layout = _aligned_operands([4, 4], 128, 128)
     with pytest.raises(ValueError, match="rows == T"):
         grouped_gemm_fp8_wgrad(colwise_of(128, 128, 8), colwise_of(128, 128, 8), layout)
@@ -238,15 +214,3 @@ def test_gpu_forward_and_wgrad_at_real_shapes(g, n, k, skew, seed):
     for i, (s, rows) in enumerate(zip(starts, sizes)):
         err = (wg[i] - wr[i]).abs()
         assert (err <= accumulation_bound(av[:, s:s + rows], bv[:, s:s + rows], 9)).all(), f"aligned group {i}"
-
-
-@pytest.mark.gpu
-def test_gpu_k_unroll_2_gives_the_bits_of_k_unroll_1(seed):
-    dev, sizes, n, k = "cuda", [0, 3000, 1, 5191], 2816, 1408  # 11 reduction steps: one single step last
-    offsets = offsets_of(sizes, dev)
-    a, b = fp8_rows(sum(sizes), k, dev), quantize_fp8_blocks(torch.randn(4, n, k, device=dev))
-    rows = [grouped_gemm_fp8(a, b, offsets, b_block_scales=True, config=GemmConfig(k_unroll=u)) for u in (1, 2)]
-    assert torch.equal(rows[0], rows[1])
-    a_t, b_t, layout = _aligned_operands(sizes, 512, 256, dev)
-    wg = [grouped_gemm_fp8_wgrad(a_t, b_t, layout, config=GemmConfig(num_stages=3, k_unroll=u)) for u in (1, 2)]
-    assert torch.equal(wg[0], wg[1])
