@@ -167,8 +167,11 @@ def test_moe_model_trains_under_each_recipe(seed):
 @pytest.mark.parametrize("recipe", ["fp8", "fp8-mxfp4"])
 def test_gpu_fast_path_matches_the_recipe_twin(recipe, seed):
     """The Triton kernels on a GPU against the twin on the CPU. Hopper's FP8 MMA accumulates each
-    128-step with fewer bits than fp32, which can move an FP8 rounding of h, z or dh: 1e-2 relative,
-    as test_fp8_experts' GPU test."""
+    128-step with fewer bits than fp32 (about 2^-11 of sum |ab|), which can move an FP8 rounding of h,
+    z or dh: 1e-2 relative, as test_fp8_experts' GPU test. In fp8-mxfp4 such a move can also move the
+    E2M1 rounding of the kept z, x or h (steps of 1/4 to 1/2 of the value, E4M3 1/16 to 1/8): 2e-2. (An
+    H100 gave 1.09e-2 on w_down's gradient on 2026-12-07, y and dx below 1e-2; the assertion stopped
+    there, so the later gradients were not seen.)"""
     layer = MoELayer(MoELayerConfig(hidden=256, d_expert=256, num_experts=8, top_k=2, n_shared=1,
                                     recipe=recipe, emulate_wire=True))
     x, probe = torch.randn(300, 256) * 2, torch.randn(300, 256)
@@ -179,4 +182,4 @@ def test_gpu_fast_path_matches_the_recipe_twin(recipe, seed):
     got = _grads(layer.cuda(), x.cuda(), probe.cuda())
     names = ["y", "dx"] + [n for n, _ in sorted(layer.named_parameters())]
     for name, g, w in zip(names, got, want):
-        assert rel_error(g.cpu(), w) < 1e-2, (name, rel_error(g.cpu(), w))
+        assert rel_error(g.cpu(), w) < (2e-2 if recipe == "fp8-mxfp4" else 1e-2), (name, rel_error(g.cpu(), w))
