@@ -175,6 +175,10 @@ class FP8ExpertMLP(torch.autograd.Function):
         dw_down = wgrad(colwise(dyq), colwise(z_kept), layout)                                # (E, H, F)
         dhq = swiglu_backward_quantize_fp8(h, dz, backend=be)                                 # (M, 2F)
         dx = gemm(dhq, weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
-        dw_1 = wgrad(colwise(dhq), colwise(x_kept), layout)                                   # (E, 2F, H)
-        return (dx, dw_1[:, :f].to(gd), dw_1[:, f:].to(ud), dw_down.to(dd), None, None, None, None,
+        dh_t, x_t = colwise(dhq), colwise(x_kept)                                             # (2F, Ta), (H, Ta)
+        # dW_gate and dW_up as two GEMMs on the row halves of dh^T: each gradient contiguous, as
+        # autograd wants it (halves of one [E, 2F, H] result would each be copied)
+        dw_gate = wgrad(FP8Tensor(dh_t.data[:f], dh_t.scales[:f]), x_t, layout)               # (E, F, H)
+        dw_up = wgrad(FP8Tensor(dh_t.data[f:], dh_t.scales[f:]), x_t, layout)                 # (E, F, H)
+        return (dx, dw_gate.to(gd), dw_up.to(ud), dw_down.to(dd), None, None, None, None,
                 None, None, None, None)
