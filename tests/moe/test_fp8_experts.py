@@ -119,6 +119,16 @@ def test_fp8_layer_is_close_to_the_bf16_layer(seed):
         assert rel(outs[1][2][name], outs[0][2][name]) < 0.15, name
 
 
+def test_weight_gradients_leave_the_mlp_contiguous(seed):
+    """The gradients the FP8 MLP returns are contiguous (a strided gradient is copied by autograd into
+    the parameter's layout: a pass over every expert weight)."""
+    ex = _experts("torch")
+    x = torch.randn(40, 128, dtype=torch.bfloat16, requires_grad=True)
+    y, _ = ex(x, [10, 0, 25, 5])
+    grads = torch.autograd.grad(y.float().sum(), [ex.w_gate, ex.w_up, ex.w_down])
+    assert all(g.is_contiguous() for g in grads)
+
+
 def test_weights_are_quantized_once_per_update(seed):
     ex = _experts("torch", num=2)
     x = torch.randn(16, 128)
