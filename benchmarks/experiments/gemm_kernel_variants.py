@@ -6,7 +6,9 @@ F 1408, E 64, 98304 balanced rows, each checked bit for bit against the library'
           the library's order: the same bits).
     TMA:  the FP8 operand tiles loaded through host tensor descriptors (rows kernel only).
 The variant kernels read one weight scale per output column (the library's b_block_scales path reads
-one per 128x128 block). Needs a GPU:  python3 benchmarks/experiments/gemm_kernel_variants.py
+one per 128x128 block) unless BBLK.
+    BBLK: one weight scale per 128x128 block, as the library (rows kernel, BLOCK_N <= 128).
+Needs a GPU:  [VARIANTS=measured|blocks] python3 benchmarks/experiments/gemm_kernel_variants.py [OUT.json]
 """
 import json
 import os
@@ -30,7 +32,7 @@ from mxa2a.quant.kernels.minifloat import bf16_bits as _bf16_bits  # noqa: E402
 def rows_exp(a_ptr, a_desc, as_ptr, b_ptr, b_desc, bs_ptr, c_ptr, offs_ptr, N, K, G,
              stride_am, stride_asm, stride_bg, stride_bn, stride_bsg, stride_bsn, stride_bsk, stride_cm,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, PAIR: tl.constexpr,
-             TMA: tl.constexpr):
+             TMA: tl.constexpr, BBLK: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
     pid_m = pid // n_tiles
@@ -82,6 +84,7 @@ def rows_exp(a_ptr, a_desc, as_ptr, b_ptr, b_desc, bs_ptr, c_ptr, offs_ptr, N, K
                 sb0 = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
                 acc += tl.dot(a0, tl.trans(b0)) * (sa0[:, None] * sb0[None, :])
         else:
+            bs_block = bs_ptr + g64 * stride_bsg + col0 * stride_bsn
             for kt in range(0, nk):
                 if TMA:
                     a0 = a_desc.load([row0, kt * 128]); b0 = b_desc.load([brow, kt * 128])
@@ -89,8 +92,12 @@ def rows_exp(a_ptr, a_desc, as_ptr, b_ptr, b_desc, bs_ptr, c_ptr, offs_ptr, N, K
                     a0 = tl.load(a_ptrs + kt * 128, mask=rmask[:, None], other=0.0)
                     b0 = tl.load(b_ptrs + kt * 128, mask=cmask[:, None], other=0.0)
                 sa0 = _e8m0_to_f32(tl.load(as_ptrs + kt, mask=rmask, other=127))
-                sb0 = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
-                acc += tl.dot(a0, tl.trans(b0)) * (sa0[:, None] * sb0[None, :])
+                if BBLK:  # one weight scale per 128x128 block (BLOCK_N <= 128), as the library's b_block_scales
+                    sb_blk = _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
+                    acc += tl.dot(a0, tl.trans(b0)) * (sa0 * sb_blk)[:, None]
+                else:
+                    sb0 = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
+                    acc += tl.dot(a0, tl.trans(b0)) * (sa0[:, None] * sb0[None, :])
         tl.store(c_ptr + rows[:, None] * stride_cm + cols[None, :], _bf16_bits(acc),
                  mask=rmask[:, None] & cmask[None, :])
 
@@ -150,7 +157,7 @@ def wgrad_exp(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, T, stride_an,
     tl.store(c_ptrs, _bf16_bits(acc), mask=nmask[:, None] & kmask[None, :])
 
 
-def rows_call(a, b, offsets, cfg, pair, tma):
+def rows_call(a, b, offsets, cfg, pair, tma, bblk=0):
     m, k = a.shape; g, n, _ = b.shape
     bm, bn, w, s = cfg
     out = torch.empty(m, n, dtype=torch.bfloat16, device=a.data.device)
@@ -162,7 +169,7 @@ def rows_call(a, b, offsets, cfg, pair, tma):
                        a.data.stride(0), a.scales.stride(0), b.data.stride(0), b.data.stride(1),
                        b.scales.stride(0), b.scales.stride(1), b.scales.stride(2), out.stride(0),
                        BLOCK_M=bm, BLOCK_N=bn, BLOCK_G=max(16, triton.next_power_of_2(g)), PAIR=pair, TMA=tma,
-                       num_warps=w, num_stages=s)
+                       BBLK=bblk, num_warps=w, num_stages=s)
         return out
     return call
 
@@ -183,6 +190,17 @@ def wgrad_call(a_t, b_t, offsets, g, cfg, pair):
 def tf(m, n, k, us): return 2 * m * n * k / us / 1e6
 
 
+# (tile rows x cols x warps x stages, PAIR, TMA, BBLK) of the rows kernel. VARIANTS=measured: the set of
+# gemm_kernel_variants_h100_1207.txt (with the wgrad variants); VARIANTS=blocks (default): TMA with the
+# library's one-scale-per-block promotion, not yet measured.
+ROW_VARIANTS = {
+    "measured": [(cfg, pair, tma, 0) for cfg in ((64, 128, 4, 4), (128, 128, 8, 3), (128, 256, 8, 3))
+                 for pair in (0, 1) for tma in (0, 1)],
+    "blocks": [(cfg, 0, tma, 1) for cfg in ((64, 128, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3), (128, 128, 8, 4))
+               for tma in (0, 1)],
+}
+
+
 def main():
     dev = torch.device("cuda")
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=dev))
@@ -190,6 +208,7 @@ def main():
     H, F, E, M = 2048, 1408, 64, 98304
     offsets = (torch.arange(1, E + 1, device=dev) * (M // E)).to(torch.int32)
     it = int(os.environ.get("ITERS", 10))
+    variant_set = os.environ.get("VARIANTS", "blocks")
     for kind, n, k in (("fwd1", 2 * F, H), ("fwd2", H, F)):
         x = torch.randn(M, k, device=dev, dtype=torch.bfloat16)
         w = torch.randn(E, n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
@@ -200,22 +219,21 @@ def main():
         b16 = bc.median(bc.time_cuda(lambda: torch._grouped_mm(x, wt, offs=offsets), it, 3))
         print(f"{kind}: library {lib:.0f} us {tf(M, n, k, lib):.0f} TF/s; bf16 {b16:.0f} us {tf(M, n, k, b16):.0f} TF/s", flush=True)
         rows_out.append(dict(kind=kind, variant="library", us=lib, bf16_us=b16))
-        for cfg in ((64, 128, 4, 4), (128, 128, 8, 3), (128, 256, 8, 3)):
-            for pair in (0, 1):
-                for tma in (0, 1):
-                    try:
-                        fn = rows_call(xq, wq, offsets, cfg, pair, tma)
-                        got = fn()
-                        same = torch.equal(got, ref)
-                        us = bc.median(bc.time_cuda(fn, it, 3))
-                    except Exception as exc:
-                        print(f"  {kind} {cfg} pair={pair} tma={tma}: {type(exc).__name__} {str(exc)[:150]}", flush=True)
-                        continue
-                    print(f"  {kind} {'x'.join(map(str, cfg))} pair={pair} tma={tma}: {us:.0f} us {tf(M, n, k, us):.0f} TF/s "
-                          f"x bf16 {b16 / us:.2f} same={same}", flush=True)
-                    rows_out.append(dict(kind=kind, cfg=cfg, pair=pair, tma=tma, us=us, bf16_us=b16, same=same))
+        for cfg, pair, tma, bblk in ROW_VARIANTS[variant_set]:
+            try:
+                fn = rows_call(xq, wq, offsets, cfg, pair, tma, bblk)
+                got = fn()
+                same = torch.equal(got, ref)
+                us = bc.median(bc.time_cuda(fn, it, 3))
+            except Exception as exc:
+                print(f"  {kind} {cfg} pair={pair} tma={tma} bblk={bblk}: {type(exc).__name__} {str(exc)[:150]}",
+                      flush=True)
+                continue
+            print(f"  {kind} {'x'.join(map(str, cfg))} pair={pair} tma={tma} bblk={bblk}: {us:.0f} us "
+                  f"{tf(M, n, k, us):.0f} TF/s x bf16 {b16 / us:.2f} same={same}", flush=True)
+            rows_out.append(dict(kind=kind, cfg=cfg, pair=pair, tma=tma, bblk=bblk, us=us, bf16_us=b16, same=same))
         del x, w, xq, wq, ref
-    for kind, n, k in (("wgrad1", 2 * F, H), ("wgrad2", H, F)):
+    for kind, n, k in (("wgrad1", 2 * F, H), ("wgrad2", H, F)) if variant_set == "measured" else ():
         a = torch.randn(M, n, device=dev, dtype=torch.bfloat16)
         b = torch.randn(M, k, device=dev, dtype=torch.bfloat16)
         layout = align_groups(offsets, M)
