@@ -138,7 +138,7 @@ class FP8ExpertMLP(torch.autograd.Function):
             xq = quantize_fp8(x, backend=backend)                                            # (M, H)
         h = gemm(_rows(xq, m), weights.w1, offsets, out_dtype=torch.bfloat16)                # (M, 2F)
         zq = swiglu_quantize_fp8(h, backend=backend)                                         # (M, F)
-        y = gemm(zq, weights.w2, offsets, out_dtype=x.dtype)                        # (M, H)
+        y = gemm(zq, weights.w2, offsets, out_dtype=x.dtype)                                 # (M, H)
         keep = functools.partial(_keep_rows, m=m, saved=saved, scale_mode=scale_mode, backend=backend)
         if recompute_h:
             h_kept = None
@@ -171,10 +171,10 @@ class FP8ExpertMLP(torch.autograd.Function):
         layout = align_groups(offsets, m)
         colwise = functools.partial(wgrad_operand, layout=layout, backend=be)                   # (W, Ta)
         dyq = quantize_fp8(dy.contiguous(), backend=be)                                       # (M, H)
-        dz = gemm(dyq, weights.w2_t, offsets, out_dtype=torch.bfloat16)            # (M, F)
+        dz = gemm(dyq, weights.w2_t, offsets, out_dtype=torch.bfloat16)                      # (M, F)
         dw_down = wgrad(colwise(dyq), colwise(z_kept), layout)                                # (E, H, F)
         dhq = swiglu_backward_quantize_fp8(h, dz, backend=be)                                 # (M, 2F)
-        dx = gemm(dhq, weights.w1_t, offsets, out_dtype=ctx.x_dtype)               # (M, H)
+        dx = gemm(dhq, weights.w1_t, offsets, out_dtype=ctx.x_dtype)                         # (M, H)
         dh_t, x_t = colwise(dhq), colwise(x_kept)                                             # (2F, Ta), (H, Ta)
         # dW_gate and dW_up as two GEMMs on the row halves of dh^T: each gradient contiguous, as
         # autograd wants it (halves of one [E, 2F, H] result would each be copied)
