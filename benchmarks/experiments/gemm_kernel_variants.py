@@ -23,9 +23,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _bench_common as bc  # noqa: E402
 from mxa2a.gemm import (align_groups, gather_aligned_rows, grouped_gemm_fp8, grouped_gemm_fp8_wgrad,  # noqa: E402
                         quantize_fp8_blocks)
-from mxa2a.gemm.kernels.grouped_gemm import _e8m0_to_f32, _row_tile  # noqa: E402
+from mxa2a.gemm.kernels.grouped_gemm import _e8m0_to_f32, _row_tile, _wgrad_step  # noqa: E402
 from mxa2a.quant import fp8_rowwise_to_colwise, quantize_fp8  # noqa: E402
 from mxa2a.quant.kernels.minifloat import bf16_bits as _bf16_bits  # noqa: E402
+
+
+@triton.jit
+def _operand_tiles(kt, a_desc, b_desc, a_ptrs, b_ptrs, row0, brow, rmask, cmask, TMA: tl.constexpr):
+    """The FP8 tiles of A [BLOCK_M, 128] and B [BLOCK_N, 128] of K step `kt`."""
+    if TMA:
+        return a_desc.load([row0, kt * 128]), b_desc.load([brow, kt * 128])
+    else:
+        return (tl.load(a_ptrs + kt * 128, mask=rmask[:, None], other=0.0),
+                tl.load(b_ptrs + kt * 128, mask=cmask[:, None], other=0.0))
+
+
+@triton.jit
+def _column_scales(as_ptrs, bs_ptrs, kt, rmask, cmask, stride_bsk):
+    """2^ka[row] * 2^kb[column] of K step `kt`: one weight scale per output column."""
+    sa = _e8m0_to_f32(tl.load(as_ptrs + kt, mask=rmask, other=127))
+    sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
+    return sa[:, None] * sb[None, :]
 
 
 @triton.jit
@@ -57,49 +75,39 @@ def rows_exp(a_ptr, a_desc, as_ptr, b_ptr, b_desc, bs_ptr, c_ptr, offs_ptr, N, K
         if PAIR:
             for kp in range(0, nk // 2):
                 kt = 2 * kp
-                if TMA:
-                    a0 = a_desc.load([row0, kt * 128]); b0 = b_desc.load([brow, kt * 128])
-                    a1 = a_desc.load([row0, kt * 128 + 128]); b1 = b_desc.load([brow, kt * 128 + 128])
-                else:
-                    a0 = tl.load(a_ptrs + kt * 128, mask=rmask[:, None], other=0.0)
-                    b0 = tl.load(b_ptrs + kt * 128, mask=cmask[:, None], other=0.0)
-                    a1 = tl.load(a_ptrs + kt * 128 + 128, mask=rmask[:, None], other=0.0)
-                    b1 = tl.load(b_ptrs + kt * 128 + 128, mask=cmask[:, None], other=0.0)
+                a0, b0 = _operand_tiles(kt, a_desc, b_desc, a_ptrs, b_ptrs, row0, brow, rmask, cmask, TMA)
+                a1, b1 = _operand_tiles(kt + 1, a_desc, b_desc, a_ptrs, b_ptrs, row0, brow, rmask, cmask, TMA)
                 d0 = tl.dot(a0, tl.trans(b0))
                 d1 = tl.dot(a1, tl.trans(b1))
-                sa0 = _e8m0_to_f32(tl.load(as_ptrs + kt, mask=rmask, other=127))
-                sb0 = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
-                sa1 = _e8m0_to_f32(tl.load(as_ptrs + kt + 1, mask=rmask, other=127))
-                sb1 = _e8m0_to_f32(tl.load(bs_ptrs + (kt + 1) * stride_bsk, mask=cmask, other=127))
-                acc += d0 * (sa0[:, None] * sb0[None, :])
-                acc += d1 * (sa1[:, None] * sb1[None, :])
+                acc += d0 * _column_scales(as_ptrs, bs_ptrs, kt, rmask, cmask, stride_bsk)
+                acc += d1 * _column_scales(as_ptrs, bs_ptrs, kt + 1, rmask, cmask, stride_bsk)
             if nk % 2:
-                kt = nk - 1
-                if TMA:
-                    a0 = a_desc.load([row0, kt * 128]); b0 = b_desc.load([brow, kt * 128])
-                else:
-                    a0 = tl.load(a_ptrs + kt * 128, mask=rmask[:, None], other=0.0)
-                    b0 = tl.load(b_ptrs + kt * 128, mask=cmask[:, None], other=0.0)
-                sa0 = _e8m0_to_f32(tl.load(as_ptrs + kt, mask=rmask, other=127))
-                sb0 = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
-                acc += tl.dot(a0, tl.trans(b0)) * (sa0[:, None] * sb0[None, :])
+                a0, b0 = _operand_tiles(nk - 1, a_desc, b_desc, a_ptrs, b_ptrs, row0, brow, rmask, cmask, TMA)
+                acc += tl.dot(a0, tl.trans(b0)) * _column_scales(as_ptrs, bs_ptrs, nk - 1, rmask, cmask, stride_bsk)
         else:
             bs_block = bs_ptr + g64 * stride_bsg + col0 * stride_bsn
             for kt in range(0, nk):
-                if TMA:
-                    a0 = a_desc.load([row0, kt * 128]); b0 = b_desc.load([brow, kt * 128])
-                else:
-                    a0 = tl.load(a_ptrs + kt * 128, mask=rmask[:, None], other=0.0)
-                    b0 = tl.load(b_ptrs + kt * 128, mask=cmask[:, None], other=0.0)
-                sa0 = _e8m0_to_f32(tl.load(as_ptrs + kt, mask=rmask, other=127))
+                a0, b0 = _operand_tiles(kt, a_desc, b_desc, a_ptrs, b_ptrs, row0, brow, rmask, cmask, TMA)
                 if BBLK:  # one weight scale per 128x128 block (BLOCK_N <= 128), as the library's b_block_scales
+                    sa0 = _e8m0_to_f32(tl.load(as_ptrs + kt, mask=rmask, other=127))
                     sb_blk = _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
                     acc += tl.dot(a0, tl.trans(b0)) * (sa0 * sb_blk)[:, None]
                 else:
-                    sb0 = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
-                    acc += tl.dot(a0, tl.trans(b0)) * (sa0[:, None] * sb0[None, :])
+                    acc += tl.dot(a0, tl.trans(b0)) * _column_scales(as_ptrs, bs_ptrs, kt, rmask, cmask, stride_bsk)
         tl.store(c_ptr + rows[:, None] * stride_cm + cols[None, :], _bf16_bits(acc),
                  mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _token_tiles(tb, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask, stride_an, stride_asn, stride_bk,
+                 stride_bsk):
+    """Token tile `tb` of both column-wise operands and its [BLOCK_N, BLOCK_K] scale product."""
+    t = tb * 128 + tl.arange(0, 128)
+    a = tl.load(a_ptr + n[:, None] * stride_an + t[None, :], mask=nmask[:, None], other=0.0)
+    b = tl.load(b_ptr + k[:, None] * stride_bk + t[None, :], mask=kmask[:, None], other=0.0)
+    sa = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
+    sb = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
+    return a, b, sa[:, None] * sb[None, :]
 
 
 @triton.jit
@@ -120,39 +128,27 @@ def wgrad_exp(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, T, stride_an,
     kmask = k < K
     n = n.to(tl.int64)
     k = k.to(tl.int64)
-    tt = tl.arange(0, 128)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     t0 = tl.maximum(start, 0) // 128
     t1 = tl.minimum(end, T) // 128
     if PAIR:
         for tp in range(0, (t1 - t0) // 2):
             tb = t0 + 2 * tp
-            a0 = tl.load(a_ptr + n[:, None] * stride_an + (tb * 128 + tt)[None, :], mask=nmask[:, None], other=0.0)
-            b0 = tl.load(b_ptr + k[:, None] * stride_bk + (tb * 128 + tt)[None, :], mask=kmask[:, None], other=0.0)
-            a1 = tl.load(a_ptr + n[:, None] * stride_an + (tb * 128 + 128 + tt)[None, :], mask=nmask[:, None], other=0.0)
-            b1 = tl.load(b_ptr + k[:, None] * stride_bk + (tb * 128 + 128 + tt)[None, :], mask=kmask[:, None], other=0.0)
+            a0, b0, s0 = _token_tiles(tb, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                                      stride_an, stride_asn, stride_bk, stride_bsk)
+            a1, b1, s1 = _token_tiles(tb + 1, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                                      stride_an, stride_asn, stride_bk, stride_bsk)
             d0 = tl.dot(a0, tl.trans(b0))
             d1 = tl.dot(a1, tl.trans(b1))
-            sa0 = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
-            sb0 = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
-            sa1 = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb + 1, mask=nmask, other=127))
-            sb1 = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb + 1, mask=kmask, other=127))
-            acc += d0 * (sa0[:, None] * sb0[None, :])
-            acc += d1 * (sa1[:, None] * sb1[None, :])
+            acc += d0 * s0
+            acc += d1 * s1
         if (t1 - t0) % 2:
-            tb = t1 - 1
-            a0 = tl.load(a_ptr + n[:, None] * stride_an + (tb * 128 + tt)[None, :], mask=nmask[:, None], other=0.0)
-            b0 = tl.load(b_ptr + k[:, None] * stride_bk + (tb * 128 + tt)[None, :], mask=kmask[:, None], other=0.0)
-            sa0 = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
-            sb0 = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
-            acc += tl.dot(a0, tl.trans(b0)) * (sa0[:, None] * sb0[None, :])
-    else:
+            acc = _wgrad_step(acc, t1 - 1, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                              stride_an, stride_asn, stride_bk, stride_bsk, False)
+    else:  # the library's group-aligned loop
         for tb in range(t0, t1):
-            a0 = tl.load(a_ptr + n[:, None] * stride_an + (tb * 128 + tt)[None, :], mask=nmask[:, None], other=0.0)
-            b0 = tl.load(b_ptr + k[:, None] * stride_bk + (tb * 128 + tt)[None, :], mask=kmask[:, None], other=0.0)
-            sa0 = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
-            sb0 = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
-            acc += tl.dot(a0, tl.trans(b0)) * (sa0[:, None] * sb0[None, :])
+            acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
+                              stride_an, stride_asn, stride_bk, stride_bsk, False)
     c_ptrs = c_ptr + grp.to(tl.int64) * stride_cg + n[:, None] * stride_cn + k[None, :]
     tl.store(c_ptrs, _bf16_bits(acc), mask=nmask[:, None] & kmask[None, :])
 
