@@ -69,17 +69,10 @@ class FP8ExpertWeights:
                 setattr(self, name, t)
 
 
-def _rows(t, m: int):
-    return type(t)(t.data[:m], t.scales[:m], *((t.scale_mode,) if isinstance(t, MXFP4Tensor) else ()))
-
-
-def _keep_rows(q: FP8Tensor, m: int, saved: str, scale_mode: str, backend: str) -> FP8Tensor | MXFP4Tensor:
-    """What backward keeps of the FP8 rows `q[:m]`: those rows (a view, no copy) or, with
-    `saved="mxfp4"`, their MXFP4 form by `fp8_to_mxfp4`. Row-wise, any row count: `wgrad_operand`
-    reads them through the group-aligned row map."""
-    if saved == "fp8":
-        return _rows(q, m)
-    return fp8_to_mxfp4(_rows(q, m), scale_mode=scale_mode, backend=backend)
+def _keep_rows(q: FP8Tensor, saved: str, scale_mode: str, backend: str) -> FP8Tensor | MXFP4Tensor:
+    """What backward keeps of the FP8 rows `q`: those rows or, with `saved="mxfp4"`, their MXFP4 form by
+    `fp8_to_mxfp4`. Row-wise, any row count: `wgrad_operand` reads them through the group-aligned row map."""
+    return q if saved == "fp8" else fp8_to_mxfp4(q, scale_mode=scale_mode, backend=backend)
 
 
 def wgrad_operand(rows: FP8Tensor | MXFP4Tensor, layout: GroupAlignedLayout, backend: str) -> FP8Tensor:
@@ -136,10 +129,10 @@ class FP8ExpertMLP(torch.autograd.Function):
         gemm = functools.partial(grouped_gemm_fp8, backend=backend, config=configs[0], b_block_scales=True)
         if xq is None:
             xq = quantize_fp8(x, backend=backend)                                            # (M, H)
-        h = gemm(_rows(xq, m), weights.w1, offsets, out_dtype=torch.bfloat16)                # (M, 2F)
+        h = gemm(xq, weights.w1, offsets, out_dtype=torch.bfloat16)                          # (M, 2F)
         zq = swiglu_quantize_fp8(h, backend=backend)                                         # (M, F)
         y = gemm(zq, weights.w2, offsets, out_dtype=x.dtype)                                 # (M, H)
-        keep = functools.partial(_keep_rows, m=m, saved=saved, scale_mode=scale_mode, backend=backend)
+        keep = functools.partial(_keep_rows, saved=saved, scale_mode=scale_mode, backend=backend)
         if recompute_h:
             h_kept = None
         else:
@@ -157,8 +150,7 @@ class FP8ExpertMLP(torch.autograd.Function):
         weights, be, m = ctx.weights, ctx.backend, ctx.m
         gemm = functools.partial(grouped_gemm_fp8, backend=be, config=ctx.configs[0], b_block_scales=True)
         if h is None:  # recompute_h: GEMM 1 again, from the kept x
-            x_rows = _rows(x_kept, m)
-            x_rows = mxfp4_to_fp8(x_rows, backend=be) if isinstance(x_rows, MXFP4Tensor) else x_rows
+            x_rows = mxfp4_to_fp8(x_kept, backend=be) if isinstance(x_kept, MXFP4Tensor) else x_kept
             h = gemm(x_rows, weights.w1, offsets, out_dtype=torch.bfloat16)                  # (M, 2F)
         elif isinstance(h, MXFP4Tensor):
             h = dequantize_mxfp4(h, torch.bfloat16, backend=be)                              # (M, 2F)
