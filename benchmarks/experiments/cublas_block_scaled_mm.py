@@ -41,13 +41,15 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def candidates_1x128(s: torch.Tensor) -> dict:
     """Scale layouts for an operand [R, K] with one scale per 1x128 tile, s = fp32 [R, K/128]."""
-    return {"rows-major [R,K/128]": s.contiguous(), "R-major (stride 1, R)": s.t().contiguous().t()}
+    return {"R-major (stride 1, R)": s.t().contiguous().t(), "rows-major [R,K/128]": s.contiguous()}
 
 
 def candidates_128x128(s: torch.Tensor) -> dict:
     """Scale layouts for a weight [N, K] with one scale per 128x128 block, s = fp32 [N/128, K/128]."""
-    return {"[N/128,K/128]": s.contiguous(), "[N/128,K/128] N-major": s.t().contiguous().t(),
-            "[K/128,N/128]": s.t().contiguous()}
+    pad = (-s.shape[1]) % 4  # cuBLAS: [L4, N/128] K-major, L4 = K/128 rounded up to a multiple of 4
+    padded = torch.nn.functional.pad(s, (0, pad)).contiguous().t()
+    return {"[L4,N/128] K-major": padded, "[N/128,K/128]": s.contiguous(),
+            "[N/128,K/128] N-major": s.t().contiguous().t()}
 
 
 def find_layout(a, sa_c: dict, b, sb_c: dict, ref) -> tuple[str, str, float] | None:
