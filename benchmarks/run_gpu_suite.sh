@@ -61,7 +61,7 @@ for phase in "${phases[@]}"; do
                        --json "$out/moe_layer.json" ;;
         recipe-tests) run_phase recipe-tests "$py" -m pytest -q -m gpu -p no:cacheprovider \
                        "$root/tests/moe/test_recipe.py" "$root/tests/moe/test_static_dispatch_gpu.py" -k "not ep2" ;;
-        train)     run_phase train timeout "${TRAIN_TIMEOUT:-240}" "$py" "$here/train_throughput.py" --iters 5 --warmup 2 \
+        train)     run_phase train timeout "${TRAIN_TIMEOUT:-330}" "$py" "$here/train_throughput.py" --iters 5 --warmup 2 \
                        --json "$out/train_throughput.json" --png "$out/train_throughput.png" ${TRAIN_ARGS:-} ;;
         convergence) run_phase convergence timeout "${CONVERGENCE_TIMEOUT:-300}" "$py" "$here/convergence.py" \
                        --time-limit-s "${CONVERGENCE_LIMIT_S:-230}" --json "$out/convergence.json" \

@@ -12,7 +12,10 @@ where the all-to-all would be (the codec cost without the copy; `emulate_wire=Tr
     python benchmarks/train_throughput.py --json benchmarks/results/train_throughput_h100.json
     python benchmarks/train_throughput.py --quick            # CPU smoke run (seconds)
 Model of record (defaults): 8 layers, hidden 2048, 64 experts (d_expert 1408) top-6, 2 shared, seq 4096,
-vocab 32768, bf16 weights; `--batch 0` picks the largest batch (of 8, 4, 2, 1) at which every recipe asked for runs.
+vocab 32768, bf16 weights. `--batch 0` (default) picks the largest batch up to `--max-batch` at which
+every recipe asked for runs (the same tokens per step for all); `--own-batch` runs each recipe at its
+own largest batch (what its memory savings buy in throughput), and then the memory ratios are per
+sequence.
 """
 
 from __future__ import annotations
@@ -37,7 +40,19 @@ SETTINGS = {"bf16": dict(recipe="bf16"), "fp8": dict(recipe="fp8"), "fp8-mxfp4":
 
 QUICK = dict(layers=1, hidden=128, d_expert=128, experts=4, top_k=2, shared=1, heads=2, seq_len=32,
              batch=2, vocab=256, iters=2, warmup=1)
-BATCH_TRIES = (8, 4, 2, 1)
+
+
+def largest_fitting(fits, upper: int) -> int:
+    """The largest `b` in 1..upper with `fits(b)`, by bisection (fits is taken to be monotone: what
+    runs at b runs at every smaller batch); 0 when not even 1 fits."""
+    lo, hi = 0, upper  # fits(lo) holds (0 by convention); the answer is in lo..hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=32768)
     p.add_argument("--batch", type=int, default=0, help="sequences per step; 0: the largest that fits")
+    p.add_argument("--max-batch", type=int, default=8, help="the largest batch --batch 0 tries")
+    p.add_argument("--own-batch", action="store_true",
+                   help="each recipe at its own largest batch (instead of the largest all recipes fit)")
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--emulate-wire", action="store_true", help="apply the wires' codecs at EP size 1")
@@ -184,17 +202,20 @@ def _fits(args, recipe: str, batch: int, dev: torch.device) -> bool:
         torch.cuda.empty_cache()
 
 
-def largest_batch(args, dev: torch.device) -> int:
-    """The largest of BATCH_TRIES at which every recipe asked for runs (bf16 keeps the most activations,
-    fp8 has the FP8 weight caches: which one binds depends on the batch)."""
+def largest_batch(args, recipes: list[str], dev: torch.device) -> int:
+    """The largest batch up to `--max-batch` at which every one of `recipes` runs (bf16 keeps the most
+    activations, fp8 has the FP8 weight caches: which one binds depends on the batch)."""
     if dev.type != "cuda":
-        return BATCH_TRIES[-1]
-    for b in BATCH_TRIES:
-        failed = next((r for r in args.recipes if not _fits(args, r, b, dev)), None)
-        if failed is None:
-            return b
-        print(f"batch {b}: {failed} out of memory")
-    raise SystemExit("even batch 1 does not fit: pass a smaller model (--layers, --experts, --seq-len)")
+        return 1
+
+    def fits(b: int) -> bool:
+        failed = next((r for r in recipes if not _fits(args, r, b, dev)), None)
+        print(f"batch {b}: " + ("fits" if failed is None else f"{failed} out of memory"), flush=True)
+        return failed is None
+    batch = largest_fitting(fits, args.max_batch)
+    if batch == 0:
+        raise SystemExit("even batch 1 does not fit: pass a smaller model (--layers, --experts, --seq-len)")
+    return batch
 
 
 COLUMNS = [bc.Column("recipe", "recipe", "{}", 19), bc.Column("batch", "batch", "{}", 5),
@@ -212,9 +233,10 @@ def main(argv=None) -> int:
     if dev.type == "cpu":
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    batch = args.batch or largest_batch(args, dev)
+    common = None if args.batch == 0 and args.own_batch else (args.batch or largest_batch(args, args.recipes, dev))
     rows = []
     for recipe in args.recipes:
+        batch = common or largest_batch(args, [recipe], dev)
         try:
             rows.append(measure(args, recipe, batch, dev))
         except torch.cuda.OutOfMemoryError as exc:
@@ -223,12 +245,13 @@ def main(argv=None) -> int:
             continue
         print(f"{recipe}: {rows[-1]['ms']:.1f} ms/step ({time.perf_counter() - t0:.0f} s)", flush=True)
     base = next((r for r in rows if r["recipe"] == "bf16"), None)
-    print(f"batch {batch}; {time.perf_counter() - t0:.0f} s in all")
+    print(f"batch {common or 'per recipe'}; {time.perf_counter() - t0:.0f} s in all")
     for r in rows:
-        if base is not None:
+        if base is not None:  # memory ratios per sequence (the batches differ with --own-batch)
+            per_seq = base["batch"] / r["batch"]
             r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"]
-            r["act_ratio"] = r["activation_gb"] / base["activation_gb"] if dev.type == "cuda" else None
-            r["moe_ratio"] = r["moe_saved_mb"] / base["moe_saved_mb"]
+            r["act_ratio"] = r["activation_gb"] / base["activation_gb"] * per_seq if dev.type == "cuda" else None
+            r["moe_ratio"] = r["moe_saved_mb"] / base["moe_saved_mb"] * per_seq
     shape = {k: getattr(args, k) for k in ("layers", "hidden", "d_expert", "experts", "top_k", "shared",
                                            "heads", "seq_len", "vocab", "emulate_wire")}
     print(f"# MoEModel training step, one {dev.type} device, EP size 1, {shape}")
