@@ -7,7 +7,8 @@ the forward and the data-gradient GEMMs; the weight-gradient GEMM reduces over t
 column-wise operands (`grouped.py`), fastest in the group-aligned token layout (`aligned_groups.py`).
 The spec in torch: `reference.py`; Triton: `kernels/`.
 Torch 2.11's `scaled_grouped_mm` on Hopper takes row-wise scales only (no 1x128 / 128x128 blocks),
-hence these kernels. None of the public functions synchronizes the host (the torch references do).
+hence these kernels; its 2-D `_scaled_mm` (cuBLAS) takes block scales for some shapes only, one call
+per expert (benchmarks/experiments/cublas_block_scaled_mm.py and its results). None of the public functions synchronizes the host (the torch references do).
 """
 
 from .aligned_groups import GroupAlignedLayout, align_groups, aligned_rows_bound, gather_aligned_rows
