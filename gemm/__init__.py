@@ -8,7 +8,8 @@ column-wise operands (`grouped.py`), fastest in the group-aligned token layout (
 The spec in torch: `reference.py`; Triton: `kernels/`.
 Torch 2.11's `scaled_grouped_mm` on Hopper takes row-wise scales only (no 1x128 / 128x128 blocks),
 hence these kernels; its 2-D `_scaled_mm` (cuBLAS) takes block scales for some shapes only, one call
-per expert (benchmarks/experiments/cublas_block_scaled_mm.py and its results). None of the public functions synchronizes the host (the torch references do).
+per expert (benchmarks/experiments/cublas_block_scaled_mm.py and its results). None of the public
+functions synchronizes the host (the torch references do).
 """
 
 from .aligned_groups import GroupAlignedLayout, align_groups, aligned_rows_bound, gather_aligned_rows
