@@ -17,6 +17,8 @@ reference (`reference.py`, one host sync) elsewhere.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -29,23 +31,33 @@ from .aligned_groups import GroupAlignedLayout
 OUT_DTYPES = (torch.bfloat16, torch.float32)
 
 
+KERNELS = ("auto", "triton", "sm90")
+
+
 @dataclass(frozen=True)
 class GemmConfig:
     """Launch configuration of one grouped GEMM kernel: the output tile `block_rows x block_cols`
-    (powers of two >= 16), warps per program, software-pipeline stages, and optionally a register
-    cap per thread (`max_registers`, so that more programs fit on an SM)."""
+    (powers of two >= 16), warps per program, software-pipeline stages (the TMA ring's depth for
+    sm90), optionally a register cap per thread (`max_registers`, so that more programs fit on an SM;
+    Triton kernels only), and which kernel: "triton" (`kernels/grouped_gemm.py`, any CUDA GPU and the
+    interpreter), "sm90" (`kernels/grouped_gemm_sm90.py`, Gluon, Hopper only; the promotion overlaps
+    the MMA; same bits; weight gradients in the group-aligned layout only), "auto" (sm90 on a Hopper
+    GPU where Gluon imports, else triton)."""
 
     block_rows: int = 64
     block_cols: int = 128
     num_warps: int = 4
     num_stages: int = 4
     max_registers: int | None = None
+    kernel: str = "triton"
 
     def __post_init__(self) -> None:
         for name in ("block_rows", "block_cols"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 16 or v & (v - 1):
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"GemmConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
 
 
 # The fastest swept configurations on one H100 over the expert shapes of benchmarks/gemm_throughput.py
@@ -53,6 +65,30 @@ class GemmConfig:
 # SM, so that one program's MMA overlaps another's fp32 promotion (Triton waits for each wgmma).
 FORWARD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=4)
 WGRAD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_available(device_index: int) -> bool:
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.get_device_capability(device_index)[0] != 9:
+        return False
+    try:
+        from .kernels import grouped_gemm_sm90  # noqa: F401  (Gluon: Triton >= 3.6)
+    except ImportError:
+        return False
+    return True
+
+
+def _kernel_for(config: GemmConfig, device: torch.device, fn: str) -> str:
+    """The kernel `config.kernel` resolves to on `device` (a CUDA device: the Triton path)."""
+    if config.kernel == "triton" or device.type != "cuda":
+        if config.kernel == "sm90":
+            raise ValueError(f"{fn}: config.kernel='sm90' needs a Hopper GPU, got tensors on {device}")
+        return "triton"
+    available = _sm90_available(device.index if device.index is not None else torch.cuda.current_device())
+    if config.kernel == "sm90" and not available:
+        raise ValueError(f"{fn}: config.kernel='sm90' needs a Hopper (sm90) GPU and Triton's Gluon "
+                         f"(Triton >= 3.6), not under TRITON_INTERPRET; use kernel='triton' or 'auto'")
+    return "sm90" if available else "triton"
 
 
 def _check_fp8(t: object, rank: int, fn: str, name: str, form: str) -> FP8Tensor:
@@ -111,9 +147,16 @@ def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor, *,
                          f"{2 * FP8_TILE}, got N = {b.shape[1]}, block_cols = {config.block_cols}")
     if pick_backend(backend, a.device, fn) == "torch":
         return reference.grouped_gemm_fp8(a, b, offsets, out_dtype)
-    from .kernels.grouped_gemm import launch_rows
     out = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
-    launch_rows(a, b, offsets, out, config, b_block_scales)
+    if _kernel_for(config, a.device, fn) == "sm90":
+        if b_block_scales and config.block_cols > FP8_TILE:
+            raise ValueError(f"{fn}: the sm90 kernel takes b_block_scales with config.block_cols <= {FP8_TILE}, "
+                             f"got {config.block_cols}")
+        from .kernels.grouped_gemm_sm90 import launch_rows_sm90
+        launch_rows_sm90(a, b, offsets, out, config, b_block_scales)
+    else:
+        from .kernels.grouped_gemm import launch_rows
+        launch_rows(a, b, offsets, out, config, b_block_scales)
     return out
 
 
@@ -153,7 +196,17 @@ def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor
     _check_out_dtype(out_dtype, fn)
     if pick_backend(backend, a_t.device, fn) == "torch":
         return reference.grouped_gemm_fp8_wgrad(a_t, b_t, layout if aligned else offsets, out_dtype)
-    from .kernels.grouped_gemm import launch_wgrad
+    config = config or WGRAD_CONFIG
     out = torch.empty(offsets.numel(), a_t.shape[0], b_t.shape[0], dtype=out_dtype, device=a_t.device)
-    launch_wgrad(a_t, b_t, offsets, out, config or WGRAD_CONFIG, aligned=aligned)
+    if _kernel_for(config, a_t.device, fn) == "sm90":
+        if not aligned:
+            if config.kernel == "sm90":
+                raise ValueError(f"{fn}: config.kernel='sm90' takes offsets as a GroupAlignedLayout only "
+                                 "(align_groups); packed offsets need kernel='triton' or 'auto'")
+        else:
+            from .kernels.grouped_gemm_sm90 import launch_wgrad_sm90
+            launch_wgrad_sm90(a_t, b_t, offsets, out, config)
+            return out
+    from .kernels.grouped_gemm import launch_wgrad
+    launch_wgrad(a_t, b_t, offsets, out, config, aligned=aligned)
     return out

@@ -1,0 +1,157 @@
+"""The Gluon (sm90) grouped GEMMs: compiled here for sm90 without a GPU (the promotion must sit between
+the wgmma issue and its wait, or the overlap they exist for is gone); on a Hopper GPU, the same bits as
+the Triton kernels on the edge cases of test_grouped_gemm.py and at real shapes; kernel choice errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+
+from gemm_data import fp8_rows, offsets_of
+from mxa2a.gemm import GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks
+from test_grouped_gemm import SIZES, _aligned_operands, _weights
+
+
+# Run in a fresh interpreter without TRITON_INTERPRET: under it, triton.language's own @jit helpers
+# (the combine function of gl.sum) are interpreter objects that Gluon cannot compile.
+_PTX_SCRIPT = r"""
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
+from mxa2a.gemm.kernels import grouped_gemm_sm90 as k90
+
+def desc(rows):
+    layout = gl.NVMMASharedLayout.get_default_for([rows, 128], gl.float8e4nv)
+    return f"tensordesc<fp8e4nv[{rows}, 128],{layout!r}>"
+
+def ptx(fn, cfg, ints, consts):
+    sig = dict(a_desc=desc(cfg.block_rows), b_desc=desc(cfg.block_cols), as_ptr="*u8", bs_ptr="*u8",
+               c_ptr="*i16", offs_ptr="*i32", **{n: "i32" for n in ints}, **{n: "constexpr" for n in consts})
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 64), options=dict(num_warps=cfg.num_warps)).asm["ptx"]
+
+def in_flight(text):
+    m = re.search(r"wgmma[.]commit_group[.]sync[.]aligned;(.*?)wgmma[.]wait_group[.]sync[.]aligned", text, re.S)
+    return len(re.findall(r"\bfma[.]rn[.]f32\b", m.group(1))) if m else -1
+
+f, w = FORWARD_CONFIG, WGRAD_CONFIG
+rows = ptx(k90._grouped_gemm_rows_sm90_kernel, f,
+           ("N", "K", "G", "stride_asm", "stride_ask", "stride_bsg", "stride_bsn", "stride_bsk", "stride_cm"),
+           dict(BLOCK_M=f.block_rows, BLOCK_N=f.block_cols, BLOCK_G=64, STAGES=f.num_stages, OUT_BF16=True,
+                B_BLOCKS=True, num_warps=f.num_warps))
+wgrad = ptx(k90._grouped_gemm_wgrad_sm90_kernel, w, ("N", "K", "T", "stride_asn", "stride_bsk", "stride_cg", "stride_cn"),
+            dict(BLOCK_N=w.block_rows, BLOCK_K=w.block_cols, STAGES=w.num_stages, OUT_BF16=True, num_warps=w.num_warps))
+print(json.dumps(dict(rows_fp8_wgmma="wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in rows,
+                      rows_in_flight=in_flight(rows), wgrad_in_flight=in_flight(wgrad),
+                      rows_per_thread=f.block_rows * f.block_cols // (32 * f.num_warps),
+                      wgrad_per_thread=w.block_rows * w.block_cols // (32 * w.num_warps))))
+"""
+
+
+def test_sm90_kernels_compile_with_the_promotion_overlapping_the_mma():
+    pytest.importorskip("triton.experimental.gluon")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = pathlib.Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as shim:  # the repository imported as `mxa2a`, as in an install
+        os.symlink(root, os.path.join(shim, "mxa2a"))
+        env["PYTHONPATH"] = os.pathsep.join([shim, env.get("PYTHONPATH", "")])
+        run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=300, cwd=shim)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["rows_fp8_wgmma"]
+    # one FMA per accumulator element a thread holds: the whole previous step's promotion is issued
+    # after this step's wgmma and before the wait for it
+    assert got["rows_in_flight"] == got["rows_per_thread"], got
+    assert got["wgrad_in_flight"] == got["wgrad_per_thread"], got
+
+
+def test_kernel_choice_errors_are_clear():
+    with pytest.raises(ValueError, match="GemmConfig.kernel"):
+        GemmConfig(kernel="cutlass")
+    a, b, off = fp8_rows(8, 256), _weights(2, 32, 256), offsets_of([4, 4])
+    with pytest.raises(ValueError, match="kernel='sm90' needs a Hopper"):
+        grouped_gemm_fp8(a, b, off, backend="triton", config=GemmConfig(block_rows=16, block_cols=32, kernel="sm90"))
+    # "auto" off a Hopper GPU is the Triton kernel
+    out = grouped_gemm_fp8(a, b, off, backend="triton", config=GemmConfig(block_rows=16, block_cols=32, kernel="auto"))
+    ref = grouped_gemm_fp8(a, b, off, backend="triton", config=GemmConfig(block_rows=16, block_cols=32))
+    assert torch.equal(out.view(torch.int16), ref.view(torch.int16))
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def _same(x: torch.Tensor, y: torch.Tensor) -> bool:
+    return torch.equal(x.view(torch.int32 if x.element_size() == 4 else torch.int16),
+                       y.view(torch.int32 if y.element_size() == 4 else torch.int16))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+@pytest.mark.parametrize("case", sorted(SIZES))
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_gpu_sm90_forward_equals_the_triton_kernel(case, out_dtype, seed):
+    sizes, k = SIZES[case], 384
+    offsets = offsets_of(sizes, "cuda")
+    a = fp8_rows(sum(sizes), k, "cuda")
+    b = quantize_fp8_blocks(torch.randn(len(sizes), 256, k, device="cuda"))
+    for blocks, cols in ((True, 128), (False, 128), (False, 64)):
+        outs = [grouped_gemm_fp8(a, b, offsets, out_dtype=out_dtype, b_block_scales=blocks,
+                                 config=GemmConfig(block_rows=64, block_cols=cols, kernel=kern)) for kern in ("triton", "sm90")]
+        m = int(offsets[-1])
+        assert _same(outs[0][:m], outs[1][:m]), f"b_block_scales={blocks}, block_cols={cols}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+def test_gpu_sm90_forward_keeps_a_nan_in_its_rows(seed):
+    sizes, k = [70, 0, 90], 256
+    x = torch.randn(sum(sizes), k, device="cuda")
+    x[75, 5] = float("nan")
+    from mxa2a.quant import quantize_fp8
+    a, offsets = quantize_fp8(x), offsets_of(sizes, "cuda")
+    b = quantize_fp8_blocks(torch.randn(3, 128, k, device="cuda"))
+    out = grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, b_block_scales=True,
+                           config=GemmConfig(kernel="sm90"))
+    assert out[75].isnan().all() and not out[:75].isnan().any() and not out[76:].isnan().any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+@pytest.mark.parametrize("sizes", [[5, 0, 1, 100, 30], [0, 0, 256], [1, 0], [129, 127, 0, 128]],
+                         ids=["mixed", "empty_first", "tiny", "around_128"])
+def test_gpu_sm90_aligned_wgrad_equals_the_triton_kernel(sizes, seed):
+    a_t, b_t, layout = _aligned_operands(sizes, 256, 384, "cuda", nan_row=None)
+    for dtype in (torch.float32, torch.bfloat16):
+        outs = [grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=dtype, config=GemmConfig(kernel=kern))
+                for kern in ("triton", "sm90")]
+        assert _same(*outs), f"{dtype}"
+    with pytest.raises(ValueError, match="GroupAlignedLayout only"):
+        grouped_gemm_fp8_wgrad(a_t, b_t, layout.padded_offsets, config=GemmConfig(kernel="sm90"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+@pytest.mark.parametrize("g,n,k", [(64, 2816, 2048), (64, 2048, 1408), (8, 4096, 7168)])
+def test_gpu_sm90_equals_the_triton_kernel_at_real_shapes(g, n, k, seed):
+    m = 8192
+    p = torch.distributions.Dirichlet(torch.full((g,), 0.3)).sample()
+    sizes = torch.distributions.Multinomial(m, p).sample().long().tolist()
+    offsets = offsets_of(sizes, "cuda")
+    a, b = fp8_rows(m, k, "cuda"), quantize_fp8_blocks(torch.randn(g, n, k, device="cuda"))
+    outs = [grouped_gemm_fp8(a, b, offsets, b_block_scales=True, config=GemmConfig(kernel=kern))
+            for kern in ("triton", "sm90")]
+    assert _same(*outs)
+    a_t, b_t, layout = _aligned_operands(sizes, n, k, "cuda")
+    outs = [grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=torch.bfloat16, config=GemmConfig(kernel=kern))
+            for kern in ("triton", "sm90")]
+    assert _same(*outs)
