@@ -21,7 +21,8 @@ from mxa2a.gemm.kernels.grouped_gemm_sm90 import launch_rows_sm90, launch_wgrad_
 from mxa2a.quant import fp8_rowwise_to_colwise, quantize_fp8  # noqa: E402
 
 H, F, E, TOP_K, TOKENS = 2048, 1408, 64, 6, 16384
-GLUON_CONFIGS = [(64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 4, 5), (128, 128, 8, 3), (128, 128, 8, 4)]
+GLUON_CONFIGS = [(64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 4, 5), (128, 128, 8, 2), (128, 128, 8, 3),
+                 (128, 128, 8, 4)]
 ITERS = int(os.environ.get("ITERS", 10))
 
 
@@ -34,7 +35,7 @@ def operands(kind, m, offsets, dev):
         a_t, b_t = (fp8_rowwise_to_colwise(gather_aligned_rows(quantize_fp8(t), groups)) for t in (a, b))
         out = torch.empty(E, n, k, device=dev, dtype=torch.bfloat16)
         return (lambda: grouped_gemm_fp8_wgrad(a_t, b_t, groups, out_dtype=torch.bfloat16),
-                lambda cfg: (lambda: launch_wgrad_sm90(a_t, b_t, groups.padded_offsets, out, cfg) or out),
+                lambda cfg: (lambda: (out, launch_wgrad_sm90(a_t, b_t, groups.padded_offsets, out, cfg))),
                 lambda: torch._grouped_mm(a.t(), b, offs=offsets), (n, k))
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     w = torch.randn(E, n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
@@ -42,7 +43,7 @@ def operands(kind, m, offsets, dev):
     out = torch.empty(m, n, device=dev, dtype=torch.bfloat16)
     wt = w.transpose(-2, -1)
     return (lambda: grouped_gemm_fp8(xq, wq, offsets, b_block_scales=True),
-            lambda cfg: (lambda: launch_rows_sm90(xq, wq, offsets, out, cfg, b_blocks=True) or out),
+            lambda cfg: (lambda: (out, launch_rows_sm90(xq, wq, offsets, out, cfg, b_blocks=True))),
             lambda: torch._grouped_mm(x, wt, offs=offsets), (n, k))
 
 
@@ -65,7 +66,9 @@ def main():
                 row = dict(dist=dist, kind=kind, config="x".join(map(str, c)), triton_us=us_lib, bf16_us=us_bf16)
                 try:
                     fn = gluon_for(GemmConfig(*c))
-                    got = fn().clone()
+                    got, kern = fn()
+                    got = got.clone()
+                    row.update(registers=kern.n_regs, spills=kern.n_spills)
                     row["same"] = bool(torch.equal(got.view(torch.int16), ref.view(torch.int16)))
                     if not row["same"]:
                         d = (got.float() - ref.float()).abs()
@@ -74,7 +77,8 @@ def main():
                     us = bc.median(bc.time_cuda(fn, ITERS, 3))
                     row.update(gluon_us=us, gluon_tflops=tflops(m, n, k, us), x_triton=us_lib / us, x_bf16=us_bf16 / us)
                     print(f"  gluon {row['config']}: {us:.0f} us {row['gluon_tflops']:.0f} TF/s x triton "
-                          f"{row['x_triton']:.2f} x bf16 {row['x_bf16']:.2f} same={row['same']}"
+                          f"{row['x_triton']:.2f} x bf16 {row['x_bf16']:.2f} same={row['same']} "
+                          f"regs {row['registers']} spills {row['spills']}"
                           + ("" if row["same"] else f" differing={row['differing']} max_abs={row['max_abs_diff']:.3g}"),
                           flush=True)
                 except Exception as exc:

@@ -225,19 +225,20 @@ def _store_view(out):
     return out.view(torch.int16) if out.element_size() == 2 else out
 
 
-def launch_rows_sm90(a, b, offsets, out, config, b_blocks: bool = False) -> None:
+def launch_rows_sm90(a, b, offsets, out, config, b_blocks: bool = False):
     """`grouped_gemm.launch_rows` on the Gluon kernel: same operands (a [M, K], b [G, N, K] FP8Tensors,
-    last dims contiguous), same output bits; `config.num_stages` is the depth of the TMA ring."""
+    last dims contiguous), same output bits; `config.num_stages` is the depth of the TMA ring.
+    Returns the compiled kernel (registers, spills), or None when there was nothing to launch."""
     m, k = a.shape
     g, n, _ = b.shape
     if m == 0 or n == 0:
-        return
+        return None
     if b_blocks and config.block_cols > STEP_K:
         raise ValueError(f"b_blocks needs block_cols <= {STEP_K}, got {config.block_cols}")
     b_rows = b.data.reshape(g * n, k)  # a view when b is contiguous, as quantized weights are
     max_tiles = triton.cdiv(m, config.block_rows) + g
     grid = (max_tiles * triton.cdiv(n, config.block_cols),)
-    _grouped_gemm_rows_sm90_kernel[grid](
+    return _grouped_gemm_rows_sm90_kernel[grid](
         _desc(a.data, config.block_rows), _desc(b_rows, config.block_cols), a.scales, b.scales,
         _store_view(out), offsets, n, k, g, a.scales.stride(0), a.scales.stride(1), b.scales.stride(0),
         b.scales.stride(1), b.scales.stride(2), out.stride(0),
@@ -246,16 +247,17 @@ def launch_rows_sm90(a, b, offsets, out, config, b_blocks: bool = False) -> None
         num_warps=config.num_warps)
 
 
-def launch_wgrad_sm90(a_t, b_t, offsets, out, config) -> None:
+def launch_wgrad_sm90(a_t, b_t, offsets, out, config):
     """`grouped_gemm.launch_wgrad(..., aligned=True)` on the Gluon kernel: `offsets` group-aligned
-    (multiples of 128, padding tokens zero), a_t [N, T] and b_t [K, T] column-wise FP8Tensors."""
+    (multiples of 128, padding tokens zero), a_t [N, T] and b_t [K, T] column-wise FP8Tensors.
+    Returns the compiled kernel, or None when there was nothing to launch."""
     g, n, k = out.shape
     if g == 0 or n == 0 or k == 0 or a_t.shape[1] == 0:
         if g and n and k:
             out.zero_()
-        return
+        return None
     grid = (g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols),)
-    _grouped_gemm_wgrad_sm90_kernel[grid](
+    return _grouped_gemm_wgrad_sm90_kernel[grid](
         _desc(a_t.data, config.block_rows), _desc(b_t.data, config.block_cols), a_t.scales, b_t.scales,
         _store_view(out), offsets, n, k, a_t.shape[1], a_t.scales.stride(0), b_t.scales.stride(0),
         out.stride(0), out.stride(1),
