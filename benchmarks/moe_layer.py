@@ -156,8 +156,15 @@ def run(args) -> int:
     layout = layers["bf16"].dispatcher.layout_from_plan(plan)
     rows_routed = args.tokens * args.top_k
     flops_routed = 18.0 * rows_routed * args.hidden * args.d_expert  # 6 GEMMs of 2*M*H*F (x2 for GEMM 1)
+    variants = [(name, layer, None) for name, layer in layers.items()]
+    variants += [(f"fp8-{k}", layers["fp8"], k) for k in args.fp8_kernels if k != "triton"]
+    base_configs = layers["fp8"].experts.fp8_gemm_configs
     results = {}
-    for name, layer in layers.items():
+    for name, layer, kernel in variants:
+        if kernel:  # the same FP8 layer with the row-grouped and weight-gradient GEMMs on another kernel
+            from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
+            layer.experts.fp8_gemm_configs = tuple(
+                dataclasses.replace(c or d, kernel=kernel) for c, d in zip(base_configs, (FORWARD_CONFIG, WGRAD_CONFIG)))
         step = step_fn(layer, x, dy, layout)
         us = bc.median(bc.time_cuda(step, args.iters, args.warmup))
         torch.cuda.synchronize()
@@ -175,10 +182,12 @@ def run(args) -> int:
                  routed_gemm_tflops=(flops_routed / (kinds["routed_gemm"] * 1e-3) / 1e12
                                      if kinds.get("routed_gemm") else None),
                  top_non_gemm_kernels=top, top_gemm_kernels=top_gemms)
-        if name == "fp8":
+        if name.startswith("fp8"):
             r["weights_ms"] = bc.median(bc.time_cuda(layer.experts.refresh_fp8_weights, 5, 1)) / 1e3
         results[name] = r
-    results["fp8"]["speedup"] = results["bf16"]["ms_per_step"] / results["fp8"]["ms_per_step"]
+    for name in results:
+        if name != "bf16":
+            results[name]["speedup"] = results["bf16"]["ms_per_step"] / results[name]["ms_per_step"]
     rows = list(results.values())
     print(bc.format_table(COLUMNS, rows))
     for r in rows:
@@ -211,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--configs-from", default=None,
                    help="a gemm_throughput.py --sweep JSON: use its fastest FP8 configurations for this shape")
+    p.add_argument("--fp8-kernels", default="triton", type=lambda t: t.split(","),
+                   help="comma-separated GemmConfig.kernel values: the FP8 layer is timed once per kernel "
+                        "(triton always; e.g. triton,sm90 adds the Gluon Hopper kernels as 'fp8-sm90')")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
