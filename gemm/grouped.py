@@ -41,8 +41,9 @@ class GemmConfig:
     sm90), optionally a register cap per thread (`max_registers`, so that more programs fit on an SM;
     Triton kernels only), and which kernel: "triton" (`kernels/grouped_gemm.py`, any CUDA GPU and the
     interpreter), "sm90" (`kernels/grouped_gemm_sm90.py`, Gluon, Hopper only; the promotion overlaps
-    the MMA; same bits; weight gradients in the group-aligned layout only), "auto" (sm90 on a Hopper
-    GPU where Gluon imports, else triton)."""
+    the MMA; same bits; weight gradients in the group-aligned layout only; measured no faster than
+    triton, see benchmarks/results/README.md), "auto" (sm90 on a Hopper GPU where Gluon imports, else
+    triton)."""
 
     block_rows: int = 64
     block_cols: int = 128
