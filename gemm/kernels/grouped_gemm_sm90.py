@@ -26,6 +26,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .grouped_gemm import _store_view
+
 STEP_K = 128  # the scale tile along the reduction axis (docs/FORMATS.md "FP8")
 # the TMA tile load: `async_copy_global_to_shared` in Triton 3.6, renamed `async_load` later
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -221,20 +223,15 @@ def _desc(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [block_rows, STEP_K], layout)
 
 
-def _store_view(out):
-    return out.view(torch.int16) if out.element_size() == 2 else out
-
-
 def launch_rows_sm90(a, b, offsets, out, config, b_blocks: bool = False):
     """`grouped_gemm.launch_rows` on the Gluon kernel: same operands (a [M, K], b [G, N, K] FP8Tensors,
-    last dims contiguous), same output bits; `config.num_stages` is the depth of the TMA ring.
+    last dims contiguous), same output bits (b_blocks: config.block_cols <= 128, checked by the
+    caller); `config.num_stages` is the depth of the TMA ring.
     Returns the compiled kernel (registers, spills), or None when there was nothing to launch."""
     m, k = a.shape
     g, n, _ = b.shape
     if m == 0 or n == 0:
         return None
-    if b_blocks and config.block_cols > STEP_K:
-        raise ValueError(f"b_blocks needs block_cols <= {STEP_K}, got {config.block_cols}")
     b_rows = b.data.reshape(g * n, k)  # a view when b is contiguous, as quantized weights are
     max_tiles = triton.cdiv(m, config.block_rows) + g
     grid = (max_tiles * triton.cdiv(n, config.block_cols),)
