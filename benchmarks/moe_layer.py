@@ -163,8 +163,9 @@ def run(args) -> int:
     for name, layer, kernel in variants:
         if kernel:  # the same FP8 layer with the row-grouped and weight-gradient GEMMs on another kernel
             from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
-            layer.experts.fp8_gemm_configs = tuple(
-                dataclasses.replace(c or d, kernel=kernel) for c, d in zip(base_configs, (FORWARD_CONFIG, WGRAD_CONFIG)))
+            defaults = (FORWARD_CONFIG, WGRAD_CONFIG)
+            layer.experts.fp8_gemm_configs = tuple(dataclasses.replace(c or d, kernel=kernel)
+                                                   for c, d in zip(base_configs, defaults))
         step = step_fn(layer, x, dy, layout)
         us = bc.median(bc.time_cuda(step, args.iters, args.warmup))
         torch.cuda.synchronize()

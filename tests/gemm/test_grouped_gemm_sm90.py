@@ -110,7 +110,8 @@ def test_gpu_sm90_forward_equals_the_triton_kernel(case, out_dtype, seed):
     b = quantize_fp8_blocks(torch.randn(len(sizes), 256, k, device="cuda"))
     for blocks, cols in ((True, 128), (False, 128), (False, 64)):
         outs = [grouped_gemm_fp8(a, b, offsets, out_dtype=out_dtype, b_block_scales=blocks,
-                                 config=GemmConfig(block_rows=64, block_cols=cols, kernel=kern)) for kern in ("triton", "sm90")]
+                                 config=GemmConfig(block_rows=64, block_cols=cols, kernel=kern))
+                for kern in ("triton", "sm90")]
         m = int(offsets[-1])
         assert _same(outs[0][:m], outs[1][:m]), f"b_block_scales={blocks}, block_cols={cols}"
 
