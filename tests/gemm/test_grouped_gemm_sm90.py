@@ -58,20 +58,76 @@ print(json.dumps(dict(rows_fp8_wgmma="wgmma.mma_async.sync.aligned.m64n128k32.f3
 
 def test_sm90_kernels_compile_with_the_promotion_overlapping_the_mma():
     pytest.importorskip("triton.experimental.gluon")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = pathlib.Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory() as shim:  # the repository imported as `mxa2a`, as in an install
-        os.symlink(root, os.path.join(shim, "mxa2a"))
-        env["PYTHONPATH"] = os.pathsep.join([shim, env.get("PYTHONPATH", "")])
-        run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
-                             timeout=300, cwd=shim)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = _run_offline(_PTX_SCRIPT)
     assert got["rows_fp8_wgmma"]
     # one FMA per accumulator element a thread holds: the whole previous step's promotion is issued
     # after this step's wgmma and before the wait for it
     assert got["rows_in_flight"] == got["rows_per_thread"], got
     assert got["wgrad_in_flight"] == got["wgrad_per_thread"], got
+
+
+# The persistent warp-specialized kernels: compiled for sm90 and assembled by the ptxas Triton uses for
+# sm90, which reports (C7514) when it has to serialize the wgmmas, e.g. because an MMA's registers are
+# read or copied while it runs (what carrying an in-flight product across a loop's back edge causes).
+_WS_SCRIPT = r"""
+import json, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from mxa2a.gemm.kernels import grouped_gemm_sm90 as k90
+
+def desc(rows):
+    layout = gl.NVMMASharedLayout.get_default_for([rows, 128], gl.float8e4nv)
+    return f"tensordesc<fp8e4nv[{rows}, 128],{layout!r}>"
+
+def assemble(fn, rows, cols, ints, consts):
+    sig = dict(a_desc=desc(rows), b_desc=desc(cols), c_ptr="*i16", offs_ptr="*i32",
+               **{n: "*u8" for n in ("as_ptr", "bs_ptr", "bst_ptr") if n in fn.arg_names},
+               **{n: "i32" for n in ints}, **{n: "constexpr" for n in consts})
+    warps = consts["num_warps"]
+    opts = dict(num_warps=warps, maxnreg=(65536 // (32 * (warps + 4))) // 8 * 8)
+    ptx = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts),
+                         target=GPUTarget("cuda", 90, 64), options=opts).asm["ptx"]
+    with tempfile.TemporaryDirectory() as d:
+        open(d + "/k.ptx", "w").write(ptx)
+        run = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", d + "/k.ptx", "-o", d + "/k.cubin"],
+                             capture_output=True, text=True)
+    return dict(ok=run.returncode == 0, log=run.stderr[-2000:], wgmma="m64n%dk32.f32.e4m3.e4m3" % cols in ptx,
+                setmaxnreg="setmaxnreg" in ptx)
+
+rows = assemble(k90._grouped_gemm_rows_ws_kernel, 128, 128,
+                ("N", "K", "G", "stride_asm", "stride_ask", "stride_bsg", "stride_bsn", "stride_bsk", "stride_cm"),
+                dict(BLOCK_M=128, BLOCK_N=128, BLOCK_G=64, STAGES=4, OUT_BF16=True, LOADER_REGS=k90.LOADER_REGS,
+                     num_warps=8))
+wgrad = assemble(k90._grouped_gemm_wgrad_ws_kernel, 128, 64,
+                 ("N", "K", "T", "G", "stride_asn", "stride_bst", "stride_cg", "stride_cn"),
+                 dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, OUT_BF16=True, OVERLAP=True, LOADER_REGS=k90.LOADER_REGS,
+                      num_warps=8))
+print(json.dumps(dict(rows=rows, wgrad=wgrad)))
+"""
+
+
+def _run_offline(script: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = pathlib.Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as shim:  # the repository imported as `mxa2a`, as in an install
+        os.symlink(root, os.path.join(shim, "mxa2a"))
+        env["PYTHONPATH"] = os.pathsep.join([shim, env.get("PYTHONPATH", "")])
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                             timeout=300, cwd=shim)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_ws_kernels_assemble_for_sm90_without_serialized_wgmma():
+    pytest.importorskip("triton.experimental.gluon")
+    got = _run_offline(_WS_SCRIPT)
+    for name, k in got.items():
+        assert k["ok"], f"{name}: {k['log']}"
+        assert k["wgmma"] and k["setmaxnreg"], f"{name}: no FP8 wgmma or no register split"
+        assert "C7514" not in k["log"] and "serialized" not in k["log"], f"{name}: {k['log']}"
 
 
 def test_unknown_kernel_is_refused():
