@@ -161,7 +161,10 @@ def run(args) -> int:
     base_configs = layers["fp8"].experts.fp8_gemm_configs
     results = {}
     for name, layer, kernel in variants:
-        if kernel:  # the same FP8 layer with the row-grouped and weight-gradient GEMMs on another kernel
+        if kernel == "sm90":  # the same FP8 layer on the sm90 kernels at their default configurations
+            from mxa2a.gemm.grouped import SM90_FORWARD_CONFIG, SM90_WGRAD_CONFIG
+            layer.experts.fp8_gemm_configs = (SM90_FORWARD_CONFIG, SM90_WGRAD_CONFIG)
+        elif kernel:  # the same FP8 layer with the row-grouped and weight-gradient GEMMs on another kernel
             from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
             defaults = (FORWARD_CONFIG, WGRAD_CONFIG)
             layer.experts.fp8_gemm_configs = tuple(dataclasses.replace(c or d, kernel=kernel)

@@ -66,6 +66,10 @@ class GemmConfig:
 # SM, so that one program's MMA overlaps another's fp32 promotion (Triton waits for each wgmma).
 FORWARD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=4)
 WGRAD_CONFIG = GemmConfig(block_rows=64, block_cols=128, num_warps=4, num_stages=3)
+# The persistent warp-specialized sm90 kernels: 64 rows per MMA warpgroup (block_rows = 16 * num_warps);
+# the weight gradient keeps two MMAs in flight only with block_cols <= 64 (registers).
+SM90_FORWARD_CONFIG = GemmConfig(block_rows=128, block_cols=128, num_warps=8, num_stages=4, kernel="sm90")
+SM90_WGRAD_CONFIG = GemmConfig(block_rows=128, block_cols=64, num_warps=8, num_stages=4, kernel="sm90")
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,6 +94,18 @@ def _kernel_for(config: GemmConfig, device: torch.device, fn: str) -> str:
         raise ValueError(f"{fn}: config.kernel='sm90' needs a Hopper (sm90) GPU and Triton's Gluon "
                          f"(Triton >= 3.6), not under TRITON_INTERPRET; use kernel='triton' or 'auto'")
     return "sm90" if available else "triton"
+
+
+def _sm90_shape_error(config: GemmConfig, fn: str, b_block_scales: bool = True) -> str | None:
+    """Why the sm90 kernels cannot take `config` (None: they can)."""
+    if config.block_rows != 16 * config.num_warps or config.block_rows % 64:
+        return (f"{fn}: the sm90 kernels need block_rows = 16 * num_warps, a multiple of 64 (one 64-row MMA "
+                f"warpgroup each), got block_rows={config.block_rows}, num_warps={config.num_warps}")
+    if not b_block_scales:
+        return f"{fn}: the sm90 kernel takes b_block_scales=True weights (128x128 blocks) only"
+    if config.block_cols > FP8_TILE:
+        return f"{fn}: the sm90 kernels take config.block_cols <= {FP8_TILE}, got {config.block_cols}"
+    return None
 
 
 def _check_fp8(t: object, rank: int, fn: str, name: str, form: str) -> FP8Tensor:
@@ -149,12 +165,13 @@ def grouped_gemm_fp8(a: FP8Tensor, b: FP8Tensor, offsets: torch.Tensor, *,
     if pick_backend(backend, a.device, fn) == "torch":
         return reference.grouped_gemm_fp8(a, b, offsets, out_dtype)
     out = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
-    if _kernel_for(config, a.device, fn) == "sm90":
-        if b_block_scales and config.block_cols > FP8_TILE:
-            raise ValueError(f"{fn}: the sm90 kernel takes b_block_scales with config.block_cols <= {FP8_TILE}, "
-                             f"got {config.block_cols}")
-        from .kernels.grouped_gemm_sm90 import launch_rows_sm90
-        launch_rows_sm90(a, b, offsets, out, config, b_block_scales)
+    kernel = _kernel_for(config, a.device, fn)
+    why = _sm90_shape_error(config, fn, b_block_scales) if kernel == "sm90" else None
+    if why and config.kernel == "sm90":
+        raise ValueError(why)
+    if kernel == "sm90" and not why:
+        from .kernels.grouped_gemm_sm90 import launch_rows_ws
+        launch_rows_ws(a, b, offsets, out, config)
     else:
         from .kernels.grouped_gemm import launch_rows
         launch_rows(a, b, offsets, out, config, b_block_scales)
@@ -200,13 +217,14 @@ def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor
     config = config or WGRAD_CONFIG
     out = torch.empty(offsets.numel(), a_t.shape[0], b_t.shape[0], dtype=out_dtype, device=a_t.device)
     if _kernel_for(config, a_t.device, fn) == "sm90":
-        if not aligned:
-            if config.kernel == "sm90":
-                raise ValueError(f"{fn}: config.kernel='sm90' takes offsets as a GroupAlignedLayout only "
-                                 "(align_groups); packed offsets need kernel='triton' or 'auto'")
-        else:
-            from .kernels.grouped_gemm_sm90 import launch_wgrad_sm90
-            launch_wgrad_sm90(a_t, b_t, offsets, out, config)
+        why = (_sm90_shape_error(config, fn) if aligned else
+               f"{fn}: config.kernel='sm90' takes offsets as a GroupAlignedLayout only (align_groups); packed "
+               "offsets need kernel='triton' or 'auto'")
+        if why and config.kernel == "sm90":
+            raise ValueError(why)
+        if not why:
+            from .kernels.grouped_gemm_sm90 import launch_wgrad_ws
+            launch_wgrad_ws(a_t, b_t, offsets, out, config, overlap=config.block_cols <= 64)
             return out
     from .kernels.grouped_gemm import launch_wgrad
     launch_wgrad(a_t, b_t, offsets, out, config, aligned=aligned)

@@ -23,9 +23,9 @@ from mxa2a.gemm.kernels.grouped_gemm_sm90 import launch_rows_ws, launch_wgrad_ws
 from mxa2a.quant import fp8_rowwise_to_colwise, quantize_fp8  # noqa: E402
 
 H, F, E, TOP_K, TOKENS = 2048, 1408, 64, 6, 16384
-WS_CONFIGS = [(128, 128, 8, 3), (128, 128, 8, 4), (128, 128, 8, 5), (128, 128, 8, 6)]
+WS_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (64, 128, 4, 4)]
 # (block rows, block cols, warps, stages, two MMAs in flight): 128x128 with two in flight spills
-WGRAD_CONFIGS = [(128, 64, 8, 4, True), (128, 64, 8, 6, True), (128, 128, 8, 4, False), (128, 64, 8, 6, False)]
+WGRAD_CONFIGS = [(128, 64, 8, 4, True), (128, 128, 8, 4, False), (128, 64, 8, 6, True)]
 ITERS = int(os.environ.get("ITERS", 10))
 
 

@@ -164,12 +164,16 @@ def test_gpu_sm90_forward_equals_the_triton_kernel(case, out_dtype, seed):
     offsets = offsets_of(sizes, "cuda")
     a = fp8_rows(sum(sizes), k, "cuda")
     b = quantize_fp8_blocks(torch.randn(len(sizes), 256, k, device="cuda"))
-    for blocks, cols in ((True, 128), (False, 128), (False, 64)):
-        outs = [grouped_gemm_fp8(a, b, offsets, out_dtype=out_dtype, b_block_scales=blocks,
-                                 config=GemmConfig(block_rows=64, block_cols=cols, kernel=kern))
-                for kern in ("triton", "sm90")]
-        m = int(offsets[-1])
-        assert _same(outs[0][:m], outs[1][:m]), f"b_block_scales={blocks}, block_cols={cols}"
+    m = int(offsets[-1])
+    ref = grouped_gemm_fp8(a, b, offsets, out_dtype=out_dtype, b_block_scales=True)
+    for rows, cols, warps in ((64, 128, 4), (64, 64, 4), (128, 128, 8)):
+        out = grouped_gemm_fp8(a, b, offsets, out_dtype=out_dtype, b_block_scales=True,
+                               config=GemmConfig(block_rows=rows, block_cols=cols, num_warps=warps, kernel="sm90"))
+        assert _same(out[:m], ref[:m]), f"{rows}x{cols}, {warps} warps"
+    with pytest.raises(ValueError, match="b_block_scales=True"):
+        grouped_gemm_fp8(a, b, offsets, config=GemmConfig(kernel="sm90"))
+    with pytest.raises(ValueError, match="16 [*] num_warps"):
+        grouped_gemm_fp8(a, b, offsets, b_block_scales=True, config=GemmConfig(block_rows=128, kernel="sm90"))
 
 
 @pytest.mark.gpu
@@ -216,3 +220,37 @@ def test_gpu_sm90_equals_the_triton_kernel_at_real_shapes(g, n, k, seed):
     outs = [grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=torch.bfloat16, config=GemmConfig(kernel=kern))
             for kern in ("triton", "sm90")]
     assert _same(*outs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+@pytest.mark.parametrize("case", sorted(SIZES))
+@pytest.mark.parametrize("k", [128, 256, 384])  # one, two and three reduction steps (odd and even)
+def test_gpu_ws_forward_equals_the_triton_kernel(case, k, seed):
+    from mxa2a.gemm.kernels.grouped_gemm_sm90 import launch_rows_ws
+    sizes = SIZES[case]
+    offsets = offsets_of(sizes, "cuda")
+    a = fp8_rows(sum(sizes), k, "cuda")
+    b = quantize_fp8_blocks(torch.randn(len(sizes), 384, k, device="cuda"))
+    m = int(offsets[-1])
+    for out_dtype in (torch.float32, torch.bfloat16):
+        ref = grouped_gemm_fp8(a, b, offsets, out_dtype=out_dtype, b_block_scales=True)
+        out = torch.empty_like(ref)
+        launch_rows_ws(a, b, offsets, out, GemmConfig(block_rows=128, block_cols=128, num_warps=8, num_stages=3))
+        assert _same(out[:m], ref[:m]), f"{out_dtype}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+@pytest.mark.parametrize("sizes", [[5, 0, 1, 100, 30], [0, 0, 256], [1, 0], [129, 127, 0, 128]],
+                         ids=["mixed", "empty_first", "tiny", "around_128"])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_gpu_ws_aligned_wgrad_equals_the_triton_kernel(sizes, overlap, seed):
+    from mxa2a.gemm.kernels.grouped_gemm_sm90 import launch_wgrad_ws
+    a_t, b_t, layout = _aligned_operands(sizes, 192, 384, "cuda", nan_row=None)
+    for dtype in (torch.float32, torch.bfloat16):
+        ref = grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=dtype)
+        out = torch.empty_like(ref)
+        launch_wgrad_ws(a_t, b_t, layout.padded_offsets, out,
+                        GemmConfig(block_rows=128, block_cols=64, num_warps=8, num_stages=4), overlap=overlap)
+        assert _same(out, ref), f"{dtype}"
