@@ -27,6 +27,8 @@ WS_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (64, 128, 4, 4)]
 # (block rows, block cols, warps, stages, two MMAs in flight): 128x128 with two in flight spills
 WGRAD_CONFIGS = [(128, 64, 8, 4, True), (128, 128, 8, 4, False), (128, 64, 8, 6, True)]
 ITERS = int(os.environ.get("ITERS", 10))
+DISTS = os.environ.get("DISTS", "balanced,zipf").split(",")  # a shorter run: DISTS=balanced KINDS=fwd1,wgrad1
+KINDS = os.environ.get("KINDS", "wgrad1,wgrad2,fwd1,fwd2,dgrad1,dgrad2").split(",")
 
 
 def same(x, y):
@@ -136,11 +138,11 @@ def main():
         print(f"wgrad edge checks: {type(exc).__name__}: {exc}"[:400], flush=True)
     gen = torch.Generator().manual_seed(0)
     m = TOKENS * TOP_K
-    for dist in ("balanced", "zipf"):
+    for dist in DISTS:
         offsets = torch.tensor(group_sizes(m, E, dist, gen), device=dev).cumsum(0).to(torch.int32)
-        for kind in ("wgrad1", "wgrad2"):
+        for kind in [k for k in KINDS if k.startswith("wgrad")]:
             wgrad_rows(result, kind, m, offsets, dist, dev, out_path)
-        for kind in ("fwd1", "fwd2", "dgrad1", "dgrad2"):
+        for kind in [k for k in KINDS if not k.startswith("wgrad")]:
             n, k = problem(kind, H, F)
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             w = torch.randn(E, n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
