@@ -40,10 +40,12 @@ class GemmConfig:
     (powers of two >= 16), warps per program, software-pipeline stages (the TMA ring's depth for
     sm90), optionally a register cap per thread (`max_registers`, so that more programs fit on an SM;
     Triton kernels only), and which kernel: "triton" (`kernels/grouped_gemm.py`, any CUDA GPU and the
-    interpreter), "sm90" (`kernels/grouped_gemm_sm90.py`, Gluon, Hopper only; the promotion overlaps
-    the MMA; same bits; weight gradients in the group-aligned layout only; measured no faster than
-    triton, see benchmarks/results/README.md), "auto" (sm90 on a Hopper GPU where Gluon imports, else
-    triton)."""
+    interpreter), "sm90" (`kernels/grouped_gemm_sm90.py`, Gluon, Hopper only: persistent and
+    warp-specialized, a loader warp feeding a TMA ring, 64 rows per MMA warpgroup so block_rows =
+    16 * num_warps, the promotion overlapping the MMAs; same bits; 128x128 block weights
+    (b_block_scales) and group-aligned weight gradients only; `SM90_FORWARD_CONFIG` and
+    `SM90_WGRAD_CONFIG` are its defaults), "auto" (sm90 on a Hopper GPU where Gluon imports and the
+    configuration suits it, else triton)."""
 
     block_rows: int = 64
     block_cols: int = 128

@@ -15,6 +15,15 @@ The product of every step, its scales and the order of the additions are those o
 (the promotion starts from acc = 0 + d_0 * s_0), hence the same bits. Operand tiles come by TMA: rows
 past a tensor's end read as zeros, rows of a neighbouring group are read and never stored (an output
 row depends only on its own operand row). Needs Triton's Gluon (3.6) and an sm90 GPU; no interpreter.
+
+The `_ws` kernels (the ones `grouped.py` runs) are persistent (one program per SM walking the output
+tiles) and warp-specialized: a one-warp loader partition runs ahead through every step of the
+program's tiles, filling a STAGES-deep ring (`ready` / `empty` mbarriers); the default partition's
+warpgroups (64 rows each) issue the wgmmas and promote, two steps an iteration (`_ring_dot`): step i's
+MMA is issued before step i - 1's is waited for, and nothing is in flight at the loop's back edge
+(ptxas serializes every wgmma of a loop whose in-flight product crosses it, C7514). The first two
+kernels are the earlier, non-persistent form (measured no faster than Triton; kept for the experiment
+that measured them).
 """
 
 from __future__ import annotations
