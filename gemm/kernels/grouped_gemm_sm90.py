@@ -307,7 +307,8 @@ def _ring_dot(a_smem, b_smem, ready, empty, step0, nk, sa_ptrs, sa_mask, sa_step
     step0 + nk - 1 of its sequence). Two steps an iteration: the first step's MMA is issued, then the
     previous iteration's last product promoted; the second's issued, the first's waited for and
     promoted; the second's waited for and carried (an MMA still in flight at the loop's back edge
-    would make ptxas serialize every wgmma)."""
+    would make ptxas serialize every wgmma). OVERLAP=False: one MMA at a time, 64 fewer registers a
+    thread (the weight gradient's 32 column scales do not fit beside two products of 128 columns)."""
     BLOCK_M: gl.constexpr = a_smem.type.shape[1]
     BLOCK_N: gl.constexpr = b_smem.type.shape[1]
     zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, MMA)
