@@ -95,25 +95,20 @@ def edge_checks(dev):
     return dict(cases=cases, differing=[str(b) for b in bad])
 
 
-def wgrad_rows(result, kind, m, offsets, dist, dev, out_path):
-    n, k = problem(kind, H, F)
-    a = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-    layout = align_groups(offsets, m)
-    a_t, b_t = (fp8_rowwise_to_colwise(gather_aligned_rows(quantize_fp8(t), layout)) for t in (a, b))
-    lib = lambda: grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=torch.bfloat16)  # noqa: E731
+def time_kind(result, dist, kind, m, n, k, lib, bf16, variant, configs, out_path):
+    """One GEMM kind: the Triton kernel `lib` and BF16 `bf16` timed once, then `variant(config)` (the
+    warp-specialized kernel: (output, compiled kernel)) per config, checked against lib's bits."""
     ref = lib().clone()
     us_lib = bc.median(bc.time_cuda(lib, ITERS, 3))
-    at16 = a.t()
-    us_bf16 = bc.median(bc.time_cuda(lambda: torch._grouped_mm(at16, b, offs=offsets), ITERS, 3))
+    us_bf16 = bc.median(bc.time_cuda(bf16, ITERS, 3))
     print(f"{dist} {kind}: triton {us_lib:.0f} us {tflops(m, n, k, us_lib):.0f} TF/s; "
           f"bf16 {us_bf16:.0f} us {tflops(m, n, k, us_bf16):.0f} TF/s", flush=True)
-    for c in WGRAD_CONFIGS:
+    for c in configs:
         row = dict(dist=dist, kind=kind, config="x".join(map(str, c)), triton_us=us_lib, bf16_us=us_bf16)
         try:
-            got, kern = wgrad_ws(a_t, b_t, layout, torch.bfloat16, c)
+            got, kern = variant(c)
             row.update(registers=kern.n_regs, spills=kern.n_spills, same=same(got, ref))
-            us = bc.median(bc.time_cuda(lambda: wgrad_ws(a_t, b_t, layout, torch.bfloat16, c), ITERS, 3))
+            us = bc.median(bc.time_cuda(lambda: variant(c), ITERS, 3))
             row.update(ws_us=us, ws_tflops=tflops(m, n, k, us), x_triton=us_lib / us, x_bf16=us_bf16 / us)
             print(f"  ws {row['config']}: {us:.0f} us {row['ws_tflops']:.0f} TF/s x triton {row['x_triton']:.2f} "
                   f"x bf16 {row['x_bf16']:.2f} same={row['same']} regs {row['registers']} spills {row['spills']}",
@@ -128,6 +123,28 @@ def wgrad_rows(result, kind, m, offsets, dist, dev, out_path):
     torch.cuda.empty_cache()
 
 
+def time_wgrad(result, kind, m, offsets, dist, dev, out_path):
+    n, k = problem(kind, H, F)
+    a = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    layout = align_groups(offsets, m)
+    a_t, b_t = (fp8_rowwise_to_colwise(gather_aligned_rows(quantize_fp8(t), layout)) for t in (a, b))
+    at16 = a.t()
+    time_kind(result, dist, kind, m, n, k, lambda: grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=torch.bfloat16),
+              lambda: torch._grouped_mm(at16, b, offs=offsets),
+              lambda c: wgrad_ws(a_t, b_t, layout, torch.bfloat16, c), WGRAD_CONFIGS, out_path)
+
+
+def time_rows(result, kind, m, offsets, dist, dev, out_path):
+    n, k = problem(kind, H, F)
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(E, n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
+    xq, wq, wt = quantize_fp8(x), quantize_fp8_blocks(w), w.transpose(-2, -1)
+    time_kind(result, dist, kind, m, n, k, lambda: grouped_gemm_fp8(xq, wq, offsets, b_block_scales=True),
+              lambda: torch._grouped_mm(x, wt, offs=offsets),
+              lambda c: ws(xq, wq, offsets, torch.bfloat16, c), WS_CONFIGS, out_path)
+
+
 def main():
     dev = torch.device("cuda")
     out_path = sys.argv[1] if len(sys.argv) > 1 else None
@@ -140,38 +157,8 @@ def main():
     m = TOKENS * TOP_K
     for dist in DISTS:
         offsets = torch.tensor(group_sizes(m, E, dist, gen), device=dev).cumsum(0).to(torch.int32)
-        for kind in [k for k in KINDS if k.startswith("wgrad")]:
-            wgrad_rows(result, kind, m, offsets, dist, dev, out_path)
-        for kind in [k for k in KINDS if not k.startswith("wgrad")]:
-            n, k = problem(kind, H, F)
-            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            w = torch.randn(E, n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5
-            xq, wq, wt = quantize_fp8(x), quantize_fp8_blocks(w), w.transpose(-2, -1)
-            lib = lambda: grouped_gemm_fp8(xq, wq, offsets, b_block_scales=True)  # noqa: E731
-            ref = lib().clone()
-            us_lib = bc.median(bc.time_cuda(lib, ITERS, 3))
-            us_bf16 = bc.median(bc.time_cuda(lambda: torch._grouped_mm(x, wt, offs=offsets), ITERS, 3))
-            print(f"{dist} {kind}: triton {us_lib:.0f} us {tflops(m, n, k, us_lib):.0f} TF/s; "
-                  f"bf16 {us_bf16:.0f} us {tflops(m, n, k, us_bf16):.0f} TF/s", flush=True)
-            for c in WS_CONFIGS:
-                row = dict(dist=dist, kind=kind, config="x".join(map(str, c)), triton_us=us_lib, bf16_us=us_bf16)
-                try:
-                    got, kern = ws(xq, wq, offsets, torch.bfloat16, c)
-                    row.update(registers=kern.n_regs, spills=kern.n_spills, same=same(got, ref))
-                    us = bc.median(bc.time_cuda(lambda: ws(xq, wq, offsets, torch.bfloat16, c), ITERS, 3))
-                    row.update(ws_us=us, ws_tflops=tflops(m, n, k, us), x_triton=us_lib / us, x_bf16=us_bf16 / us)
-                    print(f"  ws {row['config']}: {us:.0f} us {row['ws_tflops']:.0f} TF/s x triton "
-                          f"{row['x_triton']:.2f} x bf16 {row['x_bf16']:.2f} same={row['same']} "
-                          f"regs {row['registers']} spills {row['spills']}", flush=True)
-                except Exception as exc:
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:400]
-                    print(f"  ws {row['config']}: {row['error']}", flush=True)
-                result["rows"].append(row)
-                if out_path:
-                    with open(out_path, "w") as fh:
-                        json.dump(result, fh, indent=1)
-            del x, w, xq, wq, wt, ref
-            torch.cuda.empty_cache()
+        for kind in KINDS:
+            (time_wgrad if kind.startswith("wgrad") else time_rows)(result, kind, m, offsets, dist, dev, out_path)
 
 
 if __name__ == "__main__":

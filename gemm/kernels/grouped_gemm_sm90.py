@@ -68,15 +68,21 @@ def _add(a, b):
 
 
 @gluon.jit
-def _row_tile(offs_ptr, G, pid_m, BLOCK_M: gl.constexpr, BLOCK_G: gl.constexpr, num_warps: gl.constexpr):
-    """(group, first row, end row of the group) of row tile `pid_m`; group == G past the last tile
-    (`grouped_gemm._row_tile`)."""
-    layout: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+def _group_row_tiles(offs_ptr, G, BLOCK_M: gl.constexpr, BLOCK_G: gl.constexpr, WARPS: gl.constexpr):
+    # (group index, first row, end row, row tiles of BLOCK_M) of each group, over BLOCK_G lanes
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     g = gl.arange(0, BLOCK_G, layout=layout)
     valid = g < G
     ends = gl.load(offs_ptr + g, mask=valid, other=0)
     starts = gl.load(offs_ptr + gl.maximum(g - 1, 0), mask=valid & (g > 0), other=0)
-    tiles = gl.where(valid, (ends - starts + BLOCK_M - 1) // BLOCK_M, 0)
+    return g, starts, ends, gl.where(valid, (ends - starts + BLOCK_M - 1) // BLOCK_M, 0)
+
+
+@gluon.jit
+def _row_tile(offs_ptr, G, pid_m, BLOCK_M: gl.constexpr, BLOCK_G: gl.constexpr, num_warps: gl.constexpr):
+    """(group, first row, end row of the group) of row tile `pid_m`; group == G past the last tile
+    (`grouped_gemm._row_tile`)."""
+    g, starts, ends, tiles = _group_row_tiles(offs_ptr, G, BLOCK_M, BLOCK_G, num_warps)
     cum = gl.associative_scan(tiles, 0, _add)
     grp = gl.sum((cum <= pid_m).to(gl.int32), 0)
     sel = g == grp
@@ -231,12 +237,7 @@ def _grouped_gemm_wgrad_sm90_kernel(a_desc, b_desc, as_ptr, bs_ptr, c_ptr, offs_
 @gluon.jit
 def _live_row_tiles(offs_ptr, G, BLOCK_M: gl.constexpr, BLOCK_G: gl.constexpr, WARPS: gl.constexpr):
     # the number of row tiles of all groups: sum over g of ceil(rows_g / BLOCK_M)
-    layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-    g = gl.arange(0, BLOCK_G, layout=layout)
-    valid = g < G
-    ends = gl.load(offs_ptr + g, mask=valid, other=0)
-    starts = gl.load(offs_ptr + gl.maximum(g - 1, 0), mask=valid & (g > 0), other=0)
-    return gl.sum(gl.where(valid, (ends - starts + BLOCK_M - 1) // BLOCK_M, 0), 0)
+    return gl.sum(_group_row_tiles(offs_ptr, G, BLOCK_M, BLOCK_G, WARPS)[3], 0)
 
 
 @gluon.jit
@@ -274,6 +275,20 @@ def _rows_loader(a_desc, b_desc, a_smem, b_smem, ready, empty, offs_ptr, N, K, G
             _tma_load(a_desc, [row0, j * 128], ready.index(s), a_smem.index(s))
             _tma_load(b_desc, [brow, j * 128], ready.index(s), b_smem.index(s))
             step += 1
+
+
+@gluon.jit
+def _ring(a_desc, b_desc, STAGES: gl.constexpr):
+    # the operand ring of the warp-specialized kernels: STAGES slots of one [rows, 128] tile of each
+    # operand, a `ready` barrier (the loader's TMA bytes landed) and an `empty` one (the MMAs are done)
+    a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+    b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for slot in gl.static_range(STAGES):
+        mbarrier.init(ready.index(slot), count=1)
+        mbarrier.init(empty.index(slot), count=1)
+    return a_smem, b_smem, ready, empty
 
 
 @gluon.jit
@@ -385,13 +400,7 @@ def _grouped_gemm_rows_ws_kernel(a_desc, b_desc, as_ptr, bs_ptr, c_ptr, offs_ptr
     # `_grouped_gemm_rows_sm90_kernel` with 128x128 block weight scales (B_BLOCKS), persistent and
     # warp-specialized: one loader warp feeds a STAGES-deep TMA ring; the default partition's
     # warpgroups run the MMAs (two 64-row halves of the tile) and the promotion.
-    a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, 128], a_desc.layout)
-    b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, 128], b_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for slot in gl.static_range(STAGES):
-        mbarrier.init(ready.index(slot), count=1)
-        mbarrier.init(empty.index(slot), count=1)
+    a_smem, b_smem, ready, empty = _ring(a_desc, b_desc, STAGES)
     gl.warp_specialize([
         (_rows_mma, (a_smem, b_smem, ready, empty, as_ptr, bs_ptr, c_ptr, offs_ptr, N, K, G, stride_asm,
                      stride_ask, stride_bsg, stride_bsn, stride_bsk, stride_cm, BLOCK_M, BLOCK_N, BLOCK_G,
@@ -467,13 +476,7 @@ def _grouped_gemm_wgrad_ws_kernel(a_desc, b_desc, as_ptr, bst_ptr, c_ptr, offs_p
                                   num_warps: gl.constexpr):
     # `_grouped_gemm_wgrad_sm90_kernel` (group-aligned token steps), persistent and warp-specialized
     # as `_grouped_gemm_rows_ws_kernel`
-    a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_N, 128], a_desc.layout)
-    b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_K, 128], b_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for slot in gl.static_range(STAGES):
-        mbarrier.init(ready.index(slot), count=1)
-        mbarrier.init(empty.index(slot), count=1)
+    a_smem, b_smem, ready, empty = _ring(a_desc, b_desc, STAGES)
     gl.warp_specialize([
         (_wgrad_mma, (a_smem, b_smem, ready, empty, as_ptr, bst_ptr, c_ptr, offs_ptr, N, K, T, G, stride_asn,
                       stride_bst, stride_cg, stride_cn, BLOCK_N, BLOCK_K, OUT_BF16, OVERLAP, num_warps)),
@@ -534,6 +537,19 @@ def _sm_count(device_index: int) -> int:
 LOADER_REGS = 24  # the loader warp's registers (the least a warp can hold); the MMA warps get the rest
 
 
+def ws_maxnreg(num_warps: int) -> int:
+    """Registers per thread over all warps of a warp-specialized kernel (the MMA warps plus the
+    loader's warpgroup): the most 64K registers allow, so that the MMA warps get 240 (8 warps) after
+    the loader's LOADER_REGS."""
+    return min(255, (65536 // (32 * (num_warps + 4))) // 8 * 8)
+
+
+def _persistent_grid(tiles: int, device: torch.device) -> tuple[int]:
+    # one program per SM, fewer when there are fewer output tiles
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return (min(tiles, _sm_count(index)),)
+
+
 def launch_rows_ws(a, b, offsets, out, config):
     """`grouped_gemm.launch_rows(..., b_blocks=True)` on the persistent warp-specialized Gluon kernel
     (`_grouped_gemm_rows_ws_kernel`): one program per SM, config.block_rows 64 per MMA warpgroup
@@ -547,24 +563,19 @@ def launch_rows_ws(a, b, offsets, out, config):
         return None
     b_rows = b.data.reshape(g * n, k)
     tiles = (triton.cdiv(m, config.block_rows) + g) * triton.cdiv(n, config.block_cols)
-    device = a.data.device.index if a.data.device.index is not None else torch.cuda.current_device()
-    warps = config.num_warps
-    # registers per thread over all warps (the MMA warps plus the loader's warpgroup): the most that
-    # leaves the MMA warps 240 (or what 64K registers allow) after the loader's LOADER_REGS
-    maxnreg = min(255, (65536 // (32 * (warps + 4))) // 8 * 8)
-    return _grouped_gemm_rows_ws_kernel[(min(tiles, _sm_count(device)),)](
+    return _grouped_gemm_rows_ws_kernel[_persistent_grid(tiles, a.data.device)](
         _desc(a.data, config.block_rows), _desc(b_rows, config.block_cols), a.scales, b.scales,
         _store_view(out), offsets, n, k, g, a.scales.stride(0), a.scales.stride(1), b.scales.stride(0),
         b.scales.stride(1), b.scales.stride(2), out.stride(0),
         BLOCK_M=config.block_rows, BLOCK_N=config.block_cols, BLOCK_G=max(16, triton.next_power_of_2(g)),
         STAGES=config.num_stages, OUT_BF16=out.element_size() == 2, LOADER_REGS=LOADER_REGS,
-        num_warps=warps, maxnreg=maxnreg)
+        num_warps=config.num_warps, maxnreg=ws_maxnreg(config.num_warps))
 
 
 def launch_wgrad_ws(a_t, b_t, offsets, out, config, overlap: bool = True):
     """`grouped_gemm.launch_wgrad(..., aligned=True)` on the persistent warp-specialized Gluon kernel:
     `offsets` group-aligned, a_t [N, T] and b_t [K, T] column-wise FP8Tensors; config.block_rows 64
-    per MMA warpgroup, config.block_cols <= 256 (columns of the output), config.num_stages the ring's
+    per MMA warpgroup, config.block_cols <= 128 (columns of the output), config.num_stages the ring's
     depth. Same output bits as the Triton kernel. Returns the compiled kernel, or None."""
     g, n, k = out.shape
     if g == 0 or n == 0 or k == 0:
@@ -572,12 +583,10 @@ def launch_wgrad_ws(a_t, b_t, offsets, out, config, overlap: bool = True):
     t = a_t.shape[1]
     b_scales_t = b_t.scales.t().contiguous()  # [T / 128, K]: a token step's column scales contiguous
     tiles = g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols)
-    device = a_t.data.device.index if a_t.data.device.index is not None else torch.cuda.current_device()
-    maxnreg = min(255, (65536 // (32 * (config.num_warps + 4))) // 8 * 8)
-    return _grouped_gemm_wgrad_ws_kernel[(min(tiles, _sm_count(device)),)](
+    return _grouped_gemm_wgrad_ws_kernel[_persistent_grid(tiles, a_t.data.device)](
         _desc(a_t.data, config.block_rows), _desc(b_t.data, config.block_cols), a_t.scales, b_scales_t,
         _store_view(out), offsets, n, k, t, g, a_t.scales.stride(0), b_scales_t.stride(0),
         out.stride(0), out.stride(1),
         BLOCK_N=config.block_rows, BLOCK_K=config.block_cols, STAGES=config.num_stages,
         OUT_BF16=out.element_size() == 2, OVERLAP=overlap, LOADER_REGS=LOADER_REGS, num_warps=config.num_warps,
-        maxnreg=maxnreg)
+        maxnreg=ws_maxnreg(config.num_warps))

@@ -87,7 +87,7 @@ def assemble(fn, rows, cols, ints, consts):
                **{n: "*u8" for n in ("as_ptr", "bs_ptr", "bst_ptr") if n in fn.arg_names},
                **{n: "i32" for n in ints}, **{n: "constexpr" for n in consts})
     warps = consts["num_warps"]
-    opts = dict(num_warps=warps, maxnreg=(65536 // (32 * (warps + 4))) // 8 * 8)
+    opts = dict(num_warps=warps, maxnreg=k90.ws_maxnreg(warps))
     ptx = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts),
                          target=GPUTarget("cuda", 90, 64), options=opts).asm["ptx"]
     with tempfile.TemporaryDirectory() as d:
