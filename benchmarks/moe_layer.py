@@ -166,9 +166,8 @@ def run(args) -> int:
             layer.experts.fp8_gemm_configs = (SM90_FORWARD_CONFIG, SM90_WGRAD_CONFIG)
         elif kernel:  # the same FP8 layer with the row-grouped and weight-gradient GEMMs on another kernel
             from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
-            defaults = (FORWARD_CONFIG, WGRAD_CONFIG)
-            layer.experts.fp8_gemm_configs = tuple(dataclasses.replace(c or d, kernel=kernel)
-                                                   for c, d in zip(base_configs, defaults))
+            layer.experts.fp8_gemm_configs = tuple(
+                dataclasses.replace(c or d, kernel=kernel) for c, d in zip(base_configs, (FORWARD_CONFIG, WGRAD_CONFIG)))
         step = step_fn(layer, x, dy, layout)
         us = bc.median(bc.time_cuda(step, args.iters, args.warmup))
         torch.cuda.synchronize()

@@ -93,8 +93,7 @@ def _kernel_for(config: GemmConfig, device: torch.device, fn: str) -> str:
         if config.kernel == "sm90":
             raise ValueError(f"{fn}: config.kernel='sm90' needs a Hopper GPU, got tensors on {device}")
         return "triton"
-    available = _sm90_available(device.index if device.index is not None else torch.cuda.current_device())
-    if config.kernel == "sm90" and not available:
+    if not _sm90_available(device.index if device.index is not None else torch.cuda.current_device()):
         raise ValueError(f"{fn}: config.kernel='sm90' needs a Hopper (sm90) GPU and Triton's Gluon "
                          f"(Triton >= 3.6), not under TRITON_INTERPRET; use kernel='triton' or 'auto'")
     return "sm90"
@@ -220,9 +219,10 @@ def grouped_gemm_fp8_wgrad(a_t: FP8Tensor, b_t: FP8Tensor, offsets: torch.Tensor
     config = config or WGRAD_CONFIG
     out = torch.empty(offsets.numel(), a_t.shape[0], b_t.shape[0], dtype=out_dtype, device=a_t.device)
     if _kernel_for(config, a_t.device, fn) == "sm90":
-        why = (_sm90_shape_error(config, fn) if aligned else
-               f"{fn}: config.kernel='sm90' takes offsets as a GroupAlignedLayout only (align_groups); packed "
-               "offsets need kernel='triton' or 'auto'")
+        if not aligned:
+            raise ValueError(f"{fn}: config.kernel='sm90' takes offsets as a GroupAlignedLayout only "
+                             "(align_groups); packed offsets need kernel='triton' or 'auto'")
+        why = _sm90_shape_error(config, fn)
         if why:
             raise ValueError(why)
         from .kernels.grouped_gemm_sm90 import launch_wgrad_ws

@@ -19,18 +19,20 @@ from test_grouped_gemm import SIZES, _aligned_operands, _weights
 
 # Run in a fresh interpreter without TRITON_INTERPRET: under it, triton.language's own @jit helpers
 # (the combine function of gl.sum) are interpreter objects that Gluon cannot compile.
-_PTX_SCRIPT = r"""
-import json, re, sys
+_PRELUDE = r"""
+import json, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
-from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
 from mxa2a.gemm.kernels import grouped_gemm_sm90 as k90
 
 def desc(rows):
     layout = gl.NVMMASharedLayout.get_default_for([rows, 128], gl.float8e4nv)
     return f"tensordesc<fp8e4nv[{rows}, 128],{layout!r}>"
+"""
+_PTX_SCRIPT = _PRELUDE + r"""
+from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
 
 def ptx(fn, cfg, ints, consts):
     sig = dict(a_desc=desc(cfg.block_rows), b_desc=desc(cfg.block_cols), as_ptr="*u8", bs_ptr="*u8",
@@ -69,18 +71,8 @@ def test_sm90_kernels_compile_with_the_promotion_overlapping_the_mma():
 # The persistent warp-specialized kernels: compiled for sm90 and assembled by the ptxas Triton uses for
 # sm90, which reports (C7514) when it has to serialize the wgmmas, e.g. because an MMA's registers are
 # read or copied while it runs (what carrying an in-flight product across a loop's back edge causes).
-_WS_SCRIPT = r"""
-import json, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
+_WS_SCRIPT = _PRELUDE + r"""
 from triton.backends.nvidia.compiler import get_ptxas
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
-from mxa2a.gemm.kernels import grouped_gemm_sm90 as k90
-
-def desc(rows):
-    layout = gl.NVMMASharedLayout.get_default_for([rows, 128], gl.float8e4nv)
-    return f"tensordesc<fp8e4nv[{rows}, 128],{layout!r}>"
 
 def assemble(fn, rows, cols, ints, consts):
     sig = dict(a_desc=desc(rows), b_desc=desc(cols), c_ptr="*i16", offs_ptr="*i32",
