@@ -35,18 +35,27 @@ def quantize_fp8_blocks(w: torch.Tensor, *, backend: str = "auto") -> FP8Tensor:
     return quantize_fp8_blocks_and_transpose(w, backend=backend, transpose=False)[0]
 
 
-def quantize_fp8_blocks_and_transpose(w: torch.Tensor, *, backend: str = "auto",
-                                      transpose: bool = True) -> tuple[FP8Tensor, FP8Tensor | None]:
+def quantize_fp8_blocks_and_transpose(w: torch.Tensor, *, backend: str = "auto", transpose: bool = True,
+                                      out: tuple[FP8Tensor, FP8Tensor | None] | None = None,
+                                      ) -> tuple[FP8Tensor, FP8Tensor | None]:
     """`(quantize_fp8_blocks(w), transpose_fp8_blocks(of it))` in one pass over `w` on the Triton path
-    (the second is None with `transpose=False`)."""
+    (the second is None with `transpose=False`).
+
+    `out`: `(blocks, blocks_t)` to write into instead of new tensors (`blocks_t` None with
+    `transpose=False`): FP8Tensors of the result's shapes on w's device, each viewable as
+    `[-1, rows, cols]` with a contiguous last dimension; slices of a larger buffer qualify (rows
+    `[:, :F]` of an `[E, 2F, H]` weight, columns `[:, :, :F]` of its `[E, H, 2F]` transpose, with the
+    scale columns `[:, :, :F/128]`), so halves of a fused weight are written in place. Returns `out`."""
     fn = "quantize_fp8_blocks"
     if not isinstance(w, torch.Tensor) or w.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"{fn}: w must be a float32/bfloat16/float16 tensor, got "
                         f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}")
     _check_blocks(w.shape, fn, "w")
     lead, n, k = w.shape[:-2], w.shape[-2], w.shape[-1]
+    if out is not None:
+        _check_out(out, w, transpose, fn)
     if pick_backend(backend, w.device, fn) == "triton":
-        return _quantize_blocks_triton(w.detach(), transpose)
+        return _quantize_blocks_triton(w.detach(), transpose, out)
     mats = w.detach().reshape(-1, n, k)
     data = torch.empty(mats.shape, dtype=E4M3_DTYPE, device=w.device)
     scales = torch.empty(mats.shape[0], n, k // FP8_TILE, dtype=torch.uint8, device=w.device)
@@ -54,10 +63,51 @@ def quantize_fp8_blocks_and_transpose(w: torch.Tensor, *, backend: str = "auto",
     for i in range(0, mats.shape[0], step):
         data[i:i + step], scales[i:i + step] = _quantize_blocks(mats[i:i + step])
     t = FP8Tensor(data.reshape(*lead, n, k), scales.reshape(*lead, n, k // FP8_TILE))
-    return t, (transpose_fp8_blocks(t) if transpose else None)
+    tt = transpose_fp8_blocks(t) if transpose else None
+    if out is None:
+        return t, tt
+    for dst, src in zip(out, (t, tt)):
+        if dst is not None:
+            dst.data.copy_(src.data)
+            dst.scales.copy_(src.scales)
+    return out
 
 
-def _quantize_blocks_triton(w: torch.Tensor, transpose: bool) -> tuple[FP8Tensor, FP8Tensor | None]:
+def _check_out(out, w: torch.Tensor, transpose: bool, fn: str) -> None:
+    n, k = w.shape[-2], w.shape[-1]
+    want = [(w.shape, (*w.shape[:-1], k // FP8_TILE))]
+    want.append(((*w.shape[:-2], k, n), (*w.shape[:-2], k, n // FP8_TILE)) if transpose else None)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"{fn}: out must be a pair (blocks, blocks_t), got {type(out).__name__}")
+    for name, t, shapes in zip(("out[0]", "out[1]"), out, want):
+        if shapes is None:
+            if t is not None:
+                raise ValueError(f"{fn}: {name} must be None with transpose=False")
+            continue
+        if not isinstance(t, FP8Tensor):
+            raise TypeError(f"{fn}: {name} must be an FP8Tensor, got {type(t).__name__}")
+        if tuple(t.data.shape) != tuple(shapes[0]) or tuple(t.scales.shape) != tuple(shapes[1]):
+            raise ValueError(f"{fn}: {name} must have data {tuple(shapes[0])} and scales {tuple(shapes[1])}, "
+                             f"got {tuple(t.data.shape)} and {tuple(t.scales.shape)}")
+        if t.device != w.device:
+            raise ValueError(f"{fn}: {name} is on {t.device}, w on {w.device}")
+        for part in (t.data, t.scales):
+            if part.stride(-1) != 1 or _as_matrices(part) is None:
+                raise ValueError(f"{fn}: {name} must be viewable as [-1, rows, cols] with a contiguous last "
+                                 f"dimension, got strides {part.stride()}")
+
+
+def _as_matrices(t: torch.Tensor) -> torch.Tensor | None:
+    """`t [..., rows, cols]` as a `[-1, rows, cols]` view, None when no view has that shape."""
+    try:
+        return t.view(-1, t.shape[-2], t.shape[-1])
+    except RuntimeError:
+        return None
+
+
+def _quantize_blocks_triton(w: torch.Tensor, transpose: bool,
+                            out: tuple[FP8Tensor, FP8Tensor | None] | None = None,
+                            ) -> tuple[FP8Tensor, FP8Tensor | None]:
     from ..quant.kernels.mxfp4 import _BITS_VIEW, _IN_KIND
     from .kernels.weights import launch_block_quantize
 
@@ -66,17 +116,20 @@ def _quantize_blocks_triton(w: torch.Tensor, transpose: bool) -> tuple[FP8Tensor
     if w3.stride(-1) != 1:
         w3 = w3.contiguous()
     e, dev = w3.shape[0], w.device
-    data = torch.empty(e, n, k, dtype=E4M3_DTYPE, device=dev)
-    scales = torch.empty(e, n, k // FP8_TILE, dtype=torch.uint8, device=dev)
-    data_t = torch.empty(e, k, n, dtype=E4M3_DTYPE, device=dev) if transpose else None
-    scales_t = torch.empty(e, k, n // FP8_TILE, dtype=torch.uint8, device=dev) if transpose else None
+    if out is None:
+        t = FP8Tensor(torch.empty(*lead, n, k, dtype=E4M3_DTYPE, device=dev),
+                      torch.empty(*lead, n, k // FP8_TILE, dtype=torch.uint8, device=dev))
+        tt = FP8Tensor(torch.empty(*lead, k, n, dtype=E4M3_DTYPE, device=dev),
+                       torch.empty(*lead, k, n // FP8_TILE, dtype=torch.uint8, device=dev)) if transpose else None
+    else:
+        t, tt = out
     if e:
-        launch_block_quantize(w3.view(_BITS_VIEW[w.dtype]), data.view(torch.uint8), scales,
-                              data_t.view(torch.uint8) if transpose else None, scales_t, _IN_KIND[w.dtype],
+        launch_block_quantize(w3.view(_BITS_VIEW[w.dtype]), _as_matrices(t.data.view(torch.uint8)),
+                              _as_matrices(t.scales),
+                              _as_matrices(tt.data.view(torch.uint8)) if transpose else None,
+                              _as_matrices(tt.scales) if transpose else None, _IN_KIND[w.dtype],
                               FP8_MAX_SCALE_EXP[w.dtype])
-    t = FP8Tensor(data.reshape(*lead, n, k), scales.reshape(*lead, n, k // FP8_TILE))
-    tt = FP8Tensor(data_t.reshape(*lead, k, n), scales_t.reshape(*lead, k, n // FP8_TILE)) if transpose else None
-    return t, tt
+    return (t, tt) if out is None else out
 
 
 def _quantize_blocks(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ from ..gemm import (GemmConfig, GroupAlignedLayout, align_groups, gather_aligned
                     swiglu_quantize_fp8)
 from ..quant import (FP8Tensor, MXFP4Tensor, dequantize_mxfp4, fp8_rowwise_to_colwise, fp8_to_mxfp4,
                      mxfp4_rowwise_to_fp8_colwise, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4)
+from ..quant.formats import E4M3_DTYPE, FP8_TILE
 
 SAVED_FORMATS = ("fp8", "mxfp4")
 
@@ -57,16 +58,27 @@ class FP8ExpertWeights:
     @torch.no_grad()
     def refresh(self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> None:
         self.refreshes += 1
-        w1, w1_t = quantize_fp8_blocks_and_transpose(torch.cat([w_gate, w_up], dim=1))
-        w2, w2_t = quantize_fp8_blocks_and_transpose(w_down)
-        fresh = {"w1": w1, "w1_t": w1_t, "w2": w2, "w2_t": w2_t}
-        for name, t in fresh.items():
-            old = getattr(self, name)
-            if old is not None and old.data.shape == t.data.shape and old.device == t.device:
-                old.data.copy_(t.data)
-                old.scales.copy_(t.scales)
-            else:
-                setattr(self, name, t)
+        e, f, h = w_gate.shape
+        if self.w1 is None or self.w1.shape != (e, 2 * f, h) or self.w1.device != w_gate.device \
+                or self.w2.shape != tuple(w_down.shape):
+            self.w1, self.w1_t = _empty_blocks(e, 2 * f, h, w_gate.device)
+            self.w2, self.w2_t = _empty_blocks(*w_down.shape, w_down.device)
+        # gate and up go straight into the row halves of w1 and the column halves of w1_t (no
+        # concatenated copy of the master weights, no second buffer)
+        for w, part in ((w_gate, slice(0, f)), (w_up, slice(f, 2 * f))):
+            out = (FP8Tensor(self.w1.data[:, part], self.w1.scales[:, part]),
+                   FP8Tensor(self.w1_t.data[:, :, part],
+                             self.w1_t.scales[:, :, part.start // FP8_TILE:part.stop // FP8_TILE]))
+            quantize_fp8_blocks_and_transpose(w, out=out)
+        quantize_fp8_blocks_and_transpose(w_down, out=(self.w2, self.w2_t))
+
+
+def _empty_blocks(e: int, n: int, k: int, device) -> tuple[FP8Tensor, FP8Tensor]:
+    """Buffers of an `[e, n, k]` 128x128-block FP8 weight and of its block transpose."""
+    def empty(r, c):
+        return FP8Tensor(torch.empty(e, r, c, dtype=E4M3_DTYPE, device=device),
+                         torch.empty(e, r, c // FP8_TILE, dtype=torch.uint8, device=device))
+    return empty(n, k), empty(k, n)
 
 
 def _keep_rows(q: FP8Tensor, saved: str, scale_mode: str, backend: str) -> FP8Tensor | MXFP4Tensor:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mxa2a.gemm import quantize_fp8_blocks, quantize_fp8_blocks_and_transpose, transpose_fp8_blocks
-from mxa2a.quant import dequantize_fp8
+from mxa2a.quant import FP8Tensor, dequantize_fp8
+from mxa2a.quant.formats import E4M3_DTYPE
 from mxa2a.quant import reference as qref
 
 
@@ -69,3 +70,40 @@ def test_triton_block_quantization_and_transpose_equal_the_torch_path(dtype, see
     for got, ref in ((t, want), (tt, want_t)):
         assert torch.equal(got.data.view(torch.uint8), ref.data.view(torch.uint8))
         assert torch.equal(got.scales, ref.scales)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_halves_written_in_place_equal_the_concatenated_weight(backend, seed):
+    # gate and up quantized into the row halves of one [E, 2F, H] buffer and the column halves of its
+    # transpose give the bits of quantizing the concatenation, and write nothing outside their halves
+    e, f, h = 2, 256, 384
+    gate, up = (torch.randn(e, f, h) * torch.exp2(torch.randint(-20, 20, (e, f, 1)).float()) for _ in "gu")
+    up[1, 7, 300] = float("nan")
+    want, want_t = quantize_fp8_blocks_and_transpose(torch.cat([gate, up], dim=1), backend="torch")
+    w1 = FP8Tensor(torch.zeros(e, 2 * f, h, dtype=torch.uint8).view(E4M3_DTYPE),
+                   torch.zeros(e, 2 * f, h // 128, dtype=torch.uint8))
+    w1_t = FP8Tensor(torch.zeros(e, h, 2 * f, dtype=torch.uint8).view(E4M3_DTYPE),
+                     torch.zeros(e, h, 2 * f // 128, dtype=torch.uint8))
+    for w, part in ((gate, slice(0, f)), (up, slice(f, 2 * f))):
+        out = (FP8Tensor(w1.data[:, part], w1.scales[:, part]),
+               FP8Tensor(w1_t.data[:, :, part], w1_t.scales[:, :, part.start // 128:part.stop // 128]))
+        assert quantize_fp8_blocks_and_transpose(w, backend=backend, out=out) is out
+        if part.start == 0:  # the second half is still untouched
+            assert not w1.data.view(torch.uint8)[:, f:].any() and not w1_t.scales[:, :, f // 128:].any()
+    for got, ref in ((w1, want), (w1_t, want_t)):
+        assert torch.equal(got.data.view(torch.uint8), ref.data.view(torch.uint8))
+        assert torch.equal(got.scales, ref.scales)
+
+
+def test_out_of_the_wrong_form_is_refused():
+    w = torch.randn(2, 128, 256)
+    t, tt = quantize_fp8_blocks_and_transpose(w)
+    with pytest.raises(ValueError, match=r"out\[1\] must have data \(2, 256, 128\)"):
+        quantize_fp8_blocks_and_transpose(w, out=(t, t))
+    with pytest.raises(ValueError, match="None with transpose=False"):
+        quantize_fp8_blocks_and_transpose(w, transpose=False, out=(t, tt))
+    with pytest.raises(TypeError, match="out must be a pair"):
+        quantize_fp8_blocks_and_transpose(w, out=t)
+    strided = FP8Tensor(torch.empty(2, 256, 128, dtype=E4M3_DTYPE).transpose(1, 2), t.scales)
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        quantize_fp8_blocks_and_transpose(w, out=(strided, tt))
