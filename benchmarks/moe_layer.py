@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""One MoE layer, forward + backward, BF16 experts against FP8 experts (`expert_precision="fp8"`), same
-weights, same run, one GPU (EP size 1, static dispatch layout from a `DispatchPlan`, router in the step).
+"""One MoE layer, forward + backward, per recipe (`MoELayerConfig.recipe`: "bf16", "fp8" = FP8 experts
+fed by the FP8 dispatch, "fp8-mxfp4" = the same keeping MXFP4 activations), same weights, same run, one
+GPU (EP size 1, static dispatch layout from a `DispatchPlan`, router in the step).
 
-Per precision: ms per step (median of `--iters` CUDA-event timings of zero_grad + forward + backward),
+Per recipe: ms per step (median of `--iters` CUDA-event timings of zero_grad + forward + backward),
 tokens/s, peak memory (max allocated during a step), saved-activation bytes (every tensor autograd
 keeps for backward, through `saved_tensors_hooks`, parameters excluded, storages counted once), the
 forward split into route / dispatch (permute) / experts / combine / shared by CUDA events, and the GPU
@@ -43,8 +44,10 @@ def build(args, dev):
     cfg = MoELayerConfig(hidden=args.hidden, d_expert=args.d_expert, num_experts=args.experts,
                          top_k=args.top_k, n_shared=args.shared)
     layers = {"bf16": MoELayer(cfg)}
-    layers["fp8"] = MoELayer(dataclasses.replace(cfg, expert_precision="fp8"))
-    layers["fp8"].load_state_dict(layers["bf16"].state_dict())
+    for recipe in args.recipes:
+        if recipe != "bf16":
+            layers[recipe] = MoELayer(dataclasses.replace(cfg, recipe=recipe))
+            layers[recipe].load_state_dict(layers["bf16"].state_dict())
     for k in list(layers):
         layers[k] = layers[k].to(dev, torch.bfloat16)
     x = torch.randn(args.tokens, args.hidden, device=dev, dtype=torch.bfloat16)
@@ -94,9 +97,13 @@ def forward_phases(layer, x, layout, iters: int) -> dict[str, float]:
         mark()
         record = layer.router(x)
         mark()
-        rows = d.dispatch(x, layout)
+        if layer.config.fp8_dispatch:
+            rows, rows_fp8 = d.dispatch_fp8(x, layout, backend=layer.experts.fp8_backend)
+        else:
+            rows, rows_fp8 = d.dispatch(x, layout), None
         mark()
-        y_local, _ = layer.experts(rows, layout.tokens_per_local_expert, offsets=layout.expert_offsets)
+        y_local, _ = layer.experts(rows, layout.tokens_per_local_expert, offsets=layout.expert_offsets,
+                                   x_fp8=rows_fp8)
         mark()
         y = d.combine(y_local, layout, record.gates)
         mark()
@@ -150,15 +157,19 @@ def configs_from(path: str, args) -> tuple:
 def run(args) -> int:
     dev = torch.device("cuda")
     layers, x, dy, plan = build(args, dev)
+    fp8_layers = [name for name in layers if name != "bf16"]
     if args.configs_from:
-        layers["fp8"].experts.fp8_gemm_configs = configs_from(args.configs_from, args)
-        print(f"# FP8 GEMM configurations from {args.configs_from}: {layers['fp8'].experts.fp8_gemm_configs}")
+        for name in fp8_layers:
+            layers[name].experts.fp8_gemm_configs = configs_from(args.configs_from, args)
+        print(f"# FP8 GEMM configurations from {args.configs_from}: {layers[fp8_layers[0]].experts.fp8_gemm_configs}")
     layout = layers["bf16"].dispatcher.layout_from_plan(plan)
     rows_routed = args.tokens * args.top_k
     flops_routed = 18.0 * rows_routed * args.hidden * args.d_expert  # 6 GEMMs of 2*M*H*F (x2 for GEMM 1)
     variants = [(name, layer, None) for name, layer in layers.items()]
-    variants += [(f"fp8-{k}", layers["fp8"], k) for k in args.fp8_kernels if k != "triton"]
-    base_configs = layers["fp8"].experts.fp8_gemm_configs
+    kernel_layer = "fp8" if "fp8" in layers else (fp8_layers or [None])[0]
+    variants += [(f"{kernel_layer}-{k}", layers[kernel_layer], k) for k in args.fp8_kernels
+                 if k != "triton" and kernel_layer]
+    base_configs = kernel_layer and layers[kernel_layer].experts.fp8_gemm_configs
     results = {}
     for name, layer, kernel in variants:
         if kernel == "sm90":  # the same FP8 layer on the sm90 kernels at their default configurations
@@ -177,7 +188,7 @@ def run(args) -> int:
         peak = torch.cuda.max_memory_allocated()
         kinds, top, top_gemms = kernel_breakdown(step, 3)
         gemm_ms = kinds.get("routed_gemm", 0.0) + kinds.get("other_gemm", 0.0)
-        r = dict(precision=name, ms_per_step=us / 1e3, tokens_per_s=args.tokens / (us * 1e-6),
+        r = dict(recipe=name, ms_per_step=us / 1e3, tokens_per_s=args.tokens / (us * 1e-6),
                  peak_gib=peak / 2**30, saved_mib=saved_bytes(layer, x, layout) / 2**20,
                  **{f"fwd_{k}_ms": v for k, v in forward_phases(layer, x, layout, 5).items()},
                  **{f"kernel_{k}_ms": v for k, v in kinds.items()},
@@ -194,7 +205,7 @@ def run(args) -> int:
     rows = list(results.values())
     print(bc.format_table(COLUMNS, rows))
     for r in rows:
-        print(f"# {r['precision']}: forward phases ms " +
+        print(f"# {r['recipe']}: forward phases ms " +
               ", ".join(f"{k[4:-3]} {v:.2f}" for k, v in r.items() if k.startswith("fwd_")) +
               "; kernels ms " + ", ".join(f"{k[7:-3]} {v:.2f}" for k, v in r.items() if k.startswith("kernel_")))
         for kname, ms in r["top_gemm_kernels"] + r["top_non_gemm_kernels"]:
@@ -204,7 +215,7 @@ def run(args) -> int:
     return 0
 
 
-COLUMNS = [bc.Column("precision", "experts", "{}", 7), bc.Column("ms_per_step", "ms/step", "{:.2f}", 8),
+COLUMNS = [bc.Column("recipe", "recipe", "{}", 9), bc.Column("ms_per_step", "ms/step", "{:.2f}", 8),
            bc.Column("tokens_per_s", "tokens/s", "{:.0f}", 9), bc.Column("speedup", "x bf16", "{:.2f}", 7),
            bc.Column("peak_gib", "peak GiB", "{:.2f}", 9), bc.Column("saved_mib", "saved MiB", "{:.0f}", 9),
            bc.Column("routed_gemm_tflops", "routed TF/s", "{:.0f}", 11),
@@ -219,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experts", type=int, default=64)
     p.add_argument("--top-k", type=int, default=6)
     p.add_argument("--shared", type=int, default=2)
+    p.add_argument("--recipes", default="bf16,fp8,fp8-mxfp4", type=lambda t: t.split(","),
+                   help="comma-separated MoELayerConfig recipes (bf16 is always timed: the baseline)")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--configs-from", default=None,
                    help="a gemm_throughput.py --sweep JSON: use its fastest FP8 configurations for this shape")
     p.add_argument("--fp8-kernels", default="triton", type=lambda t: t.split(","),
-                   help="comma-separated GemmConfig.kernel values: the FP8 layer is timed once per kernel "
-                        "(triton always; e.g. triton,sm90 adds the Gluon Hopper kernels as 'fp8-sm90')")
+                   help="comma-separated GemmConfig.kernel values: the fp8 recipe's layer is timed once per "
+                        "kernel (triton always; e.g. triton,sm90 adds the Gluon Hopper kernels as 'fp8-sm90')")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
