@@ -9,7 +9,8 @@ column-wise operand spans two groups and the GEMM needs no token masks.
 `align_groups(offsets, rows)` computes the layout on the device (padded offsets and the row map, no host
 sync) for a static buffer of `aligned_rows_bound(rows, groups)` rows; `gather_aligned_rows(t, layout)`
 copies the rows of any row-wise container with `data` and `scales` (`FP8Tensor`, `MXFP4Tensor`) into
-it, the padding rows zero (data 0, scale byte 0), the bytes of every real row unchanged.
+it, the padding rows zero (data 0, scale byte 0), the bytes of every real row unchanged; FP8 rows skip
+that copy: `quant.fp8_rowwise_to_colwise(t, row_map=layout.row_map)` gathers as it transposes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..quant.checks import pick_backend
+from ..quant.reference_conversions import gather_rows
 from ..quant.formats import FP8_TILE
 
 
@@ -115,22 +117,13 @@ def gather_aligned_rows(t, layout: GroupAlignedLayout, *, backend: str = "auto")
         raise ValueError(f"{fn}: t has {t.data.shape[0]} rows but layout maps {layout.packed_rows} packed rows")
     if t.device != layout.device:
         raise ValueError(f"{fn}: t is on {t.device} but layout on {layout.device}")
-    be = pick_backend(backend, t.device, fn)
+    if pick_backend(backend, t.device, fn) == "torch":
+        return gather_rows(t, layout.row_map)
+    from .kernels.gather_rows import launch_gather_rows
     out = {}
     for name in ("data", "scales"):
         src = getattr(t, name)
         src = src if src.stride(-1) == 1 else src.contiguous()
-        if be == "torch":
-            out[name] = _gather_torch(src, layout.row_map)
-        else:
-            from .kernels.gather_rows import launch_gather_rows
-            out[name] = torch.empty(layout.rows, src.shape[1], dtype=src.dtype, device=src.device)
-            launch_gather_rows(src, out[name], layout.row_map)
+        out[name] = torch.empty(layout.rows, src.shape[1], dtype=src.dtype, device=src.device)
+        launch_gather_rows(src, out[name], layout.row_map)
     return dataclasses.replace(t, **out)
-
-
-def _gather_torch(src: torch.Tensor, row_map: torch.Tensor) -> torch.Tensor:
-    b = src.view(torch.uint8)
-    valid = (row_map >= 0)[:, None]
-    rows = b[row_map.clamp(min=0).long()] if b.shape[0] else b.new_zeros(row_map.numel(), b.shape[1])
-    return torch.where(valid, rows, 0).view(src.dtype)

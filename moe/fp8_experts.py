@@ -90,12 +90,12 @@ def _keep_rows(q: FP8Tensor, saved: str, scale_mode: str, backend: str) -> FP8Te
 def wgrad_operand(rows: FP8Tensor | MXFP4Tensor, layout: GroupAlignedLayout, backend: str) -> FP8Tensor:
     """The column-wise FP8 operand `[K, layout.rows]` of a weight-gradient GEMM from row-wise rows
     `[M', K]` (M' >= the layout's packed rows): a saved activation (FP8 or MXFP4 rows) or an FP8
-    gradient, gathered group-aligned, then transposed scaling-aware. The one place the recipe turns
-    rows into columns (docs/RECIPE.md "Backward")."""
-    aligned = gather_aligned_rows(rows, layout, backend=backend)
-    if isinstance(aligned, MXFP4Tensor):
-        return mxfp4_rowwise_to_fp8_colwise(aligned, backend=backend)
-    return fp8_rowwise_to_colwise(aligned, backend=backend)
+    gradient, gathered group-aligned, then transposed scaling-aware (FP8 rows: both in one pass,
+    through the layout's row map). The one place the recipe turns rows into columns (docs/RECIPE.md
+    "Backward")."""
+    if isinstance(rows, FP8Tensor):
+        return fp8_rowwise_to_colwise(rows, row_map=layout.row_map, backend=backend)
+    return mxfp4_rowwise_to_fp8_colwise(gather_aligned_rows(rows, layout, backend=backend), backend=backend)
 
 
 def _flatten(*ts) -> tuple[list[torch.Tensor], list]:

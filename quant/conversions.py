@@ -96,7 +96,7 @@ def mxfp4_to_fp8(t: MXFP4Tensor, *, backend: str = "auto", out: FP8Tensor | None
     return mxfp4_to_fp8_triton(t, out=out, config=config)
 
 
-def fp8_rowwise_to_colwise(t: FP8Tensor, *, backend: str = "auto",
+def fp8_rowwise_to_colwise(t: FP8Tensor, *, row_map: torch.Tensor | None = None, backend: str = "auto",
                            config: LaunchConfig | None = None) -> FP8Tensor:
     """Scaling-aware transpose: FP8 row-wise tiles of `[M, K]` (M a multiple of 128) -> FP8 tiles of the
     transposed `[K, M]` matrix: `data` float8_e4m3fn `[K, M]`, `scales` uint8 `[K, M/128]`.
@@ -107,14 +107,21 @@ def fp8_rowwise_to_colwise(t: FP8Tensor, *, backend: str = "auto",
     E4M3 subnormals are rounded to nearest-even, never flushed; NaN (a scale byte 255 tile or an E4M3
     NaN element) makes its column-wise tile NaN (scale 255, data bytes 0), never a number. Exact
     unless a shifted value drops below the E4M3 normal range (module doc).
+
+    `row_map`: int32 `[M']` (M' a multiple of 128) on t's device: transpose
+    `gather_rows(t, row_map)` instead (row r = row `row_map[r]` of t, zero where negative or >= M; t
+    may then have any row count), in the same single pass, e.g. `GroupAlignedLayout.row_map`.
     """
     fn = "fp8_rowwise_to_colwise"
     check_container(t, FP8Tensor, fn)
-    _check_transpose_rows(t.shape, FP8_TILE, fn)
+    if row_map is None:
+        _check_transpose_rows(t.shape, FP8_TILE, fn)
+    else:
+        _check_row_map(row_map, t, FP8_TILE, fn)
     if pick_backend(backend, t.device, fn) == "torch":
-        return ref.fp8_rowwise_to_colwise(t)
+        return ref.fp8_rowwise_to_colwise(t if row_map is None else ref.gather_rows(t, row_map))
     from .kernels.fp8_rowwise_to_colwise import fp8_rowwise_to_colwise_triton
-    return fp8_rowwise_to_colwise_triton(t, config=config)
+    return fp8_rowwise_to_colwise_triton(t, row_map=row_map, config=config)
 
 
 def mxfp4_rowwise_to_colwise(t: MXFP4Tensor, *, backend: str = "auto",
@@ -152,6 +159,20 @@ def mxfp4_rowwise_to_fp8_colwise(t: MXFP4Tensor, *, backend: str = "auto",
         return ref.mxfp4_rowwise_to_fp8_colwise(t)
     from .kernels.mxfp4_rowwise_to_fp8_colwise import mxfp4_rowwise_to_fp8_colwise_triton
     return mxfp4_rowwise_to_fp8_colwise_triton(t, config=config)
+
+
+def _check_row_map(row_map: object, t, tile: int, fn: str) -> None:
+    if len(t.shape) != 2:
+        raise ValueError(f"{fn}: t must be 2-D [M, K] (the rows to gather and transpose), got shape "
+                         f"{tuple(t.shape)}")
+    if not isinstance(row_map, torch.Tensor) or row_map.dtype != torch.int32 or row_map.dim() != 1:
+        got = f"{row_map.dtype} {tuple(row_map.shape)}" if isinstance(row_map, torch.Tensor) else type(row_map).__name__
+        raise TypeError(f"{fn}: row_map must be a 1-D torch.int32 tensor (source row of each output row), got {got}")
+    if row_map.numel() % tile:
+        raise ValueError(f"{fn}: row_map must have a multiple of {tile} entries (one column-wise block spans "
+                         f"{tile} rows), got {row_map.numel()}")
+    if row_map.device != t.device:
+        raise ValueError(f"{fn}: row_map is on {row_map.device} but t on {t.device}")
 
 
 def _check_transpose_rows(shape: torch.Size, tile: int, fn: str) -> None:

@@ -11,10 +11,13 @@ or tile is NaN). The fifth, `fp8_rowwise_to_colwise`, is the scaling-aware trans
 `quantize_fp8(dequantize_fp8(q).T)`: per 128-row block and column, `kt` = the max of the 128 row exponents
 and each value becomes `RNE_E4M3(value * 2^-kt)`, written transposed. Nothing saturates, subnormals round
 (never flush), and a NaN row tile (scale 255) or NaN element makes its column tile NaN (scale 255,
-element bytes 0x00, as in `reference.quantize_fp8`).
+element bytes 0x00, as in `reference.quantize_fp8`). `gather_rows` is the row gather that
+`fp8_rowwise_to_colwise(t, row_map=...)` fuses into its pass.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -22,7 +25,7 @@ from . import reference
 from .formats import E4M3_DTYPE, E8M0_NAN, FP8_TILE, MXFP4_BLOCK, FP8Tensor, MXFP4Tensor
 
 __all__ = ["fp8_to_mxfp4", "mxfp4_to_fp8", "fp8_rowwise_to_colwise", "mxfp4_rowwise_to_colwise",
-           "mxfp4_rowwise_to_fp8_colwise"]
+           "mxfp4_rowwise_to_fp8_colwise", "gather_rows"]
 
 
 def fp8_to_mxfp4(t: FP8Tensor, scale_mode: str = "rceil") -> MXFP4Tensor:
@@ -76,6 +79,20 @@ def fp8_rowwise_to_colwise(t: FP8Tensor) -> FP8Tensor:
     out = torch.where(nan_tile.repeat_interleave(FP8_TILE, dim=0), 0, out).to(torch.uint8)
     scales = torch.where(nan_tile, E8M0_NAN, kt_bytes.repeat_interleave(FP8_TILE, dim=1))
     return FP8Tensor(out.T.contiguous().view(t.data.dtype), scales.T.contiguous().to(torch.uint8))
+
+
+def gather_rows(t, row_map: torch.Tensor):
+    """Row r of the result is row `row_map[r]` of the row-wise container `t` (FP8Tensor, MXFP4Tensor;
+    data and scales bit for bit), or a zero row (data and scale bytes 0) where `row_map[r]` is
+    negative or not below t's row count."""
+    def take(x: torch.Tensor) -> torch.Tensor:
+        b = x.view(torch.uint8)
+        valid = ((row_map >= 0) & (row_map < b.shape[0]))[:, None]
+        if not b.shape[0]:
+            return b.new_zeros(row_map.numel(), b.shape[1]).view(x.dtype)
+        rows = b[torch.where(valid[:, 0], row_map, 0).long()]
+        return torch.where(valid, rows, 0).view(x.dtype)
+    return dataclasses.replace(t, data=take(t.data), scales=take(t.scales))
 
 
 def _check_2d_rows(shape: torch.Size, tile: int, fn: str) -> tuple[int, int]:

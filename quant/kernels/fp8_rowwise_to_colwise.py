@@ -12,6 +12,8 @@ per 128x128 tile, BLOCK_K columns at a time. Kernels (`variant`):
   Needs 4-byte aligned input rows (else "bytes").
 - "bytes": one byte per element, rows ordered so that a thread's 4 rows are consecutive and their
   output bytes pack into one int32 word before the shared-memory transpose.
+With a row map (MAPPED) both read output row r's values from input row `row_map[r]` (masked loads: a
+zero row where it is out of range), so a row gather costs no pass of its own.
 """
 
 from __future__ import annotations
@@ -66,33 +68,45 @@ def _nan_columns(mag, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _packed_rows(pid_m, M, qs_ptr, stride_qs, tile, EVEN: tl.constexpr):
-    """Rows of one 128-row block in the "bytes" kernel's order and their per-row factors: tensor row i holds
-    memory row 4 * (i % 32) + i // 32, so the rows a thread holds (i, i + 32, ...) are 4 consecutive
-    memory rows and their output bytes pack into one int32 word in registers; only words go through
-    the shared-memory transpose. Returns rows, int64 rows, kt, dd and g of `_shift_round`."""
-    i = tl.arange(0, 128)
-    rows = pid_m * 128 + 4 * (i % 32) + i // 32
-    r64 = rows.to(tl.int64)
-    if EVEN:
-        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile).to(tl.int32)
-    else:
-        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=rows < M, other=0).to(tl.int32)
-    kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
-    dd, g = _row_factors(kt, rbyte)
-    return rows, r64, kt, dd, g
+def _source_rows(rows, map_ptr, M_IN, MAPPED: tl.constexpr):
+    """Input rows (int64) of output rows `rows` and whether each is a real row: `rows` themselves, or
+    `row_map[rows]`, real where inside `[0, M_IN)` (else a zero row: masked loads give 0)."""
+    if MAPPED:
+        src = tl.load(map_ptr + rows)
+        return src.to(tl.int64), (src >= 0) & (src < M_IN)
+    return rows.to(tl.int64), rows >= 0
 
 
 @triton.jit
-def _packed_chunk(q_ptr, o_ptr, os_ptr, rows, r64, kt, dd, g, pid_m, cols, M, K, stride_q, stride_o,
-                  stride_os, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
-    """Converts input columns `cols` [BLOCK_K] of the 128 rows `rows` (order of `_packed_rows`) and
-    stores them as output rows: 4 output bytes per int32 word, transposed as words."""
-    if EVEN:
+def _packed_rows(pid_m, M, qs_ptr, stride_qs, tile, map_ptr, M_IN, EVEN: tl.constexpr, MAPPED: tl.constexpr):
+    """Rows of one 128-row block in the "bytes" kernel's order and their per-row factors: tensor row i holds
+    memory row 4 * (i % 32) + i // 32, so the rows a thread holds (i, i + 32, ...) are 4 consecutive
+    memory rows and their output bytes pack into one int32 word in registers; only words go through
+    the shared-memory transpose. Returns the rows' validity, int64 input rows, kt, dd and g of
+    `_shift_round`."""
+    i = tl.arange(0, 128)
+    rows = pid_m * 128 + 4 * (i % 32) + i // 32
+    r64, real = _source_rows(rows, map_ptr, M_IN, MAPPED)
+    ok = real & (rows < M)
+    if EVEN and not MAPPED:
+        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile).to(tl.int32)
+    else:
+        rbyte = tl.load(qs_ptr + r64 * stride_qs + tile, mask=ok, other=0).to(tl.int32)
+    kt = tl.max(rbyte, axis=0)  # byte 255 (NaN) is the largest, so a NaN row makes the tile NaN
+    dd, g = _row_factors(kt, rbyte)
+    return ok, r64, kt, dd, g
+
+
+@triton.jit
+def _packed_chunk(q_ptr, o_ptr, os_ptr, ok, r64, kt, dd, g, pid_m, cols, M, K, stride_q, stride_o,
+                  stride_os, BLOCK_K: tl.constexpr, EVEN: tl.constexpr, MAPPED: tl.constexpr):
+    """Converts input columns `cols` [BLOCK_K] of the 128 input rows `r64` (order of `_packed_rows`;
+    `ok`: real rows) and stores them as output rows: 4 output bytes per int32 word, transposed as words."""
+    if EVEN and not MAPPED:
         code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :]).to(tl.int32)
     else:
         code = tl.load(q_ptr + r64[:, None] * stride_q + cols[None, :],
-                       mask=(rows < M)[:, None] & (cols < K)[None, :], other=0).to(tl.int32)
+                       mask=ok[:, None] & (cols < K)[None, :], other=0).to(tl.int32)
     mag = code & 0x7F
     c = _shift_round(mag, dd, g) | (code & 0x80)
     col_nan = _nan_columns(mag, BLOCK_K) | (kt == 255)
@@ -116,16 +130,17 @@ def _packed_chunk(q_ptr, o_ptr, os_ptr, rows, r64, kt, dd, g, pid_m, cols, M, K,
 
 @triton.jit
 def _fp8_rowwise_to_colwise_bytes_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
-                                         stride_q, stride_qs, stride_o, stride_os,
-                                         BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+                                         stride_q, stride_qs, stride_o, stride_os, map_ptr, M_IN,
+                                         BLOCK_K: tl.constexpr, EVEN: tl.constexpr, MAPPED: tl.constexpr):
     # One program: a whole 128x128 tile, BLOCK_K columns at a time (the per-row work done once).
+    # M: output columns (rows of the transposed input); M_IN: input rows (MAPPED only).
     pid_m = tl.program_id(0)
     pid_t = tl.program_id(1)
-    rows, r64, kt, dd, g = _packed_rows(pid_m, M, qs_ptr, stride_qs, pid_t, EVEN)
+    ok, r64, kt, dd, g = _packed_rows(pid_m, M, qs_ptr, stride_qs, pid_t, map_ptr, M_IN, EVEN, MAPPED)
     for k0 in range(0, 128, BLOCK_K):
         cols = pid_t * 128 + k0 + tl.arange(0, BLOCK_K)
-        _packed_chunk(q_ptr, o_ptr, os_ptr, rows, r64, kt, dd, g, pid_m, cols, M, K, stride_q, stride_o,
-                      stride_os, BLOCK_K, EVEN)
+        _packed_chunk(q_ptr, o_ptr, os_ptr, ok, r64, kt, dd, g, pid_m, cols, M, K, stride_q, stride_o,
+                      stride_os, BLOCK_K, EVEN, MAPPED)
 
 
 @triton.jit
@@ -142,8 +157,8 @@ def _row_word(code, mag, dd, g, ASM: tl.constexpr):
 
 @triton.jit
 def _fp8_rowwise_to_colwise_words_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
-                                         stride_q, stride_qs, stride_o, stride_os,
-                                         BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+                                         stride_q, stride_qs, stride_o, stride_os, map_ptr, M_IN,
+                                         BLOCK_K: tl.constexpr, ASM: tl.constexpr, MAPPED: tl.constexpr):
     # Words throughout. One program per 128x128 tile, BLOCK_K columns at a time; tensors are
     # [32 row groups, BLOCK_K / 4 word columns], one per row a of each group (rows 4g + a), so a thread
     # holds 4x4-byte blocks: each row's word is rounded with `_shift_round`'s arithmetic per byte and
@@ -158,26 +173,30 @@ def _fp8_rowwise_to_colwise_words_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
     q32 = q_ptr.to(tl.pointer_type(tl.int32))
     o32 = o_ptr.to(tl.pointer_type(tl.int32))
     r0 = pid_m * 128 + 4 * gi
-    rb0 = tl.load(qs_ptr + r0.to(tl.int64) * stride_qs + pid_t).to(tl.int32)
-    rb1 = tl.load(qs_ptr + (r0 + 1).to(tl.int64) * stride_qs + pid_t).to(tl.int32)
-    rb2 = tl.load(qs_ptr + (r0 + 2).to(tl.int64) * stride_qs + pid_t).to(tl.int32)
-    rb3 = tl.load(qs_ptr + (r0 + 3).to(tl.int64) * stride_qs + pid_t).to(tl.int32)
+    s0, ok0 = _source_rows(r0, map_ptr, M_IN, MAPPED)
+    s1, ok1 = _source_rows(r0 + 1, map_ptr, M_IN, MAPPED)
+    s2, ok2 = _source_rows(r0 + 2, map_ptr, M_IN, MAPPED)
+    s3, ok3 = _source_rows(r0 + 3, map_ptr, M_IN, MAPPED)
+    rb0 = _load_rows(qs_ptr + s0 * stride_qs + pid_t, ok0, MAPPED).to(tl.int32)
+    rb1 = _load_rows(qs_ptr + s1 * stride_qs + pid_t, ok1, MAPPED).to(tl.int32)
+    rb2 = _load_rows(qs_ptr + s2 * stride_qs + pid_t, ok2, MAPPED).to(tl.int32)
+    rb3 = _load_rows(qs_ptr + s3 * stride_qs + pid_t, ok3, MAPPED).to(tl.int32)
     kt = tl.max(tl.maximum(tl.maximum(rb0, rb1), tl.maximum(rb2, rb3)), axis=0)  # NaN (255) is the largest
     dd0, g0 = _row_factors(kt, rb0)
     dd1, g1 = _row_factors(kt, rb1)
     dd2, g2 = _row_factors(kt, rb2)
     dd3, g3 = _row_factors(kt, rb3)
-    a0 = r0.to(tl.int64)[:, None] * (stride_q // 4)
-    a1 = a0 + stride_q // 4
-    a2 = a1 + stride_q // 4
-    a3 = a2 + stride_q // 4
+    a0 = s0[:, None] * (stride_q // 4)
+    a1 = s1[:, None] * (stride_q // 4)
+    a2 = s2[:, None] * (stride_q // 4)
+    a3 = s3[:, None] * (stride_q // 4)
     ocols = pid_m * 32 + gi
     for k0 in range(0, 128, BLOCK_K):
         wc = (pid_t * 128 + k0) // 4 + tl.arange(0, NW)
-        x0 = tl.load(q32 + a0 + wc[None, :])
-        x1 = tl.load(q32 + a1 + wc[None, :])
-        x2 = tl.load(q32 + a2 + wc[None, :])
-        x3 = tl.load(q32 + a3 + wc[None, :])
+        x0 = _load_rows(q32 + a0 + wc[None, :], ok0[:, None], MAPPED)
+        x1 = _load_rows(q32 + a1 + wc[None, :], ok1[:, None], MAPPED)
+        x2 = _load_rows(q32 + a2 + wc[None, :], ok2[:, None], MAPPED)
+        x3 = _load_rows(q32 + a3 + wc[None, :], ok3[:, None], MAPPED)
         m0 = x0 & 0x7F7F7F7F
         m1 = x1 & 0x7F7F7F7F
         m2 = x2 & 0x7F7F7F7F
@@ -206,6 +225,14 @@ def _fp8_rowwise_to_colwise_words_kernel(q_ptr, qs_ptr, o_ptr, os_ptr, M, K,
 
 
 @triton.jit
+def _load_rows(ptrs, ok, MAPPED: tl.constexpr):
+    """`ptrs`' values, 0 where a mapped row is not real (unmasked without a row map)."""
+    if MAPPED:
+        return tl.load(ptrs, mask=ok, other=0)
+    return tl.load(ptrs)
+
+
+@triton.jit
 def _store_column_words(words, nan4, B: tl.constexpr, kt, base, o32, os_ptr, ocols, pid_m, stride_o,
                         stride_os):
     """Stores output rows `base + B` (input columns 4c + B): `words` [32, NW] holds rows 4g .. 4g + 3."""
@@ -216,28 +243,32 @@ def _store_column_words(words, nan4, B: tl.constexpr, kt, base, o32, os_ptr, oco
     tl.store(os_ptr + k64 * stride_os + pid_m, tl.where(col_nan, 255, kt).to(tl.uint8))
 
 
-def fp8_rowwise_to_colwise_triton(t: FP8Tensor, *, config: LaunchConfig | None = None) -> FP8Tensor:
-    """FP8 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass
-    (contract and argument checks: `mxa2a.quant.conversions.fp8_rowwise_to_colwise`). `config`: launch
-    configuration (default `launch.CONFIGS["fp8_rowwise_to_colwise"]`). Asynchronous on the current
-    CUDA stream (no host sync)."""
+def fp8_rowwise_to_colwise_triton(t: FP8Tensor, *, row_map: torch.Tensor | None = None,
+                                  config: LaunchConfig | None = None) -> FP8Tensor:
+    """FP8 row-wise `[M, K]` -> FP8 tiles of the transposed `[K, M]` matrix, one Triton pass; with
+    `row_map` `[M']` the rows `row_map` names, `[K, M']` (contract and argument checks:
+    `mxa2a.quant.conversions.fp8_rowwise_to_colwise`). `config`: launch configuration (default
+    `launch.CONFIGS["fp8_rowwise_to_colwise"]`). Asynchronous on the current CUDA stream (no host sync)."""
     cfg = pick_config("fp8_rowwise_to_colwise", config)
     if cfg.block_m != 128 or 128 % cfg.block_k:
         raise ValueError(f"fp8_rowwise_to_colwise: needs block_m 128 and block_k dividing 128 (one program per "
                          f"128x128 tile), got config = {cfg}")
     q = rows_in(t.data.view(torch.uint8))
     qs = rows_in(t.scales)
-    M, K = q.shape
+    m_in, K = q.shape
+    mapped = row_map is not None
+    M = row_map.numel() if mapped else m_in
     out = FP8Tensor(torch.empty(K, M, dtype=E4M3_DTYPE, device=t.device),
                     torch.empty(K, M // FP8_TILE, dtype=torch.uint8, device=t.device))
     if M == 0 or K == 0:
         return out
     o = out.data.view(torch.uint8)
-    args = (q, qs, o, out.scales, M, K, q.stride(0), qs.stride(0), o.stride(0), out.scales.stride(0))
+    args = (q, qs, o, out.scales, M, K, q.stride(0), qs.stride(0), o.stride(0), out.scales.stride(0),
+            row_map if mapped else qs, m_in)
     full = M % FP8_TILE == 0 and K % FP8_TILE == 0
     if cfg.variant == "words" and full and q.data_ptr() % 4 == 0 and q.stride(0) % 4 == 0:  # reads int32 words
         grid = (M // FP8_TILE, K // FP8_TILE)  # one program per 128x128 tile
-        _fp8_rowwise_to_colwise_words_kernel[grid](*args, BLOCK_K=cfg.block_k, ASM=use_asm(),
+        _fp8_rowwise_to_colwise_words_kernel[grid](*args, BLOCK_K=cfg.block_k, ASM=use_asm(), MAPPED=mapped,
                                                    num_warps=cfg.num_warps)
         return out
     if cfg.variant == "words":
@@ -245,5 +276,6 @@ def fp8_rowwise_to_colwise_triton(t: FP8Tensor, *, config: LaunchConfig | None =
     # Valid containers always give full tiles (M and K are multiples of 128); the masked body is there
     # for safety only.
     grid = (M // FP8_TILE, triton.cdiv(K, FP8_TILE))  # one program per 128x128 tile
-    _fp8_rowwise_to_colwise_bytes_kernel[grid](*args, BLOCK_K=cfg.block_k, EVEN=full, num_warps=cfg.num_warps)
+    _fp8_rowwise_to_colwise_bytes_kernel[grid](*args, BLOCK_K=cfg.block_k, EVEN=full, MAPPED=mapped,
+                                               num_warps=cfg.num_warps)
     return out

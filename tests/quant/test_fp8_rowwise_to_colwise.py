@@ -94,8 +94,79 @@ def test_bytes_masked_body(seed, block_k):
     grid = (M // 128, triton.cdiv(K, 128))  # one program per 128x128 tile
     kernels._fp8_rowwise_to_colwise_bytes_kernel[grid](
         data, q.scales, o, os_, M, K, data.stride(0), q.scales.stride(0), o.stride(0), os_.stride(0),
-        BLOCK_K=block_k, EVEN=False, num_warps=4)
+        q.scales, M, BLOCK_K=block_k, EVEN=False, MAPPED=False, num_warps=4)
     assert_same_bits(fp8_from_bytes(o.cpu(), os_.cpu()), ref.fp8_rowwise_to_colwise(to_device(q, "cpu")))
+
+
+# --- the fused row gather (row_map) -------------------------------------------------------------------------
+
+def some_row_map(m_in: int, m_out: int) -> torch.Tensor:
+    """Random source rows with padding (-1), out-of-range entries (zero rows too), repeats, and one
+    128-row block of padding only."""
+    row_map = torch.randint(-1, m_in, (m_out,), dtype=torch.int32)
+    row_map[:5] = -1
+    row_map[5], row_map[6] = m_in, m_in + 1000
+    row_map[7:9] = 3
+    row_map[128:256] = -1
+    return row_map
+
+
+def mapped(q: FP8Tensor, row_map: torch.Tensor, cfg: LaunchConfig | None = None) -> FP8Tensor:
+    """The fused gather + transpose on TRITON_DEVICE, checked against gathering then transposing in
+    torch (and the torch backend of the fused call)."""
+    want = ref.fp8_rowwise_to_colwise(ref.gather_rows(q, row_map))
+    got = fp8_rowwise_to_colwise(to_device(q, TRITON_DEVICE), row_map=row_map.to(TRITON_DEVICE),
+                                 backend="triton", config=cfg)
+    assert_same_bits(to_device(got, "cpu"), want, f"row_map {cfg}")
+    assert_same_bits(fp8_rowwise_to_colwise(q, row_map=row_map, backend="torch"), want, "row_map torch")
+    return got
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("m_in", [200, 384])
+def test_row_map_equals_gather_then_transpose(seed, cfg, m_in):
+    got = mapped(random_fp8(m_in, 256, "all", nan_codes=True), some_row_map(m_in, 384), cfg)
+    assert got.shape == (256, 384) and (got.scales[:, 1] == 0).all()  # the padding block: 2^-127 times 0
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+def test_row_map_on_strided_rows(seed, cfg):
+    # row stride 263: "words" falls back to the bytes kernel, which gathers too
+    q = random_fp8(160, 256, "all", nan_codes=True)
+    wire = torch.empty(160, 263, dtype=torch.uint8)
+    wire[:, :256] = q.data.view(torch.uint8)
+    wire[:, 256:258] = q.scales
+    mapped(FP8Tensor(wire[:, :256].view(E4M3_DTYPE), wire[:, 256:258]), some_row_map(160, 256), cfg)
+
+
+@pytest.mark.parametrize("block_k", [32, 128])
+def test_row_map_bytes_masked_body(seed, block_k):
+    q = to_device(random_fp8(100, 256, "all", nan_codes=True), TRITON_DEVICE)
+    row_map = some_row_map(100, 256).to(TRITON_DEVICE)
+    m_in, K = q.shape
+    M = row_map.numel()
+    data = q.data.view(torch.uint8)
+    o = torch.empty(K, M, dtype=torch.uint8, device=TRITON_DEVICE)
+    os_ = torch.empty(K, M // 128, dtype=torch.uint8, device=TRITON_DEVICE)
+    kernels._fp8_rowwise_to_colwise_bytes_kernel[(M // 128, triton.cdiv(K, 128))](
+        data, q.scales, o, os_, M, K, data.stride(0), q.scales.stride(0), o.stride(0), os_.stride(0),
+        row_map, m_in, BLOCK_K=block_k, EVEN=False, MAPPED=True, num_warps=4)
+    want = ref.fp8_rowwise_to_colwise(ref.gather_rows(to_device(q, "cpu"), row_map.cpu()))
+    assert_same_bits(fp8_from_bytes(o.cpu(), os_.cpu()), want)
+
+
+def test_bad_row_maps_are_refused():
+    q = random_fp8(128, 128)
+    for bad, err, match in [(torch.zeros(128, dtype=torch.int64), TypeError, "1-D torch.int32"),
+                            (torch.zeros(1, 128, dtype=torch.int32), TypeError, "1-D torch.int32"),
+                            ([0] * 128, TypeError, "1-D torch.int32"),
+                            (torch.zeros(100, dtype=torch.int32), ValueError, "multiple of 128 entries")]:
+        with pytest.raises(err, match=match):
+            fp8_rowwise_to_colwise(q, row_map=bad)
+    t3 = FP8Tensor(torch.zeros(2, 128, 128, dtype=E4M3_DTYPE), torch.zeros(2, 128, 1, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="2-D"):
+        fp8_rowwise_to_colwise(t3, row_map=torch.zeros(128, dtype=torch.int32))
+    assert fp8_rowwise_to_colwise(q, row_map=torch.zeros(0, dtype=torch.int32)).shape == (128, 0)
 
 
 # --- the scale rule, rounding and NaN (default kernel) ------------------------------------------------------
@@ -189,3 +260,4 @@ def test_cuda_at_size(seed, cfg):
     padded = torch.empty(1024, 7168 + 16, dtype=torch.uint8, device="cuda")
     padded[:, :7168] = q.data.view(torch.uint8)
     both(FP8Tensor(padded[:, :7168].view(E4M3_DTYPE), q.scales), cfg)
+    mapped(to_device(q, "cpu"), some_row_map(1024, 1280), cfg)
