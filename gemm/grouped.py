@@ -45,7 +45,9 @@ class GemmConfig:
     16 * num_warps, the promotion overlapping the MMAs; same bits; 128x128 block weights
     (b_block_scales) and group-aligned weight gradients only; `SM90_FORWARD_CONFIG` and
     `SM90_WGRAD_CONFIG` are its defaults; compiled and checked offline, not yet run on a GPU), "auto"
-    (the kernel measured fastest: triton for now)."""
+    (the kernel measured fastest: triton for now). `prefetch_scales` (Triton kernels; the packed
+    weight-gradient loop ignores it): each step's scale bytes are loaded one step ahead, so that their
+    latency is not on the path from one MMA to the next (same bits; not yet measured)."""
 
     block_rows: int = 64
     block_cols: int = 128
@@ -53,6 +55,7 @@ class GemmConfig:
     num_stages: int = 4
     max_registers: int | None = None
     kernel: str = "triton"
+    prefetch_scales: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_rows", "block_cols"):
@@ -61,6 +64,8 @@ class GemmConfig:
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"GemmConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if not isinstance(self.prefetch_scales, bool):
+            raise TypeError(f"GemmConfig.prefetch_scales must be a bool, got {self.prefetch_scales!r}")
 
 
 # The fastest swept configurations on one H100 over the expert shapes of benchmarks/gemm_throughput.py
@@ -118,8 +123,8 @@ def _check_fp8(t: object, rank: int, fn: str, name: str, form: str) -> FP8Tensor
     if t.shape[-1] % FP8_TILE:
         raise ValueError(f"{fn}: the reduction dimension of {name} must be a multiple of {FP8_TILE}, "
                          f"got shape {tuple(t.shape)}")
-    if t.data.stride(-1) != 1 or t.scales.stride(-1) != 1:
-        t = FP8Tensor(t.data.contiguous(), t.scales.contiguous())
+    if t.data.stride(-1) != 1:  # the scales may be strided either way (the kernels take both strides)
+        t = FP8Tensor(t.data.contiguous(), t.scales)
     return t
 
 

@@ -55,11 +55,35 @@ def _row_tile(offs_ptr, G, pid_m, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
+def _rows_scale_bytes(as_ptrs, bs_block, bs_ptrs, kt, stride_ask, stride_bsk, stride_bsn, rmask, cmask,
+                      col0, N, BLOCK_N: tl.constexpr, B_BLOCKS: tl.constexpr):
+    """Scale bytes of step `kt`: A's per row [BM]; B's one per block (a scalar, or [BN] from two blocks
+    when BLOCK_N is 256) with B_BLOCKS, else per column [BN]."""
+    sa = tl.load(as_ptrs + kt * stride_ask, mask=rmask, other=127)
+    if B_BLOCKS:  # b's scales are constant over each 128 rows: one or two blocks per tile
+        sb = tl.load(bs_block + kt * stride_bsk)
+        if BLOCK_N > STEP_K:  # BLOCK_N == 256
+            sb1 = tl.load(bs_block + STEP_K * stride_bsn + kt * stride_bsk, mask=col0 + STEP_K < N, other=127)
+            sb = tl.where(tl.arange(0, BLOCK_N) < STEP_K, sb, sb1)
+    else:
+        sb = tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127)
+    return sa, sb
+
+
+@triton.jit
+def _rows_promote(acc, prod, sa_bytes, sb_bytes, BLOCK_N: tl.constexpr, B_BLOCKS: tl.constexpr):
+    sa = _e8m0_to_f32(sa_bytes)
+    if B_BLOCKS and BLOCK_N <= STEP_K:
+        return acc + prod * (sa * _e8m0_to_f32(sb_bytes))[:, None]
+    return acc + prod * (sa[:, None] * _e8m0_to_f32(sb_bytes)[None, :])
+
+
+@triton.jit
 def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, G,
                               stride_am, stride_asm, stride_ask, stride_bg, stride_bn,
                               stride_bsg, stride_bsn, stride_bsk, stride_cm,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                              OUT_BF16: tl.constexpr, B_BLOCKS: tl.constexpr):
+                              OUT_BF16: tl.constexpr, B_BLOCKS: tl.constexpr, PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
     pid_m = pid // n_tiles
@@ -78,23 +102,25 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
         as_ptrs = as_ptr + rows * stride_asm
         bs_ptrs = bs_ptr + g64 * stride_bsg + cols * stride_bsn
         bs_block = bs_ptr + g64 * stride_bsg + (pid_n * BLOCK_N) * stride_bsn  # B_BLOCKS: one scale a step
+        col0 = pid_n * BLOCK_N
+        steps = K // STEP_K
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kt in range(0, K // STEP_K):
+        if PREFETCH:  # step kt's scale bytes are loaded during step kt - 1 (their latency off the MMA's path);
+            # the last step loads its own again (K > 0: the launcher prefetches only then)
+            sa_next, sb_next = _rows_scale_bytes(as_ptrs, bs_block, bs_ptrs, 0, stride_ask, stride_bsk, stride_bsn,
+                                                 rmask, cmask, col0, N, BLOCK_N, B_BLOCKS)
+        for kt in range(0, steps):
             a = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
             b = tl.load(b_ptrs, mask=cmask[:, None], other=0.0)
-            sa = _e8m0_to_f32(tl.load(as_ptrs + kt * stride_ask, mask=rmask, other=127))
-            if B_BLOCKS:  # b's scales are constant over each 128 rows: one or two blocks per tile
-                sb0 = _e8m0_to_f32(tl.load(bs_block + kt * stride_bsk))
-                if BLOCK_N <= STEP_K:
-                    acc += tl.dot(a, tl.trans(b)) * (sa * sb0)[:, None]
-                else:  # BLOCK_N == 256
-                    sb1 = _e8m0_to_f32(tl.load(bs_block + STEP_K * stride_bsn + kt * stride_bsk,
-                                               mask=pid_n * BLOCK_N + STEP_K < N, other=127))
-                    sbv = tl.where(tl.arange(0, BLOCK_N) < STEP_K, sb0, sb1)
-                    acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sbv[None, :])
+            if PREFETCH:
+                sa_bytes, sb_bytes = sa_next, sb_next
+                sa_next, sb_next = _rows_scale_bytes(as_ptrs, bs_block, bs_ptrs, tl.minimum(kt + 1, steps - 1),
+                                                     stride_ask, stride_bsk, stride_bsn, rmask, cmask, col0, N,
+                                                     BLOCK_N, B_BLOCKS)
             else:
-                sb = _e8m0_to_f32(tl.load(bs_ptrs + kt * stride_bsk, mask=cmask, other=127))
-                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+                sa_bytes, sb_bytes = _rows_scale_bytes(as_ptrs, bs_block, bs_ptrs, kt, stride_ask, stride_bsk,
+                                                       stride_bsn, rmask, cmask, col0, N, BLOCK_N, B_BLOCKS)
+            acc = _rows_promote(acc, tl.dot(a, tl.trans(b)), sa_bytes, sb_bytes, BLOCK_N, B_BLOCKS)
             a_ptrs += STEP_K
             b_ptrs += STEP_K
         c = bf16_bits(acc) if OUT_BF16 else acc
@@ -102,8 +128,17 @@ def _grouped_gemm_rows_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, 
 
 
 @triton.jit
-def _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                stride_an, stride_asn, stride_bk, stride_bsk, MASKED: tl.constexpr):
+def _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, tb, stride_asn, stride_ast, stride_bsk, stride_bst):
+    """Scale bytes of token step `tb`: a_t's per row [BN], b_t's per row [BK]; the scales may be stored
+    either way round (strides along rows and along steps)."""
+    sa = tl.load(as_ptr + n * stride_asn + tb * stride_ast, mask=nmask, other=127)
+    sb = tl.load(bs_ptr + k * stride_bsk + tb * stride_bst, mask=kmask, other=127)
+    return sa, sb
+
+
+@triton.jit
+def _wgrad_step(acc, tb, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an, stride_bk, sa_bytes, sb_bytes,
+                MASKED: tl.constexpr):
     # One 128-token step. Interior tiles load whole 128-byte runs (vectorized, pipelined); the first
     # and last tile of a group zero the other groups' tokens in registers (MASKED), both operands so
     # that a NaN of a neighbour's token cannot reach this group through 0 * NaN.
@@ -114,16 +149,15 @@ def _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, 
         inside = ((t >= start) & (t < end))[None, :]
         a = tl.where(inside, a, 0.0)
         b = tl.where(inside, b, 0.0)
-    sa = _e8m0_to_f32(tl.load(as_ptr + n * stride_asn + tb, mask=nmask, other=127))
-    sb = _e8m0_to_f32(tl.load(bs_ptr + k * stride_bsk + tb, mask=kmask, other=127))
+    sa, sb = _e8m0_to_f32(sa_bytes), _e8m0_to_f32(sb_bytes)
     return acc + tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
 
 
 @triton.jit
 def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, T,
-                               stride_an, stride_asn, stride_bk, stride_bsk, stride_cg, stride_cn,
-                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OUT_BF16: tl.constexpr,
-                               ALIGNED: tl.constexpr):
+                               stride_an, stride_asn, stride_ast, stride_bk, stride_bsk, stride_bst,
+                               stride_cg, stride_cn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                               OUT_BF16: tl.constexpr, ALIGNED: tl.constexpr, PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     tiles_n = tl.cdiv(N, BLOCK_N)
     tiles_k = tl.cdiv(K, BLOCK_K)
@@ -141,21 +175,41 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
     k = k.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     if ALIGNED:  # start and end are multiples of 128; the clamp keeps a bad layout inside the operands
-        for tb in range(tl.maximum(start, 0) // STEP_K, tl.minimum(end, T) // STEP_K):
-            acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                              stride_an, stride_asn, stride_bk, stride_bsk, False)
+        lo = tl.maximum(start, 0) // STEP_K
+        hi = tl.minimum(end, T) // STEP_K
+        if PREFETCH:  # step tb's scale bytes are loaded during step tb - 1; indices clamped into the
+            # operands (T > 0: the launcher prefetches only then), the loads past a group's last step unused
+            last = tl.maximum(hi - 1, 0)
+            sa_next, sb_next = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, tl.minimum(lo, last),
+                                                  stride_asn, stride_ast, stride_bsk, stride_bst)
+        for tb in range(lo, hi):
+            if PREFETCH:
+                sa_bytes, sb_bytes = sa_next, sb_next
+                sa_next, sb_next = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, tl.minimum(tb + 1, last),
+                                                      stride_asn, stride_ast, stride_bsk, stride_bst)
+            else:
+                sa_bytes, sb_bytes = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, tb, stride_asn,
+                                                        stride_ast, stride_bsk, stride_bst)
+            acc = _wgrad_step(acc, tb, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an, stride_bk,
+                              sa_bytes, sb_bytes, False)
     else:
         first = start // STEP_K
         last = (end - 1) // STEP_K
         if end > start:
-            acc = _wgrad_step(acc, first, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                              stride_an, stride_asn, stride_bk, stride_bsk, True)
+            sa_bytes, sb_bytes = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, first, stride_asn,
+                                                    stride_ast, stride_bsk, stride_bst)
+            acc = _wgrad_step(acc, first, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an, stride_bk,
+                              sa_bytes, sb_bytes, True)
             if last > first:
-                acc = _wgrad_step(acc, last, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                                  stride_an, stride_asn, stride_bk, stride_bsk, True)
+                sa_bytes, sb_bytes = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, last, stride_asn,
+                                                        stride_ast, stride_bsk, stride_bst)
+                acc = _wgrad_step(acc, last, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an, stride_bk,
+                                  sa_bytes, sb_bytes, True)
         for tb in range(first + 1, last):
-            acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                              stride_an, stride_asn, stride_bk, stride_bsk, False)
+            sa_bytes, sb_bytes = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, tb, stride_asn,
+                                                    stride_ast, stride_bsk, stride_bst)
+            acc = _wgrad_step(acc, tb, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an, stride_bk,
+                              sa_bytes, sb_bytes, False)
     c = bf16_bits(acc) if OUT_BF16 else acc
     c_ptrs = c_ptr + grp.to(tl.int64) * stride_cg + n[:, None] * stride_cn + k[None, :]
     tl.store(c_ptrs, c, mask=nmask[:, None] & kmask[None, :])
@@ -185,7 +239,8 @@ def launch_rows(a, b, offsets, out, config, b_blocks: bool = False) -> None:
         a.data.stride(0), a.scales.stride(0), a.scales.stride(1), b.data.stride(0), b.data.stride(1),
         b.scales.stride(0), b.scales.stride(1), b.scales.stride(2), out.stride(0),
         BLOCK_M=config.block_rows, BLOCK_N=config.block_cols, BLOCK_G=max(16, triton.next_power_of_2(g)),
-        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks, **_launch_options(config))
+        OUT_BF16=out.element_size() == 2, B_BLOCKS=b_blocks, PREFETCH=config.prefetch_scales and k > 0,
+        **_launch_options(config))
 
 
 def launch_wgrad(a_t, b_t, offsets, out, config, aligned: bool = False) -> None:
@@ -197,7 +252,7 @@ def launch_wgrad(a_t, b_t, offsets, out, config, aligned: bool = False) -> None:
     grid = (g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols),)
     _grouped_gemm_wgrad_kernel[grid](
         a_t.data, a_t.scales, b_t.data, b_t.scales, _store_view(out), offsets, n, k, a_t.shape[1],
-        a_t.data.stride(0), a_t.scales.stride(0), b_t.data.stride(0), b_t.scales.stride(0),
+        a_t.data.stride(0), *a_t.scales.stride(), b_t.data.stride(0), *b_t.scales.stride(),
         out.stride(0), out.stride(1),
-        BLOCK_N=config.block_rows, BLOCK_K=config.block_cols,
-        OUT_BF16=out.element_size() == 2, ALIGNED=aligned, **_launch_options(config))
+        BLOCK_N=config.block_rows, BLOCK_K=config.block_cols, OUT_BF16=out.element_size() == 2,
+        ALIGNED=aligned, PREFETCH=config.prefetch_scales and a_t.shape[1] > 0, **_launch_options(config))

@@ -581,11 +581,12 @@ def launch_wgrad_ws(a_t, b_t, offsets, out, config, overlap: bool = True):
     if g == 0 or n == 0 or k == 0:
         return None
     t = a_t.shape[1]
+    a_scales = a_t.scales.contiguous()  # read with one row stride
     b_scales_t = b_t.scales.t().contiguous()  # [T / 128, K]: a token step's column scales contiguous
     tiles = g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols)
     return _grouped_gemm_wgrad_ws_kernel[_persistent_grid(tiles, a_t.data.device)](
-        _desc(a_t.data, config.block_rows), _desc(b_t.data, config.block_cols), a_t.scales, b_scales_t,
-        _store_view(out), offsets, n, k, t, g, a_t.scales.stride(0), b_scales_t.stride(0),
+        _desc(a_t.data, config.block_rows), _desc(b_t.data, config.block_cols), a_scales, b_scales_t,
+        _store_view(out), offsets, n, k, t, g, a_scales.stride(0), b_scales_t.stride(0),
         out.stride(0), out.stride(1),
         BLOCK_N=config.block_rows, BLOCK_K=config.block_cols, STAGES=config.num_stages,
         OUT_BF16=out.element_size() == 2, OVERLAP=overlap, LOADER_REGS=LOADER_REGS, num_warps=config.num_warps,

@@ -1,6 +1,8 @@
 """`grouped_gemm_fp8` / `grouped_gemm_fp8_wgrad` (Triton, under the interpreter on CPU) against the
 fp32 oracle of `mxa2a.gemm.reference`, within the fp32-accumulation bound of `gemm_data`."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from gemm_data import accumulation_bound, colwise_of, fp8_rows, offsets_of
 from mxa2a.gemm import (GemmConfig, align_groups, gather_aligned_rows, grouped_gemm_fp8, grouped_gemm_fp8_wgrad,
                         quantize_fp8_blocks)
 from mxa2a.gemm import reference
+from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
 from mxa2a.quant import FP8Tensor, dequantize_fp8, fp8_rowwise_to_colwise, quantize_fp8
 
 SMALL = GemmConfig(block_rows=16, block_cols=32, num_warps=4, num_stages=2)
@@ -158,6 +161,41 @@ def test_aligned_wgrad_keeps_a_nan_in_its_group(seed):
     assert out[1].isnan().any() and not out[0].isnan().any() and not out[2].isnan().any()
 
 
+def _step_major(t: FP8Tensor) -> FP8Tensor:
+    """The same values with the scales stored step-major (a transposed view of a [K/128, M] buffer)."""
+    return FP8Tensor(t.data, t.scales.t().contiguous().t())
+
+
+@pytest.mark.parametrize("block_cols, b_blocks", [(32, False), (32, True), (256, True)])
+def test_prefetched_and_step_major_scales_give_the_same_bits(block_cols, b_blocks, seed):
+    sizes, k = [9, 0, 70, 1], 384
+    offsets = offsets_of(sizes)
+    a = fp8_rows(sum(sizes), k)
+    b = quantize_fp8_blocks(torch.randn(4, 256, k) * torch.exp2(torch.randint(-3, 4, (4, 256, 1)).float()))
+    base = GemmConfig(block_rows=16, block_cols=block_cols, num_stages=2)
+    want = grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, backend="triton", config=base,
+                            b_block_scales=b_blocks)
+    for cfg, x in ((GemmConfig(16, block_cols, num_stages=2, prefetch_scales=True), a), (base, _step_major(a))):
+        got = grouped_gemm_fp8(x, b, offsets, out_dtype=torch.float32, backend="triton", config=cfg,
+                               b_block_scales=b_blocks)
+        assert torch.equal(got, want), cfg
+
+
+@pytest.mark.parametrize("sizes", [[5, 0, 1, 100, 30], [129, 127, 0, 128], [0, 0]], ids=["mixed", "around_128", "empty"])
+def test_wgrad_prefetched_and_step_major_scales_give_the_same_bits(sizes, seed):
+    a_t, b_t, layout = _aligned_operands(sizes, 256, 128, nan_row=3 if sum(sizes) > 3 else None)
+    want = grouped_gemm_fp8_wgrad(a_t, b_t, layout, backend="triton", config=WGRAD_SMALL)
+    fetch = GemmConfig(64, 64, num_stages=2, prefetch_scales=True)
+    for cfg, x, y in ((fetch, a_t, b_t), (WGRAD_SMALL, _step_major(a_t), _step_major(b_t)),
+                      (fetch, _step_major(a_t), _step_major(b_t))):
+        got = grouped_gemm_fp8_wgrad(x, y, layout, backend="triton", config=cfg)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), cfg  # NaNs included
+    packed = offsets_of(sizes)
+    rows = fp8_rowwise_to_colwise(quantize_fp8(torch.randn(-(-max(sum(sizes), 1) // 128) * 128, 128)))
+    assert torch.equal(grouped_gemm_fp8_wgrad(rows, rows, packed, backend="triton", config=fetch),
+                       grouped_gemm_fp8_wgrad(rows, rows, packed, backend="triton", config=WGRAD_SMALL))
+
+
 def test_bad_arguments_are_clear_errors():
     a, b = fp8_rows(8, 256), _weights(2, 32, 256)
     off = offsets_of([4, 4])
@@ -179,6 +217,8 @@ def test_bad_arguments_are_clear_errors():
         grouped_gemm_fp8_wgrad(colwise_of(128, 128, 8), colwise_of(256, 128, 8), off)
     with pytest.raises(ValueError, match="power of two"):
         GemmConfig(block_rows=96)
+    with pytest.raises(TypeError, match="prefetch_scales must be a bool"):
+        GemmConfig(prefetch_scales=1)
     a_t, b_t, layout = _aligned_operands([4, 4], 128, 128)
     with pytest.raises(ValueError, match="rows == T"):
         grouped_gemm_fp8_wgrad(colwise_of(128, 128, 8), colwise_of(128, 128, 8), layout)
@@ -214,3 +254,9 @@ def test_gpu_forward_and_wgrad_at_real_shapes(g, n, k, skew, seed):
     for i, (s, rows) in enumerate(zip(starts, sizes)):
         err = (wg[i] - wr[i]).abs()
         assert (err <= accumulation_bound(av[:, s:s + rows], bv[:, s:s + rows], 9)).all(), f"aligned group {i}"
+    # prefetched scale bytes and step-major scales: the same bits as the defaults
+    fetch = dataclasses.replace(WGRAD_CONFIG, prefetch_scales=True)
+    assert torch.equal(grouped_gemm_fp8_wgrad(a_t, b_t, layout, config=fetch), wg)
+    assert torch.equal(grouped_gemm_fp8_wgrad(_step_major(a_t), _step_major(b_t), layout), wg)
+    fetch = dataclasses.replace(FORWARD_CONFIG, prefetch_scales=True)
+    assert torch.equal(grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, b_block_scales=True, config=fetch), out)
