@@ -47,7 +47,9 @@ class GemmConfig:
     `SM90_WGRAD_CONFIG` are its defaults; compiled and checked offline, not yet run on a GPU), "auto"
     (the kernel measured fastest: triton for now). `prefetch_scales` (Triton kernels; the packed
     weight-gradient loop ignores it): each step's scale bytes are loaded one step ahead, so that their
-    latency is not on the path from one MMA to the next (same bits; not yet measured)."""
+    latency is not on the path from one MMA to the next (same bits; not yet measured). `f32_scales`
+    (Triton weight gradient): the scale bytes are decoded to fp32 once per call, so that the loop does
+    not decode 32 column scales a thread every step (same bits; not yet measured)."""
 
     block_rows: int = 64
     block_cols: int = 128
@@ -56,6 +58,7 @@ class GemmConfig:
     max_registers: int | None = None
     kernel: str = "triton"
     prefetch_scales: bool = False
+    f32_scales: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_rows", "block_cols"):
@@ -64,8 +67,9 @@ class GemmConfig:
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"GemmConfig.kernel must be one of {KERNELS}, got {self.kernel!r}")
-        if not isinstance(self.prefetch_scales, bool):
-            raise TypeError(f"GemmConfig.prefetch_scales must be a bool, got {self.prefetch_scales!r}")
+        for name in ("prefetch_scales", "f32_scales"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"GemmConfig.{name} must be a bool, got {getattr(self, name)!r}")
 
 
 # The fastest swept configurations on one H100 over the expert shapes of benchmarks/gemm_throughput.py

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """An experiment (issue 19): the Triton FP8 grouped GEMMs with their scale bytes prefetched one step
 ahead (`GemmConfig.prefetch_scales`) and, for the weight gradient, with step-major scales (each token
-step's scale bytes contiguous, a transposed view of a `[T/128, N]` buffer), against the defaults and
-BF16 `torch._grouped_mm`, same operands, same run: the six GEMMs of the layer of record (H 2048, F 1408,
-E 64, 16384 tokens x top-6), balanced and Zipf groups, weight gradients on the group-aligned layout.
+step's scale bytes contiguous, a transposed view of a `[T/128, N]` buffer) and with fp32 scales
+(`GemmConfig.f32_scales`), against the defaults and BF16 `torch._grouped_mm`, same operands, same run:
+the six GEMMs of the layer of record (H 2048, F 1408, E 64, 16384 tokens x top-6), balanced and Zipf
+groups, weight gradients on the group-aligned layout.
 
 Why (offline, Triton 3.6 for sm_90a): both kernels software-pipeline their operand loads (cp.async,
 `num_stages` deep) but load each step's scale bytes synchronously inside the loop, and the weight
 gradient's scales are one byte per row 800 bytes apart (64 + 128 separate sectors a step), so every
-step waits for a scattered L2 load about as long as its 64x128x128 MMA takes (~250 cycles).
+step waits for a scattered L2 load about as long as its 64x128x128 MMA takes (~250 cycles). And the
+weight gradient's loop is 475 instructions a step against the row-grouped kernel's 220: each thread
+decodes 32 column scale bytes every step; with fp32 scales the loop is 272.
 'same' = bit-identical to the default configuration. Median of CUDA-event timings.
 Needs CUDA:  python3 benchmarks/experiments/gemm_scale_prefetch.py [OUT.json]   (env ITERS, DISTS, KINDS)
 """
@@ -43,10 +46,12 @@ def variants(kind: str, m: int, n: int, k: int, offsets: torch.Tensor, dev) -> d
         a, b = torch.randn(m, n, device=dev, dtype=bf), torch.randn(m, k, device=dev, dtype=bf)
         a_t, b_t = (fp8_rowwise_to_colwise(quantize_fp8(x), row_map=layout.row_map) for x in (a, b))
         a_s, b_s = step_major(a_t), step_major(b_t)
-        fetch = dataclasses.replace(WGRAD_CONFIG, prefetch_scales=True)
-        call = lambda x, y, cfg: lambda: grouped_gemm_fp8_wgrad(x, y, layout, config=cfg, out_dtype=bf)  # noqa: E731
-        return {"default": call(a_t, b_t, WGRAD_CONFIG), "prefetch": call(a_t, b_t, fetch),
-                "step-major": call(a_s, b_s, WGRAD_CONFIG), "both": call(a_s, b_s, fetch),
+        cfg = lambda **kw: dataclasses.replace(WGRAD_CONFIG, **kw)  # noqa: E731
+        call = lambda x, y, c: lambda: grouped_gemm_fp8_wgrad(x, y, layout, config=c, out_dtype=bf)  # noqa: E731
+        return {"default": call(a_t, b_t, WGRAD_CONFIG), "prefetch": call(a_t, b_t, cfg(prefetch_scales=True)),
+                "step-major": call(a_s, b_s, WGRAD_CONFIG), "f32": call(a_t, b_t, cfg(f32_scales=True)),
+                "f32+major": call(a_s, b_s, cfg(f32_scales=True)),
+                "all three": call(a_s, b_s, cfg(f32_scales=True, prefetch_scales=True)),
                 "bf16": lambda: torch._grouped_mm(a.t(), b, offs=offsets)}
     x = torch.randn(m, k, device=dev, dtype=bf)
     w = torch.randn(E, n, k, device=dev, dtype=bf) * k ** -0.5

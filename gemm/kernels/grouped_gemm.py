@@ -10,12 +10,17 @@ promotion, which also keeps Hopper's reduced-precision FP8 MMA accumulation to 1
   rows use B[g]. One program per (row tile, column tile); the row tiles of all groups are numbered on
   the device (each group cut into ceil(rows / BM) tiles, an exclusive cumsum over the groups), so the
   grid is an upper bound, cdiv(M, BM) + G row tiles, and programs past the last tile exit at once.
+  `PREFETCH` (`GemmConfig.prefetch_scales`): each step's scale bytes are loaded one step ahead.
 - `_grouped_gemm_wgrad_kernel` (weight gradient): the reduction axis is the token axis, split into
   groups; program (g, n tile, k tile) sums group g's tokens. ALIGNED (the group-aligned layout of
   `aligned_groups.py`: every group starts at a multiple of 128, padding tokens zero): all of a group's
   steps run in one software-pipelined loop, no token masks. Packed (any offsets): a token tile may
   straddle two groups; each group reads its own tokens of it (the others zeroed in registers, in its
-  first and last tile only, outside the pipelined loop) with the tile's shared scale.
+  first and last tile only, outside the pipelined loop) with the tile's shared scale. Each thread
+  holds 32 column scales of its tile, and decoding their bytes every step costs more instructions
+  than the promotion itself: `GemmConfig.f32_scales` hands the kernel fp32 scales instead
+  (`decoded_scales`, one pass per call). Scales may be stored either way round (step-major reads
+  coalesce).
 """
 
 from __future__ import annotations
@@ -35,6 +40,14 @@ def _e8m0_to_f32(b):
     b = b.to(tl.int32)
     bits = tl.where(b == 0, 0x400000, b << 23)
     return tl.where(b == 255, 0x7FC00000, bits).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _decoded(s):
+    """Scale values: E8M0 bytes decoded, or the values themselves when the scales come as fp32."""
+    if s.dtype == tl.float32:
+        return s
+    return _e8m0_to_f32(s)
 
 
 @triton.jit
@@ -149,7 +162,7 @@ def _wgrad_step(acc, tb, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an
         inside = ((t >= start) & (t < end))[None, :]
         a = tl.where(inside, a, 0.0)
         b = tl.where(inside, b, 0.0)
-    sa, sb = _e8m0_to_f32(sa_bytes), _e8m0_to_f32(sb_bytes)
+    sa, sb = _decoded(sa_bytes), _decoded(sb_bytes)
     return acc + tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
 
 
@@ -215,6 +228,24 @@ def _grouped_gemm_wgrad_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N,
     tl.store(c_ptrs, c, mask=nmask[:, None] & kmask[None, :])
 
 
+@triton.jit
+def _e8m0_decode_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = i < n
+    tl.store(dst_ptr + i, _e8m0_to_f32(tl.load(src_ptr + i, mask=inside, other=127)), mask=inside)
+
+
+def decoded_scales(scales: torch.Tensor) -> torch.Tensor:
+    """fp32 `2^(b - 127)` of E8M0 bytes `[R, C]` (byte 0: 2^-127, 255: NaN), kept in their memory
+    order (a transposed view stays one), in one pass."""
+    flip = not scales.is_contiguous() and scales.t().is_contiguous()
+    src = scales.t() if flip else scales.contiguous()
+    out = torch.empty(src.shape, dtype=torch.float32, device=src.device)
+    if src.numel():
+        _e8m0_decode_kernel[(triton.cdiv(src.numel(), 1024),)](src, out, src.numel(), BLOCK=1024)
+    return out.t() if flip else out
+
+
 def _launch_options(config) -> dict:
     opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     if config.max_registers:
@@ -250,9 +281,11 @@ def launch_wgrad(a_t, b_t, offsets, out, config, aligned: bool = False) -> None:
     if g == 0 or n == 0 or k == 0:
         return
     grid = (g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols),)
+    sa, sb = ((decoded_scales(a_t.scales), decoded_scales(b_t.scales)) if config.f32_scales
+              else (a_t.scales, b_t.scales))
     _grouped_gemm_wgrad_kernel[grid](
-        a_t.data, a_t.scales, b_t.data, b_t.scales, _store_view(out), offsets, n, k, a_t.shape[1],
-        a_t.data.stride(0), *a_t.scales.stride(), b_t.data.stride(0), *b_t.scales.stride(),
+        a_t.data, sa, b_t.data, sb, _store_view(out), offsets, n, k, a_t.shape[1],
+        a_t.data.stride(0), *sa.stride(), b_t.data.stride(0), *sb.stride(),
         out.stride(0), out.stride(1),
         BLOCK_N=config.block_rows, BLOCK_K=config.block_cols, OUT_BF16=out.element_size() == 2,
         ALIGNED=aligned, PREFETCH=config.prefetch_scales and a_t.shape[1] > 0, **_launch_options(config))

@@ -11,6 +11,7 @@ from mxa2a.gemm import (GemmConfig, align_groups, gather_aligned_rows, grouped_g
                         quantize_fp8_blocks)
 from mxa2a.gemm import reference
 from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
+from mxa2a.gemm.kernels.grouped_gemm import decoded_scales
 from mxa2a.quant import FP8Tensor, dequantize_fp8, fp8_rowwise_to_colwise, quantize_fp8
 
 SMALL = GemmConfig(block_rows=16, block_cols=32, num_warps=4, num_stages=2)
@@ -186,14 +187,42 @@ def test_wgrad_prefetched_and_step_major_scales_give_the_same_bits(sizes, seed):
     a_t, b_t, layout = _aligned_operands(sizes, 256, 128, nan_row=3 if sum(sizes) > 3 else None)
     want = grouped_gemm_fp8_wgrad(a_t, b_t, layout, backend="triton", config=WGRAD_SMALL)
     fetch = GemmConfig(64, 64, num_stages=2, prefetch_scales=True)
+    f32 = GemmConfig(64, 64, num_stages=2, f32_scales=True)
+    every = GemmConfig(64, 64, num_stages=2, prefetch_scales=True, f32_scales=True)
     for cfg, x, y in ((fetch, a_t, b_t), (WGRAD_SMALL, _step_major(a_t), _step_major(b_t)),
-                      (fetch, _step_major(a_t), _step_major(b_t))):
+                      (fetch, _step_major(a_t), _step_major(b_t)), (f32, a_t, b_t),
+                      (every, _step_major(a_t), _step_major(b_t))):
         got = grouped_gemm_fp8_wgrad(x, y, layout, backend="triton", config=cfg)
         assert torch.equal(got.view(torch.int32), want.view(torch.int32)), cfg  # NaNs included
     packed = offsets_of(sizes)
     rows = fp8_rowwise_to_colwise(quantize_fp8(torch.randn(-(-max(sum(sizes), 1) // 128) * 128, 128)))
-    assert torch.equal(grouped_gemm_fp8_wgrad(rows, rows, packed, backend="triton", config=fetch),
-                       grouped_gemm_fp8_wgrad(rows, rows, packed, backend="triton", config=WGRAD_SMALL))
+    for cfg in (fetch, f32):
+        assert torch.equal(grouped_gemm_fp8_wgrad(rows, rows, packed, backend="triton", config=cfg),
+                           grouped_gemm_fp8_wgrad(rows, rows, packed, backend="triton", config=WGRAD_SMALL))
+
+
+def test_decoded_scales_are_the_fp32_tile_scales():
+    b = torch.randint(0, 256, (96, 40), dtype=torch.uint8)
+    b[0, :3] = torch.tensor([0, 255, 127], dtype=torch.uint8)
+    for scales in (b, b.t().contiguous().t()):  # row-major, and a transposed view (kept one)
+        got = decoded_scales(scales)
+        want = FP8Tensor(torch.zeros(96, 40 * 128, dtype=torch.float8_e4m3fn), scales).scale_inv()
+        assert got.stride() == scales.stride() or scales.is_contiguous()
+        assert torch.equal(got.view(torch.int32)[~want.isnan()], want.view(torch.int32)[~want.isnan()])
+        assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+
+
+def test_f32_scales_keep_byte_0_and_nan_tiles(seed):
+    # scale bytes 0 (2^-127) and 255 (NaN) in both operands: the same bits as the byte-decoding loop
+    sizes = [130, 126]
+    a_t, b_t, layout = _aligned_operands(sizes, 128, 128)
+    sa, sb = a_t.scales.clone(), b_t.scales.clone()
+    sa[5, 0], sb[7, 1], sa[9, 2] = 255, 0, 0
+    a_t, b_t = FP8Tensor(a_t.data, sa), FP8Tensor(b_t.data, sb)
+    want = grouped_gemm_fp8_wgrad(a_t, b_t, layout, backend="triton", config=WGRAD_SMALL)
+    got = grouped_gemm_fp8_wgrad(a_t, b_t, layout, backend="triton",
+                                 config=GemmConfig(64, 64, num_stages=2, f32_scales=True))
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32)) and want.isnan().any()
 
 
 def test_bad_arguments_are_clear_errors():
@@ -219,6 +248,8 @@ def test_bad_arguments_are_clear_errors():
         GemmConfig(block_rows=96)
     with pytest.raises(TypeError, match="prefetch_scales must be a bool"):
         GemmConfig(prefetch_scales=1)
+    with pytest.raises(TypeError, match="f32_scales must be a bool"):
+        GemmConfig(f32_scales="yes")
     a_t, b_t, layout = _aligned_operands([4, 4], 128, 128)
     with pytest.raises(ValueError, match="rows == T"):
         grouped_gemm_fp8_wgrad(colwise_of(128, 128, 8), colwise_of(128, 128, 8), layout)
@@ -255,8 +286,8 @@ def test_gpu_forward_and_wgrad_at_real_shapes(g, n, k, skew, seed):
         err = (wg[i] - wr[i]).abs()
         assert (err <= accumulation_bound(av[:, s:s + rows], bv[:, s:s + rows], 9)).all(), f"aligned group {i}"
     # prefetched scale bytes and step-major scales: the same bits as the defaults
-    fetch = dataclasses.replace(WGRAD_CONFIG, prefetch_scales=True)
-    assert torch.equal(grouped_gemm_fp8_wgrad(a_t, b_t, layout, config=fetch), wg)
+    for fetch in (dataclasses.replace(WGRAD_CONFIG, prefetch_scales=True), dataclasses.replace(WGRAD_CONFIG, f32_scales=True)):
+        assert torch.equal(grouped_gemm_fp8_wgrad(a_t, b_t, layout, config=fetch), wg)
     assert torch.equal(grouped_gemm_fp8_wgrad(_step_major(a_t), _step_major(b_t), layout), wg)
     fetch = dataclasses.replace(FORWARD_CONFIG, prefetch_scales=True)
     assert torch.equal(grouped_gemm_fp8(a, b, offsets, out_dtype=torch.float32, b_block_scales=True, config=fetch), out)
