@@ -24,8 +24,11 @@ from mxa2a.quant import fp8_rowwise_to_colwise, quantize_fp8  # noqa: E402
 
 H, F, E, TOP_K, TOKENS = 2048, 1408, 64, 6, 16384
 WS_CONFIGS = [(128, 128, 8, 4), (128, 128, 8, 5), (64, 128, 4, 4)]
-# (block rows, block cols, warps, stages, two MMAs in flight): 128x128 with two in flight spills
-WGRAD_CONFIGS = [(128, 64, 8, 4, True), (128, 128, 8, 4, False), (128, 64, 8, 6, True)]
+# (block rows, block cols, warps, stages, two MMAs in flight, fp32 scales): 128x128 with two in flight
+# spills; fp32 scales spare each MMA thread decoding 16-32 column scale bytes a step (GemmConfig.f32_scales)
+WGRAD_CONFIGS = [(128, 64, 8, 4, True, False), (128, 64, 8, 4, True, True), (128, 128, 8, 4, False, False),
+                 (128, 128, 8, 4, False, True), (128, 64, 8, 6, True, True)]
+WGRAD_EDGE_CONFIGS = [WGRAD_CONFIGS[i] for i in (0, 1, 3)]
 ITERS = int(os.environ.get("ITERS", 10))
 DISTS = os.environ.get("DISTS", "balanced,zipf").split(",")  # a shorter run: DISTS=balanced KINDS=fwd1,wgrad1
 KINDS = os.environ.get("KINDS", "wgrad1,wgrad2,fwd1,fwd2,dgrad1,dgrad2").split(",")
@@ -44,7 +47,8 @@ def ws(xq, wq, offsets, dtype, cfg):
 
 def wgrad_ws(a_t, b_t, layout, dtype, cfg):
     out = torch.empty(layout.groups, a_t.shape[0], b_t.shape[0], dtype=dtype, device=a_t.data.device)
-    kern = launch_wgrad_ws(a_t, b_t, layout.padded_offsets, out, GemmConfig(*cfg[:4]), overlap=cfg[4])
+    kern = launch_wgrad_ws(a_t, b_t, layout.padded_offsets, out, GemmConfig(*cfg[:4], f32_scales=cfg[5]),
+                           overlap=cfg[4])
     return out, kern
 
 
@@ -60,7 +64,7 @@ def wgrad_edge_checks(dev):
             a_t, b_t = (fp8_rowwise_to_colwise(gather_aligned_rows(r, layout)) for r in rows)
             for dtype in (torch.bfloat16, torch.float32):
                 ref = grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=dtype)
-                for cfg in WGRAD_CONFIGS[:1] + WGRAD_CONFIGS[2:3]:
+                for cfg in WGRAD_EDGE_CONFIGS:
                     got, _ = wgrad_ws(a_t, b_t, layout, dtype, cfg)
                     cases += 1
                     if not same(got, ref):

@@ -309,10 +309,18 @@ def _ring_wait(tok, empty, step, PENDING: gl.constexpr):
 
 
 @gluon.jit
+def _scale_values(s):
+    # E8M0 bytes decoded, or the values themselves when the scales come as fp32 (f32_scales)
+    if s.dtype == gl.float32:
+        return s
+    return _e8m0_to_f32(s)
+
+
+@gluon.jit
 def _ring_scales(sa_ptrs, sa_mask, sa_step, sb_ptrs, sb_mask, sb_step, i):
     # step i's scales: one per output row; one for the tile (sb_ptrs a scalar) or one per column
-    return (_e8m0_to_f32(gl.load(sa_ptrs + i * sa_step, mask=sa_mask, other=127)),
-            _e8m0_to_f32(gl.load(sb_ptrs + i * sb_step, mask=sb_mask, other=127)))
+    return (_scale_values(gl.load(sa_ptrs + i * sa_step, mask=sa_mask, other=127)),
+            _scale_values(gl.load(sb_ptrs + i * sb_step, mask=sb_mask, other=127)))
 
 
 @gluon.jit
@@ -583,6 +591,9 @@ def launch_wgrad_ws(a_t, b_t, offsets, out, config, overlap: bool = True):
     t = a_t.shape[1]
     a_scales = a_t.scales.contiguous()  # read with one row stride
     b_scales_t = b_t.scales.t().contiguous()  # [T / 128, K]: a token step's column scales contiguous
+    if config.f32_scales:  # decoded once here instead of by every MMA thread every step
+        from .grouped_gemm import decoded_scales
+        a_scales, b_scales_t = decoded_scales(a_scales), decoded_scales(b_scales_t)
     tiles = g * triton.cdiv(n, config.block_rows) * triton.cdiv(k, config.block_cols)
     return _grouped_gemm_wgrad_ws_kernel[_persistent_grid(tiles, a_t.data.device)](
         _desc(a_t.data, config.block_rows), _desc(b_t.data, config.block_cols), a_scales, b_scales_t,

@@ -74,9 +74,9 @@ def test_sm90_kernels_compile_with_the_promotion_overlapping_the_mma():
 _WS_SCRIPT = _PRELUDE + r"""
 from triton.backends.nvidia.compiler import get_ptxas
 
-def assemble(fn, rows, cols, ints, consts):
+def assemble(fn, rows, cols, ints, consts, scales="*u8"):
     sig = dict(a_desc=desc(rows), b_desc=desc(cols), c_ptr="*i16", offs_ptr="*i32",
-               **{n: "*u8" for n in ("as_ptr", "bs_ptr", "bst_ptr") if n in fn.arg_names},
+               **{n: scales for n in ("as_ptr", "bs_ptr", "bst_ptr") if n in fn.arg_names},
                **{n: "i32" for n in ints}, **{n: "constexpr" for n in consts})
     warps = consts["num_warps"]
     opts = dict(num_warps=warps, maxnreg=k90.ws_maxnreg(warps))
@@ -93,11 +93,12 @@ rows = assemble(k90._grouped_gemm_rows_ws_kernel, 128, 128,
                 ("N", "K", "G", "stride_asm", "stride_ask", "stride_bsg", "stride_bsn", "stride_bsk", "stride_cm"),
                 dict(BLOCK_M=128, BLOCK_N=128, BLOCK_G=64, STAGES=4, OUT_BF16=True, LOADER_REGS=k90.LOADER_REGS,
                      num_warps=8))
-wgrad = assemble(k90._grouped_gemm_wgrad_ws_kernel, 128, 64,
-                 ("N", "K", "T", "G", "stride_asn", "stride_bst", "stride_cg", "stride_cn"),
-                 dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, OUT_BF16=True, OVERLAP=True, LOADER_REGS=k90.LOADER_REGS,
-                      num_warps=8))
-print(json.dumps(dict(rows=rows, wgrad=wgrad)))
+wgrad_args = (k90._grouped_gemm_wgrad_ws_kernel, 128, 64,
+              ("N", "K", "T", "G", "stride_asn", "stride_bst", "stride_cg", "stride_cn"),
+              dict(BLOCK_N=128, BLOCK_K=64, STAGES=4, OUT_BF16=True, OVERLAP=True, LOADER_REGS=k90.LOADER_REGS,
+                   num_warps=8))
+wgrad, wgrad_f32 = assemble(*wgrad_args), assemble(*wgrad_args, scales="*fp32")  # f32_scales
+print(json.dumps(dict(rows=rows, wgrad=wgrad, wgrad_f32=wgrad_f32)))
 """
 
 
@@ -236,13 +237,14 @@ def test_gpu_ws_forward_equals_the_triton_kernel(case, k, seed):
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
 @pytest.mark.parametrize("sizes", [[5, 0, 1, 100, 30], [0, 0, 256], [1, 0], [129, 127, 0, 128]],
                          ids=["mixed", "empty_first", "tiny", "around_128"])
-@pytest.mark.parametrize("overlap", [True, False])
-def test_gpu_ws_aligned_wgrad_equals_the_triton_kernel(sizes, overlap, seed):
+@pytest.mark.parametrize("overlap, f32", [(True, False), (False, False), (True, True)])
+def test_gpu_ws_aligned_wgrad_equals_the_triton_kernel(sizes, overlap, f32, seed):
     from mxa2a.gemm.kernels.grouped_gemm_sm90 import launch_wgrad_ws
     a_t, b_t, layout = _aligned_operands(sizes, 192, 384, "cuda", nan_row=None)
     for dtype in (torch.float32, torch.bfloat16):
         ref = grouped_gemm_fp8_wgrad(a_t, b_t, layout, out_dtype=dtype)
         out = torch.empty_like(ref)
         launch_wgrad_ws(a_t, b_t, layout.padded_offsets, out,
-                        GemmConfig(block_rows=128, block_cols=64, num_warps=8, num_stages=4), overlap=overlap)
+                        GemmConfig(block_rows=128, block_cols=64, num_warps=8, num_stages=4, f32_scales=f32),
+                        overlap=overlap)
         assert _same(out, ref), f"{dtype}"
