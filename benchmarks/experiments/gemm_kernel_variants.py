@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _bench_common as bc  # noqa: E402
 from mxa2a.gemm import (align_groups, gather_aligned_rows, grouped_gemm_fp8, grouped_gemm_fp8_wgrad,  # noqa: E402
                         quantize_fp8_blocks)
-from mxa2a.gemm.kernels.grouped_gemm import _e8m0_to_f32, _row_tile, _wgrad_step  # noqa: E402
+from mxa2a.gemm.kernels.grouped_gemm import _e8m0_to_f32, _row_tile, _wgrad_scale_bytes, _wgrad_step  # noqa: E402
 from mxa2a.quant import fp8_rowwise_to_colwise, quantize_fp8  # noqa: E402
 from mxa2a.quant.kernels.minifloat import bf16_bits as _bf16_bits  # noqa: E402
 
@@ -143,12 +143,14 @@ def wgrad_exp(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, offs_ptr, N, K, T, stride_an,
             acc += d0 * s0
             acc += d1 * s1
         if (t1 - t0) % 2:
-            acc = _wgrad_step(acc, t1 - 1, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                              stride_an, stride_asn, stride_bk, stride_bsk, False)
+            sa, sb = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, t1 - 1, stride_asn, 1, stride_bsk, 1)
+            acc = _wgrad_step(acc, t1 - 1, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an, stride_bk,
+                              sa, sb, False)
     else:  # the library's group-aligned loop
         for tb in range(t0, t1):
-            acc = _wgrad_step(acc, tb, start, end, a_ptr, as_ptr, b_ptr, bs_ptr, n, k, nmask, kmask,
-                              stride_an, stride_asn, stride_bk, stride_bsk, False)
+            sa, sb = _wgrad_scale_bytes(as_ptr, bs_ptr, n, k, nmask, kmask, tb, stride_asn, 1, stride_bsk, 1)
+            acc = _wgrad_step(acc, tb, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an, stride_bk,
+                              sa, sb, False)
     c_ptrs = c_ptr + grp.to(tl.int64) * stride_cg + n[:, None] * stride_cn + k[None, :]
     tl.store(c_ptrs, _bf16_bits(acc), mask=nmask[:, None] & kmask[None, :])
 
