@@ -154,6 +154,27 @@ def configs_from(path: str, args) -> tuple:
     return tuple(GemmConfig(*map(int, pick(wg).most_common(1)[0][0].split("x"))) for wg in (False, True))
 
 
+VARIANT_PARTS = ("triton", "sm90", "f32", "prefetch")
+
+
+def variant_configs(variant: str, base: tuple) -> tuple:
+    """(row-grouped, weight-gradient) GemmConfigs of an FP8 kernel variant: "+"-joined parts, "sm90"
+    (the Gluon kernels at their default configurations; else Triton at `base`), "f32" (fp32 scales in
+    the weight gradient), "prefetch" (scale bytes one step ahead; Triton only), e.g. "sm90+f32"."""
+    from mxa2a.gemm.grouped import FORWARD_CONFIG, SM90_FORWARD_CONFIG, SM90_WGRAD_CONFIG, WGRAD_CONFIG
+
+    parts = set(variant.split("+"))
+    if parts - set(VARIANT_PARTS):
+        raise SystemExit(f"--fp8-kernels: unknown parts {sorted(parts - set(VARIANT_PARTS))} in {variant!r}; "
+                         f"parts are {VARIANT_PARTS}")
+    fwd, wgrad = ((SM90_FORWARD_CONFIG, SM90_WGRAD_CONFIG) if "sm90" in parts
+                  else tuple(c or d for c, d in zip(base, (FORWARD_CONFIG, WGRAD_CONFIG))))
+    wgrad = dataclasses.replace(wgrad, f32_scales=wgrad.f32_scales or "f32" in parts)
+    if "prefetch" in parts:
+        fwd, wgrad = (dataclasses.replace(c, prefetch_scales=True) for c in (fwd, wgrad))
+    return fwd, wgrad
+
+
 def run(args) -> int:
     dev = torch.device("cuda")
     layers, x, dy, plan = build(args, dev)
@@ -167,18 +188,13 @@ def run(args) -> int:
     flops_routed = 18.0 * rows_routed * args.hidden * args.d_expert  # 6 GEMMs of 2*M*H*F (x2 for GEMM 1)
     variants = [(name, layer, None) for name, layer in layers.items()]
     kernel_layer = "fp8" if "fp8" in layers else (fp8_layers or [None])[0]
-    variants += [(f"{kernel_layer}-{k}", layers[kernel_layer], k) for k in args.fp8_kernels
-                 if k != "triton" and kernel_layer]
+    variants += [(f"{kernel_layer}-{v}", layers[kernel_layer], v) for v in args.fp8_kernels
+                 if v != "triton" and kernel_layer]
     base_configs = kernel_layer and layers[kernel_layer].experts.fp8_gemm_configs
     results = {}
-    for name, layer, kernel in variants:
-        if kernel == "sm90":  # the same FP8 layer on the sm90 kernels at their default configurations
-            from mxa2a.gemm.grouped import SM90_FORWARD_CONFIG, SM90_WGRAD_CONFIG
-            layer.experts.fp8_gemm_configs = (SM90_FORWARD_CONFIG, SM90_WGRAD_CONFIG)
-        elif kernel:  # the same FP8 layer with the row-grouped and weight-gradient GEMMs on another kernel
-            from mxa2a.gemm.grouped import FORWARD_CONFIG, WGRAD_CONFIG
-            layer.experts.fp8_gemm_configs = tuple(
-                dataclasses.replace(c or d, kernel=kernel) for c, d in zip(base_configs, (FORWARD_CONFIG, WGRAD_CONFIG)))
+    for name, layer, variant in variants:
+        if variant:
+            layer.experts.fp8_gemm_configs = variant_configs(variant, base_configs)
         step = step_fn(layer, x, dy, layout)
         us = bc.median(bc.time_cuda(step, args.iters, args.warmup))
         torch.cuda.synchronize()
@@ -237,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs-from", default=None,
                    help="a gemm_throughput.py --sweep JSON: use its fastest FP8 configurations for this shape")
     p.add_argument("--fp8-kernels", default="triton", type=lambda t: t.split(","),
-                   help="comma-separated GemmConfig.kernel values: the fp8 recipe's layer is timed once per "
-                        "kernel (triton always; e.g. triton,sm90 adds the Gluon Hopper kernels as 'fp8-sm90')")
+                   help="comma-separated FP8 GEMM variants: the fp8 recipe's layer is timed once per variant "
+                        "(its defaults always); a variant joins parts of " + "/".join(VARIANT_PARTS) +
+                        " with '+', e.g. triton,f32,sm90,sm90+f32 (see variant_configs)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
