@@ -48,8 +48,8 @@ class GemmConfig:
     (the kernel measured fastest: triton for now). `prefetch_scales` (Triton kernels; the packed
     weight-gradient loop ignores it): each step's scale bytes are loaded one step ahead, so that their
     latency is not on the path from one MMA to the next (same bits; not yet measured). `f32_scales`
-    (Triton weight gradient): the scale bytes are decoded to fp32 once per call, so that the loop does
-    not decode 32 column scales a thread every step (same bits; not yet measured)."""
+    (weight gradients, both kernels): the scale bytes are decoded to fp32 once per call, so that the
+    loop does not decode a thread's 16-32 column scales every step (same bits; not yet measured)."""
 
     block_rows: int = 64
     block_cols: int = 128
