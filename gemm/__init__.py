@@ -15,7 +15,7 @@ functions synchronizes the host (the torch references do).
 from .aligned_groups import GroupAlignedLayout, align_groups, aligned_rows_bound, gather_aligned_rows
 from .grouped import GemmConfig, grouped_gemm_fp8, grouped_gemm_fp8_wgrad
 from .swiglu import swiglu_backward_quantize_fp8, swiglu_quantize_fp8
-from .weights import quantize_fp8_blocks, quantize_fp8_blocks_and_transpose, transpose_fp8_blocks
+from .weights import empty_fp8_blocks, quantize_fp8_blocks, quantize_fp8_blocks_and_transpose, transpose_fp8_blocks
 
 __all__ = [
     "GroupAlignedLayout",
@@ -29,5 +29,6 @@ __all__ = [
     "swiglu_backward_quantize_fp8",
     "quantize_fp8_blocks",
     "quantize_fp8_blocks_and_transpose",
+    "empty_fp8_blocks",
     "transpose_fp8_blocks",
 ]

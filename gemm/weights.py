@@ -105,6 +105,16 @@ def _as_matrices(t: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+def empty_fp8_blocks(lead: tuple, n: int, k: int, device,
+                     transpose: bool = True) -> tuple[FP8Tensor, FP8Tensor | None]:
+    """Uninitialized buffers of a `[*lead, n, k]` 128x128-block FP8 weight and (with `transpose`) of
+    its block transpose `[*lead, k, n]`: what `quantize_fp8_blocks_and_transpose(out=)` writes into."""
+    def empty(r: int, c: int) -> FP8Tensor:
+        return FP8Tensor(torch.empty(*lead, r, c, dtype=E4M3_DTYPE, device=device),
+                         torch.empty(*lead, r, c // FP8_TILE, dtype=torch.uint8, device=device))
+    return empty(n, k), (empty(k, n) if transpose else None)
+
+
 def _quantize_blocks_triton(w: torch.Tensor, transpose: bool,
                             out: tuple[FP8Tensor, FP8Tensor | None] | None = None,
                             ) -> tuple[FP8Tensor, FP8Tensor | None]:
@@ -115,14 +125,8 @@ def _quantize_blocks_triton(w: torch.Tensor, transpose: bool,
     w3 = w.reshape(-1, n, k)
     if w3.stride(-1) != 1:
         w3 = w3.contiguous()
-    e, dev = w3.shape[0], w.device
-    if out is None:
-        t = FP8Tensor(torch.empty(*lead, n, k, dtype=E4M3_DTYPE, device=dev),
-                      torch.empty(*lead, n, k // FP8_TILE, dtype=torch.uint8, device=dev))
-        tt = FP8Tensor(torch.empty(*lead, k, n, dtype=E4M3_DTYPE, device=dev),
-                       torch.empty(*lead, k, n // FP8_TILE, dtype=torch.uint8, device=dev)) if transpose else None
-    else:
-        t, tt = out
+    e = w3.shape[0]
+    t, tt = empty_fp8_blocks(lead, n, k, w.device, transpose) if out is None else out
     if e:
         launch_block_quantize(w3.view(_BITS_VIEW[w.dtype]), _as_matrices(t.data.view(torch.uint8)),
                               _as_matrices(t.scales),

@@ -26,12 +26,12 @@ import functools
 
 import torch
 
-from ..gemm import (GemmConfig, GroupAlignedLayout, align_groups, gather_aligned_rows, grouped_gemm_fp8,
-                    grouped_gemm_fp8_wgrad, quantize_fp8_blocks_and_transpose, swiglu_backward_quantize_fp8,
-                    swiglu_quantize_fp8)
+from ..gemm import (GemmConfig, GroupAlignedLayout, align_groups, empty_fp8_blocks, gather_aligned_rows,
+                    grouped_gemm_fp8, grouped_gemm_fp8_wgrad, quantize_fp8_blocks_and_transpose,
+                    swiglu_backward_quantize_fp8, swiglu_quantize_fp8)
 from ..quant import (FP8Tensor, MXFP4Tensor, dequantize_mxfp4, fp8_rowwise_to_colwise, fp8_to_mxfp4,
                      mxfp4_rowwise_to_fp8_colwise, mxfp4_to_fp8, quantize_fp8, quantize_mxfp4)
-from ..quant.formats import E4M3_DTYPE, FP8_TILE
+from ..quant.formats import FP8_TILE
 
 SAVED_FORMATS = ("fp8", "mxfp4")
 
@@ -61,8 +61,8 @@ class FP8ExpertWeights:
         e, f, h = w_gate.shape
         if self.w1 is None or self.w1.shape != (e, 2 * f, h) or self.w1.device != w_gate.device \
                 or self.w2.shape != tuple(w_down.shape):
-            self.w1, self.w1_t = _empty_blocks(e, 2 * f, h, w_gate.device)
-            self.w2, self.w2_t = _empty_blocks(*w_down.shape, w_down.device)
+            self.w1, self.w1_t = empty_fp8_blocks((e,), 2 * f, h, w_gate.device)
+            self.w2, self.w2_t = empty_fp8_blocks((e,), *w_down.shape[1:], w_down.device)
         # gate and up go straight into the row halves of w1 and the column halves of w1_t (no
         # concatenated copy of the master weights, no second buffer)
         for w, part in ((w_gate, slice(0, f)), (w_up, slice(f, 2 * f))):
@@ -71,14 +71,6 @@ class FP8ExpertWeights:
                              self.w1_t.scales[:, :, part.start // FP8_TILE:part.stop // FP8_TILE]))
             quantize_fp8_blocks_and_transpose(w, out=out)
         quantize_fp8_blocks_and_transpose(w_down, out=(self.w2, self.w2_t))
-
-
-def _empty_blocks(e: int, n: int, k: int, device) -> tuple[FP8Tensor, FP8Tensor]:
-    """Buffers of an `[e, n, k]` 128x128-block FP8 weight and of its block transpose."""
-    def empty(r, c):
-        return FP8Tensor(torch.empty(e, r, c, dtype=E4M3_DTYPE, device=device),
-                         torch.empty(e, r, c // FP8_TILE, dtype=torch.uint8, device=device))
-    return empty(n, k), empty(k, n)
 
 
 def _keep_rows(q: FP8Tensor, saved: str, scale_mode: str, backend: str) -> FP8Tensor | MXFP4Tensor:

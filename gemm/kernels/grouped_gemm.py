@@ -43,7 +43,7 @@ def _e8m0_to_f32(b):
 
 
 @triton.jit
-def _decoded(s):
+def _scale_values(s):
     """Scale values: E8M0 bytes decoded, or the values themselves when the scales come as fp32."""
     if s.dtype == tl.float32:
         return s
@@ -162,7 +162,7 @@ def _wgrad_step(acc, tb, start, end, a_ptr, b_ptr, n, k, nmask, kmask, stride_an
         inside = ((t >= start) & (t < end))[None, :]
         a = tl.where(inside, a, 0.0)
         b = tl.where(inside, b, 0.0)
-    sa, sb = _decoded(sa_bytes), _decoded(sb_bytes)
+    sa, sb = _scale_values(sa_bytes), _scale_values(sb_bytes)
     return acc + tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
 
 
