@@ -47,7 +47,8 @@ def _scale_values(s):
     """Scale values: E8M0 bytes decoded, or the values themselves when the scales come as fp32."""
     if s.dtype == tl.float32:
         return s
-    return _e8m0_to_f32(s)
+    else:
+        return _e8m0_to_f32(s)
 
 
 @triton.jit
@@ -88,7 +89,8 @@ def _rows_promote(acc, prod, sa_bytes, sb_bytes, BLOCK_N: tl.constexpr, B_BLOCKS
     sa = _e8m0_to_f32(sa_bytes)
     if B_BLOCKS and BLOCK_N <= STEP_K:
         return acc + prod * (sa * _e8m0_to_f32(sb_bytes))[:, None]
-    return acc + prod * (sa[:, None] * _e8m0_to_f32(sb_bytes)[None, :])
+    else:
+        return acc + prod * (sa[:, None] * _e8m0_to_f32(sb_bytes)[None, :])
 
 
 @triton.jit

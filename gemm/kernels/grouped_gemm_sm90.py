@@ -313,7 +313,8 @@ def _scale_values(s):
     # E8M0 bytes decoded, or the values themselves when the scales come as fp32 (f32_scales)
     if s.dtype == gl.float32:
         return s
-    return _e8m0_to_f32(s)
+    else:
+        return _e8m0_to_f32(s)
 
 
 @gluon.jit

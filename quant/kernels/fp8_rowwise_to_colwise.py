@@ -74,7 +74,8 @@ def _source_rows(rows, map_ptr, M_IN, MAPPED: tl.constexpr):
     if MAPPED:
         src = tl.load(map_ptr + rows)
         return src.to(tl.int64), (src >= 0) & (src < M_IN)
-    return rows.to(tl.int64), rows >= 0
+    else:
+        return rows.to(tl.int64), rows >= 0
 
 
 @triton.jit
@@ -229,7 +230,8 @@ def _load_rows(ptrs, ok, MAPPED: tl.constexpr):
     """`ptrs`' values, 0 where a mapped row is not real (unmasked without a row map)."""
     if MAPPED:
         return tl.load(ptrs, mask=ok, other=0)
-    return tl.load(ptrs)
+    else:
+        return tl.load(ptrs)
 
 
 @triton.jit

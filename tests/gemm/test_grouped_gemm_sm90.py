@@ -1,6 +1,7 @@
 """The Gluon (sm90) grouped GEMMs: compiled here for sm90 without a GPU (the promotion must sit between
 the wgmma issue and its wait, or the overlap they exist for is gone); on a Hopper GPU, the same bits as
-the Triton kernels on the edge cases of test_grouped_gemm.py and at real shapes; kernel choice errors."""
+the Triton kernels on the edge cases of test_grouped_gemm.py and at real shapes; kernel choice errors.
+Also the Triton GEMM and FP8-transpose kernels, compiled for sm90 with every option."""
 
 import json
 import os
@@ -121,6 +122,50 @@ def test_ws_kernels_assemble_for_sm90_without_serialized_wgmma():
         assert k["ok"], f"{name}: {k['log']}"
         assert k["wgmma"] and k["setmaxnreg"], f"{name}: no FP8 wgmma or no register split"
         assert "C7514" not in k["log"] and "serialized" not in k["log"], f"{name}: {k['log']}"
+
+
+# The Triton kernels with every option, compiled for sm90 by the installed Triton (no GPU): the
+# interpreter runs the Python of a constexpr branch but does not compile it, so a branch a newer Triton
+# refuses (e.g. code after an `if CONSTEXPR: return`) shows up only here.
+_TRITON_SCRIPT = r"""
+import inspect, json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mxa2a.gemm.kernels import grouped_gemm as gg
+from mxa2a.quant.kernels import fp8_rowwise_to_colwise as tr
+
+def compile_ptx(fn, consts, pointers, warps=4):
+    order = list(inspect.signature(fn.fn).parameters)
+    sig = {n: "constexpr" if n in consts else pointers.get(n, "i32") for n in order}
+    attrs = {(order.index(n),): [["tt.divisibility", 16]] for n in order if sig[n] != "constexpr"}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 64), options=dict(num_warps=warps, num_stages=3))
+    return "wgmma" in k.asm["ptx"] or "ld.global" in k.asm["ptx"]
+
+gemm = dict(a_ptr="*fp8e4nv", b_ptr="*fp8e4nv", c_ptr="*i16", offs_ptr="*i32")
+done = []
+for prefetch in (False, True):
+    for bn, blocks in ((128, True), (256, True), (128, False)):
+        done.append(compile_ptx(gg._grouped_gemm_rows_kernel, dict(BLOCK_M=64, BLOCK_N=bn, BLOCK_G=64, OUT_BF16=True,
+                    B_BLOCKS=blocks, PREFETCH=prefetch), dict(gemm, as_ptr="*u8", bs_ptr="*u8")))
+    for aligned in (False, True):
+        for scales in ("*u8", "*fp32"):
+            done.append(compile_ptx(gg._grouped_gemm_wgrad_kernel, dict(BLOCK_N=64, BLOCK_K=128, OUT_BF16=True,
+                        ALIGNED=aligned, PREFETCH=prefetch), dict(gemm, as_ptr=scales, bs_ptr=scales)))
+done.append(compile_ptx(gg._e8m0_decode_kernel, dict(BLOCK=1024), dict(src_ptr="*u8", dst_ptr="*fp32")))
+rows = dict(q_ptr="*u8", qs_ptr="*u8", o_ptr="*u8", os_ptr="*u8", map_ptr="*i32")
+for mapped in (False, True):
+    done.append(compile_ptx(tr._fp8_rowwise_to_colwise_words_kernel, dict(BLOCK_K=128, ASM=True, MAPPED=mapped), rows, 8))
+    for even in (False, True):
+        done.append(compile_ptx(tr._fp8_rowwise_to_colwise_bytes_kernel, dict(BLOCK_K=32, EVEN=even, MAPPED=mapped), rows))
+print(json.dumps(dict(compiled=len(done), all_code=all(done))))
+"""
+
+
+def test_triton_kernels_compile_for_sm90_with_every_option():
+    got = _run_offline(_TRITON_SCRIPT)
+    assert got == dict(compiled=21, all_code=True), got
 
 
 def test_unknown_kernel_is_refused():
